@@ -1,0 +1,1 @@
+"""The Atlas boundary: the only package that speaks HTTP to Atlas (client), and a simulator."""
