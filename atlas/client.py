@@ -1,0 +1,374 @@
+"""The Atlas client: the only code in the portal that speaks HTTP to Atlas.
+
+It knows the Eve protocol as Atlas configures it (atlas-api.md §2): Basic auth, `where` as JSON,
+`sort=_id`, pages of 2,000 followed through `_links.next`, If-Match from the body `_etag`, and the
+error envelopes. Writes are retried only when retrying is safe: a write whose outcome is unknown
+(or that failed with a 412 or a 5xx) is re-read before it is sent again, because a profile PATCH
+is not a no-op on Atlas and a DELETE destroys the instance even when its ETag check fails.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from collections.abc import Callable, Iterator
+from urllib.parse import urljoin, urlsplit
+
+import requests
+from requests.adapters import HTTPAdapter
+
+from .errors import (
+    AtlasError,
+    AuthenticationError,
+    BadRequest,
+    Conflict,
+    NotFound,
+    OutcomeUnknown,
+    PreconditionFailed,
+    Unavailable,
+    ValidationFailed,
+)
+from .selectors import validate_where
+from .types import CodeItem, Site, WriteResult
+
+logger = logging.getLogger(__name__)
+
+PAGE_SIZE = 2000  # Atlas's PAGINATION_LIMIT; larger values are capped silently
+NULL_ID = "0" * 24
+SITE_PROJECTION = {"sid": 1, "path": 1, "status": 1, "update_group": 1, "code": 1}
+
+# What a re-read says about a write that may or may not have landed: (applied?, fresh ETag).
+Reread = Callable[[], tuple[bool, str]]
+
+
+class AtlasClient:
+    """One Atlas environment. Thread-safe for concurrent writes (one pooled `requests.Session`)."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        username: str,
+        password: str,
+        environment: str = "",
+        verify: bool = True,
+        connect_timeout: float = 3.05,
+        read_timeout: float = 30.0,
+        code_write_timeout: float = 900.0,
+        max_attempts: int = 5,
+        backoff: float = 0.5,
+        backoff_cap: float = 8.0,
+        pool_size: int = 16,
+        page_size: int = PAGE_SIZE,
+    ) -> None:
+        self.base_url = base_url if base_url.endswith("/") else base_url + "/"
+        parts = urlsplit(self.base_url)
+        # Never show credentials someone put into the URL itself.
+        self.safe_base_url = parts._replace(
+            netloc=parts.hostname + (f":{parts.port}" if parts.port else "")
+        ).geturl()
+        self.environment = environment
+        self.timeout = (connect_timeout, read_timeout)
+        # Atlas re-PATCHes every site using a code item inside the PATCH /code request (§3.2).
+        self.code_write_timeout = (connect_timeout, code_write_timeout)
+        self.max_attempts = max(1, max_attempts)
+        self.backoff = backoff
+        self.backoff_cap = backoff_cap
+        self.page_size = min(page_size, PAGE_SIZE)
+        self.session = requests.Session()
+        self.session.auth = (username, password)
+        self.session.verify = verify
+        self.session.headers.update({"Accept": "application/json", "User-Agent": "express-release-portal"})
+        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=pool_size, max_retries=0)
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
+        self.requests_sent = 0  # for benchmarks and tests: every HTTP request, retries included
+
+    def close(self) -> None:
+        self.session.close()
+
+    # -- reads ---------------------------------------------------------------------------------
+
+    def list_sites(self, where: dict, projection: dict | None = SITE_PROJECTION) -> list[Site]:
+        """Every non-deleted site matching `where`, read completely before the caller writes."""
+        return [Site.from_document(doc) for doc in self.iter_documents("sites", where, projection)]
+
+    def list_code(self, where: dict) -> list[CodeItem]:
+        return [CodeItem.from_document(doc) for doc in self.iter_documents("code", where)]
+
+    def count(self, resource: str, where: dict) -> int:
+        body = self._get(resource, {"where": _dumps(where), "max_results": 1})
+        return int(body.get("_meta", {}).get("total", 0))
+
+    def iter_documents(self, resource: str, where: dict, projection: dict | None = None) -> Iterator[dict]:
+        validate_where(where)
+        params: dict = {"where": _dumps(where), "sort": "_id", "max_results": self.page_size, "page": 1}
+        if projection:
+            params["projection"] = _dumps(projection)
+        while True:
+            body = self._get(resource, params)
+            yield from body.get("_items", [])
+            if "next" not in body.get("_links", {}):
+                return
+            params["page"] += 1
+
+    def get_site(self, site_id: str) -> Site | None:
+        doc = self._get_item(f"sites/{site_id}")
+        return Site.from_document(doc) if doc else None
+
+    def get_code(self, code_id: str) -> CodeItem | None:
+        doc = self._get_item(f"code/{code_id}")
+        return CodeItem.from_document(doc) if doc else None
+
+    def find_code(self, name: str, version: str, code_type: str) -> list[CodeItem]:
+        where = {"meta.name": name, "meta.version": version, "meta.code_type": code_type}
+        return self.list_code(where)
+
+    def find_code_by_commit(self, commit_hash: str) -> list[CodeItem]:
+        return self.list_code({"commit_hash": commit_hash})
+
+    def check_credentials(self) -> None:
+        """Prove the credentials without changing anything (atlas-api.md §2: GETs are public).
+
+        `PATCH /code/<null id>` with `If-Match: x`: a bad login answers 401; a good one gets past
+        authentication and fails on the lookup (404) or the precondition (412).
+        """
+        try:
+            self._send("PATCH", f"code/{NULL_ID}", payload={}, etag="x", timeout=self.timeout)
+        except (NotFound, PreconditionFailed):
+            return
+
+    # -- writes --------------------------------------------------------------------------------
+
+    def create_code(self, payload: dict) -> WriteResult:
+        """POST /code. An unanswered POST is re-read (by commit hash) before it is sent again."""
+
+        def reread() -> tuple[bool, str]:
+            found = [c for c in self.find_code_by_commit(payload["commit_hash"]) if _same_code(c, payload)]
+            return (bool(found), found[0].etag if found else "")
+
+        def resend(etag: str) -> requests.Response:
+            return self._send("POST", "code", payload=payload, etag=None, timeout=self.code_write_timeout)
+
+        result = self._write(resend, reread, etag="")
+        if result.already:
+            item = next(c for c in self.find_code_by_commit(payload["commit_hash"]) if _same_code(c, payload))
+            return WriteResult(item.id, item.etag, result.status, result.attempts, True)
+        return result
+
+    def patch_code(self, code_id: str, changes: dict, *, etag: str) -> WriteResult:
+        """PATCH /code/<id>. Never send `meta` together with `commit_hash` (atlas-api.md §0.4)."""
+        if "meta" in changes and ("commit_hash" in changes or "git_url" in changes):
+            raise ValueError("never combine meta with commit_hash/git_url in one PATCH: it skips the cascade")
+
+        def reread() -> tuple[bool, str]:
+            item = self._require_item(f"code/{code_id}")
+            return (_contains(item, changes), item["_etag"])
+
+        def resend(fresh: str) -> requests.Response:
+            return self._send(
+                "PATCH", f"code/{code_id}", payload=changes, etag=fresh, timeout=self.code_write_timeout
+            )
+
+        return self._write(resend, reread, etag=etag)
+
+    def update_site_profile(self, site_id: str, profile_id: str, *, etag: str) -> WriteResult:
+        """PATCH a site onto a profile. A site already on it is never PATCHed again (not a no-op)."""
+        changes = {"code": {"profile": profile_id}}
+
+        def reread() -> tuple[bool, str]:
+            doc = self._require_item(f"sites/{site_id}")
+            return ((doc.get("code") or {}).get("profile") == profile_id, doc["_etag"])
+
+        def resend(fresh: str) -> requests.Response:
+            return self._send("PATCH", f"sites/{site_id}", payload=changes, etag=fresh, timeout=self.timeout)
+
+        return self._write(resend, reread, etag=etag)
+
+    def delete_available_site(self, site_id: str, *, etag: str) -> WriteResult:
+        """DELETE an `available` site. Before any re-send the site is re-read: it must still be
+        `available`, and the fresh ETag is used (a DELETE is never retried blindly, §3.4)."""
+
+        def reread() -> tuple[bool, str]:
+            doc = self._get_item(f"sites/{site_id}")
+            if doc is None or doc.get("_deleted"):
+                return (True, "")
+            if doc.get("status") != "available":
+                raise Conflict(
+                    f"site {doc.get('path') or site_id} is now {doc.get('status')!r}, no longer available; not deleted",
+                    environment=self.environment,
+                    url=self._url(f"sites/{site_id}"),
+                )
+            return (False, doc["_etag"])
+
+        def resend(fresh: str) -> requests.Response:
+            return self._send("DELETE", f"sites/{site_id}", payload=None, etag=fresh, timeout=self.timeout)
+
+        result = self._write(resend, reread, etag=etag)
+        return WriteResult(site_id, "", result.status, result.attempts, result.already)
+
+    # -- machinery -----------------------------------------------------------------------------
+
+    def _write(self, send: Callable[[str], requests.Response], reread: Reread, *, etag: str) -> WriteResult:
+        attempts = 0
+        while True:
+            attempts += 1
+            try:
+                response = send(etag)
+            except (PreconditionFailed, Unavailable) as exc:
+                if attempts >= self.max_attempts:
+                    raise
+                logger.info(
+                    "Atlas %s: %s; re-reading before attempt %d", self.environment, exc.message, attempts + 1
+                )
+                if isinstance(exc, Unavailable):
+                    self._sleep_backoff(attempts)
+                applied, etag = self._retry_reads(reread)
+                if applied:
+                    return WriteResult("", etag, 200, attempts, already=True)
+                continue
+            body = _json_or_empty(response)
+            return WriteResult(
+                str(body.get("_id", "")),
+                str(body.get("_etag", "")),
+                response.status_code,
+                attempts,
+                body=body,
+            )
+
+    def _retry_reads(self, read: Callable):
+        attempts = 0
+        while True:
+            attempts += 1
+            try:
+                return read()
+            except Unavailable:
+                if attempts >= self.max_attempts:
+                    raise
+                self._sleep_backoff(attempts)
+
+    def _get(self, path: str, params: dict | None = None) -> dict:
+        return self._retry_reads(
+            lambda: _json_or_empty(self._send("GET", path, params=params, timeout=self.timeout))
+        )
+
+    def _get_item(self, path: str) -> dict | None:
+        """An item, including a soft-deleted one (Eve answers 404 with its document); None if absent."""
+        try:
+            return self._get(path)
+        except NotFound as exc:
+            return exc.body if isinstance(exc.body, dict) and "_id" in exc.body else None
+
+    def _require_item(self, path: str) -> dict:
+        doc = self._get_item(path)
+        if doc is None or doc.get("_deleted"):
+            raise NotFound(
+                "the item no longer exists", environment=self.environment, url=self._url(path), status=404
+            )
+        return doc
+
+    def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict | None = None,
+        payload: dict | None = None,
+        etag: str | None = None,
+        timeout: tuple[float, float],
+    ) -> requests.Response:
+        url = self._url(path)
+        headers = {"If-Match": etag} if etag else {}
+        self.requests_sent += 1
+        try:
+            response = self.session.request(
+                method, url, params=params, json=payload, headers=headers, timeout=timeout
+            )
+        except (requests.ConnectionError, requests.Timeout) as exc:
+            raise self._transport_error(method, url, exc) from None
+        if response.status_code >= 400:
+            raise self._http_error(response, url)
+        return response
+
+    def _transport_error(self, method: str, url: str, exc: Exception) -> AtlasError:
+        sent = isinstance(exc, requests.ReadTimeout) or (
+            isinstance(exc, requests.ConnectionError) and "RemoteDisconnected" in repr(exc)
+        )
+        if sent and method != "GET":
+            message = f"no answer to {method} within the timeout; the write may or may not have been applied"
+            return OutcomeUnknown(message, environment=self.environment, url=url)
+        reason = "timed out" if isinstance(exc, requests.Timeout) else "could not connect"
+        return Unavailable(f"{method} {reason} ({type(exc).__name__})", environment=self.environment, url=url)
+
+    def _http_error(self, response: requests.Response, url: str) -> AtlasError:
+        body = _json_or_empty(response)
+        status = response.status_code
+        error = body.get("_error") if isinstance(body.get("_error"), dict) else {}
+        message = str(body.get("message") or error.get("message") or response.reason or "error")
+        kwargs = {"environment": self.environment, "url": url, "status": status, "body": body}
+        if status == 401:
+            return AuthenticationError(
+                "authentication failed: check the username and the password variable", **kwargs
+            )
+        if status == 404:
+            return NotFound(message, **kwargs)
+        if status == 409:
+            return Conflict(message, **kwargs)
+        if status in (412, 428):
+            return PreconditionFailed(message, **kwargs)
+        if status == 422:
+            issues = body.get("_issues", {})
+            return ValidationFailed(
+                f"Atlas refused the payload: {json.dumps(issues, sort_keys=True)}", issues=issues, **kwargs
+            )
+        if status == 429 or status >= 500:
+            return Unavailable(message, **kwargs)
+        if status == 400:
+            return BadRequest(message, **kwargs)
+        return AtlasError(message, **kwargs)
+
+    def _sleep_backoff(self, attempt: int) -> None:
+        """Exponential backoff with full jitter."""
+        time.sleep(random.uniform(0, min(self.backoff_cap, self.backoff * 2 ** (attempt - 1))))
+
+    def _url(self, path: str) -> str:
+        return urljoin(self.base_url, path)
+
+
+def _dumps(value: dict) -> str:
+    return json.dumps(value, separators=(",", ":"), sort_keys=True)
+
+
+def _json_or_empty(response: requests.Response) -> dict:
+    if not response.content:
+        return {}
+    try:
+        body = response.json()
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {"_items": body}
+
+
+def _contains(doc: dict, changes: dict) -> bool:
+    """Whether every (nested) value in `changes` is already in `doc`."""
+    for key, value in changes.items():
+        current = doc
+        for part in key.split("."):
+            current = current.get(part) if isinstance(current, dict) else None
+        if isinstance(value, dict):
+            if not isinstance(current, dict) or not _contains(current, value):
+                return False
+        elif current != value:
+            return False
+    return True
+
+
+def _same_code(item: CodeItem, payload: dict) -> bool:
+    meta = payload.get("meta", {})
+    return (item.name, item.version, item.code_type) == (
+        meta.get("name"),
+        str(meta.get("version")),
+        meta.get("code_type"),
+    )
