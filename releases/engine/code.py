@@ -1,0 +1,103 @@
+"""Step kinds that create or change the release's code item (runbook steps 2, 5, 8, 9, 12)."""
+
+from __future__ import annotations
+
+from atlas.types import CodeItem
+
+from ..states import StepState
+from .context import Outcome, StepContext
+
+DEPLOY_FLAGS = {"registry_rebuild": False, "cache_clear": True, "update_database": True}
+
+
+def find_release_item(ctx: StepContext) -> CodeItem | None:
+    plan = ctx.step.plan
+    items = ctx.client.find_code(plan.profile_name, plan.version, "profile")
+    return items[0] if items else None
+
+
+def deploy_code(ctx: StepContext) -> Outcome:
+    plan, params = ctx.step.plan, ctx.step.params
+    commit = plan.commit_for(params.get("commit", "release"))
+    if not commit:
+        return Outcome(StepState.FAILED, "the release is not finalized yet: no final commit to deploy")
+    item = find_release_item(ctx)
+    if item is None:
+        refusal = _commit_clash(ctx, commit)
+        if refusal:
+            return Outcome(StepState.FAILED, refusal)
+        created = ctx.client.create_code(_code_payload(plan, commit, params.get("is_current", False)))
+        ctx.result.update(code_id=created.id, reused=False)
+    else:
+        if item.commit_hash != commit:
+            return Outcome(
+                StepState.FAILED,
+                f"{ctx.environment} already has code item {item.name} {item.version} ({item.id}) on commit "
+                f"{item.commit_hash}, not {commit}: check it in Atlas before deploying again",
+            )
+        if params.get("is_current") and not item.is_current:
+            ctx.client.patch_code(item.id, {"meta": {"is_current": True}}, etag=item.etag)
+        ctx.result.update(code_id=item.id, reused=True)
+    ctx.result.update(commit=commit, is_current=bool(params.get("is_current")))
+    ctx.save_result()
+    return _wait_for_deploy(ctx, f"code item {ctx.result['code_id']} on {commit[:12]}")
+
+
+def update_code(ctx: StepContext) -> Outcome:
+    plan, params = ctx.step.plan, ctx.step.params
+    commit = plan.commit_for(params.get("commit", "final"))
+    if not commit:
+        return Outcome(StepState.FAILED, "the release is not finalized yet: record the final commit first")
+    item = find_release_item(ctx)
+    if item is None:
+        return Outcome(
+            StepState.FAILED, f"no {plan.profile_name} {plan.version} profile item on {ctx.environment}"
+        )
+    ctx.result.update(code_id=item.id, commit=commit, previous_commit=item.commit_hash)
+    if item.commit_hash != commit:
+        # Alone in its PATCH: with `meta` beside it Atlas would skip the cascade to the sites.
+        ctx.client.patch_code(item.id, {"commit_hash": commit}, etag=item.etag)
+        ctx.result["cascaded_sites"] = ctx.client.count("sites", {"code.profile": item.id})
+    if params.get("make_current"):
+        fresh = ctx.client.get_code(item.id)
+        if fresh is not None and not fresh.is_current:
+            ctx.client.patch_code(item.id, {"meta": {"is_current": True}}, etag=fresh.etag)
+        ctx.result["made_current"] = True
+    ctx.save_result()
+    return _wait_for_deploy(ctx, f"code item {item.id} now on {commit[:12]}")
+
+
+def _commit_clash(ctx: StepContext, commit: str) -> str:
+    clash = ctx.client.find_code_by_commit(commit)
+    if not clash:
+        return ""
+    other = clash[0]
+    return (
+        f"commit {commit} is already used on {ctx.environment} by code item {other.name} {other.version} "
+        f"({other.code_type}, id {other.id}); Atlas requires unique commit hashes, so the release item "
+        "cannot be created: remove or re-point that item first"
+    )
+
+
+def _code_payload(plan, commit: str, is_current: bool) -> dict:
+    return {
+        "git_url": plan.git_url,
+        "commit_hash": commit,
+        "meta": {
+            "name": plan.profile_name,
+            "version": plan.version,
+            "code_type": "profile",
+            "is_current": is_current,
+        },
+        "deploy": dict(DEPLOY_FLAGS),
+    }
+
+
+def _wait_for_deploy(ctx: StepContext, what: str) -> Outcome:
+    # A 2xx means "stored and queued" (atlas-api.md §3.5): give Atlas's deploy time to finish.
+    requested = ctx.sleep(ctx.environment.deploy_wait_seconds)
+    if requested:
+        # The write is done; only the wait was cut short. Pausing here would strand nothing.
+        ctx.result["deploy_wait_cut_short"] = requested
+        ctx.save_result()
+    return Outcome(StepState.SUCCEEDED, what, ctx.result)

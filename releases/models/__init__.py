@@ -1,0 +1,14 @@
+from .audit import AuditEvent
+from .environment import Environment, EnvironmentMisconfigured, UpdateGroup
+from .plan import ReleasePlan, SiteResult, StepRun, TransitionRefused
+
+__all__ = [
+    "AuditEvent",
+    "Environment",
+    "EnvironmentMisconfigured",
+    "ReleasePlan",
+    "SiteResult",
+    "StepRun",
+    "TransitionRefused",
+    "UpdateGroup",
+]

@@ -1,0 +1,181 @@
+import os
+import re
+
+from django.core.exceptions import ValidationError
+from django.core.validators import MinValueValidator
+from django.db import models
+
+from atlas.client import AtlasClient
+from atlas.errors import InvalidSelector
+from atlas.selectors import validate_where
+
+from ..states import FailurePolicy
+
+_ENV_VAR = re.compile(r"^[A-Z_][A-Z0-9_]*$")
+
+
+class EnvironmentMisconfigured(Exception):
+    """The environment row cannot produce a working client (e.g. its password variable is unset)."""
+
+
+class Environment(models.Model):
+    """One Atlas instance. The password is never stored: only the name of the variable holding it."""
+
+    name = models.CharField(max_length=16, unique=True, help_text="DEV, TEST or PROD.")
+    order = models.PositiveSmallIntegerField(default=0, help_text="Promotion order: DEV 1, TEST 2, PROD 3.")
+    api_url = models.URLField(
+        "Atlas API URL", help_text="Base URL of the Atlas API, e.g. https://atlas/atlas/"
+    )
+    site_url = models.URLField("site base URL", blank=True, help_text="Public base URL of the sites.")
+    username = models.CharField("Atlas username", max_length=150)
+    password_env = models.CharField(
+        "password variable",
+        max_length=100,
+        help_text="Name of the environment variable that holds the Atlas password (never the password).",
+    )
+    verify_tls = models.BooleanField("verify TLS", default=True)
+    parallelism = models.PositiveSmallIntegerField(
+        "parallel requests",
+        default=4,
+        validators=[MinValueValidator(1)],
+        help_text="Atlas writes in flight at once.",
+    )
+    batch_pause_seconds = models.FloatField(
+        "pause between batches (s)", default=5.0, validators=[MinValueValidator(0)]
+    )
+    failure_threshold_count = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Pause the step when this many sites have failed (empty: no limit)."
+    )
+    failure_threshold_percent = models.FloatField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(0)],
+        help_text="Pause the step when this share of its sites has failed (empty: no limit).",
+    )
+    failure_policy = models.CharField(
+        max_length=8,
+        choices=FailurePolicy.choices,
+        default=FailurePolicy.PAUSE,
+        help_text="What a step becomes when sites still fail after retries.",
+    )
+    deploy_wait_seconds = models.FloatField(
+        "deploy wait (s)",
+        default=60.0,
+        validators=[MinValueValidator(0)],
+        help_text="Atlas answers before its code deploy finishes: wait this long before touching sites.",
+    )
+    pool_wait_seconds = models.FloatField(
+        "pool refill wait (s)",
+        default=600.0,
+        validators=[MinValueValidator(0)],
+        help_text="After deleting available sites, wait up to this long for the pool to refill.",
+    )
+    read_timeout_seconds = models.FloatField(default=30.0, validators=[MinValueValidator(1)])
+    max_attempts = models.PositiveSmallIntegerField(default=5, validators=[MinValueValidator(1)])
+    slack_webhook_env = models.CharField(
+        "Slack webhook variable",
+        max_length=100,
+        blank=True,
+        help_text="Name of the environment variable holding the Slack webhook URL (optional).",
+    )
+    protected = models.BooleanField(
+        default=False, help_text="Typed confirmation and the protected-launch permission are required (PROD)."
+    )
+
+    class Meta:
+        ordering = ["order", "name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def clean(self) -> None:
+        for field in ("password_env", "slack_webhook_env"):
+            value = getattr(self, field)
+            if value and not _ENV_VAR.match(value):
+                raise ValidationError(
+                    {field: "must be an environment variable name such as ATLAS_PROD_PASSWORD"}
+                )
+
+    def password(self) -> str:
+        value = os.environ.get(self.password_env)
+        if not value:
+            raise EnvironmentMisconfigured(
+                f"{self.name}: the password variable {self.password_env} is not set in the environment"
+            )
+        return value
+
+    def client(self) -> AtlasClient:
+        return AtlasClient(
+            self.api_url,
+            username=self.username,
+            password=self.password(),
+            environment=self.name,
+            verify=self.verify_tls,
+            read_timeout=self.read_timeout_seconds,
+            max_attempts=self.max_attempts,
+            pool_size=max(16, self.parallelism * 2),
+        )
+
+    def threshold_reached(self, failed: int, targeted: int) -> bool:
+        if failed == 0:
+            return False
+        if self.failure_threshold_count is not None and failed >= self.failure_threshold_count:
+            return True
+        percent = self.failure_threshold_percent
+        return percent is not None and targeted > 0 and failed * 100.0 / targeted >= percent
+
+
+class UpdateGroup(models.Model):
+    """A named, ordered site selector of one environment, used by one runbook step."""
+
+    environment = models.ForeignKey(Environment, on_delete=models.CASCADE, related_name="update_groups")
+    step_number = models.PositiveSmallIntegerField(
+        help_text="The runbook step (1–14) that uses this selector."
+    )
+    position = models.PositiveSmallIntegerField(default=0, help_text="Order of the batch within the step.")
+    name = models.CharField(max_length=100)
+    status = models.CharField(
+        max_length=20, blank=True, help_text="Site status, with the update group below."
+    )
+    update_group = models.PositiveSmallIntegerField(null=True, blank=True)
+    where = models.JSONField(
+        null=True, blank=True, help_text='A full Atlas selector instead, e.g. {"status": "launched"}.'
+    )
+    enabled = models.BooleanField(default=True)
+    edited = models.BooleanField(
+        default=False, help_text="Changed by an operator: `loadrunbook --update` keeps it."
+    )
+    updated_at = models.DateTimeField(auto_now=True)
+    updated_by = models.CharField(max_length=150, blank=True)
+
+    class Meta:
+        ordering = ["environment__order", "step_number", "position", "id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["environment", "step_number", "name"], name="update_group_unique_name"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.environment} step {self.step_number}: {self.name}"
+
+    def selector(self) -> dict:
+        if self.where:
+            return dict(self.where)
+        selector: dict = {}
+        if self.status:
+            selector["status"] = self.status
+        if self.update_group is not None:
+            selector["update_group"] = self.update_group
+        return selector
+
+    def clean(self) -> None:
+        if self.where is not None:
+            try:
+                validate_where(self.where)
+            except InvalidSelector as exc:
+                raise ValidationError({"where": str(exc)}) from None
+            if not self.where:
+                raise ValidationError({"where": "an empty selector would match every site"})
+        elif not self.status and self.update_group is None:
+            raise ValidationError("give a status and/or update group, or a full selector")

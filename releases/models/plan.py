@@ -1,0 +1,281 @@
+from datetime import timedelta
+
+from django.conf import settings
+from django.core.validators import RegexValidator
+from django.db import IntegrityError, models, transaction
+from django.db.models import Count, Q
+from django.utils import timezone
+
+from ..states import ACTIVE, DONE, LAUNCHABLE, SKIPPABLE, SiteState, StepKind, StepState
+
+SHA_VALIDATOR = RegexValidator(r"^[0-9a-f]{40}$", "must be a full 40-character lowercase hex commit SHA")
+VERSION_VALIDATOR = RegexValidator(r"^\d+\.\d+\.\d+([.-][0-9A-Za-z.-]+)?$", "must look like 2.8.5")
+LEASE = timedelta(seconds=30)
+
+
+class TransitionRefused(Exception):
+    """A state change that is not allowed now; the message says why."""
+
+
+class ReleasePlan(models.Model):
+    version = models.CharField(max_length=40, unique=True, validators=[VERSION_VALIDATOR])
+    profile_name = models.CharField(max_length=100, default="express")
+    git_url = models.CharField(max_length=300, help_text="Must contain .git (Atlas's git_url rule).")
+    release_branch = models.CharField(max_length=200)
+    release_commit = models.CharField(
+        max_length=40, validators=[SHA_VALIDATOR], help_text="Release-branch HEAD deployed before finalizing."
+    )
+    final_tag = models.CharField(max_length=100, blank=True)
+    final_commit = models.CharField(max_length=40, blank=True, validators=[SHA_VALIDATOR])
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_by_username = models.CharField(max_length=150)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        permissions = [
+            ("launch_step", "Can launch, pause, resume, abort, retry and skip release steps"),
+            ("launch_protected", "Can run release steps on protected environments (PROD)"),
+            ("finalize_release", "Can record the finalized release (tag and commit)"),
+        ]
+
+    def __str__(self) -> str:
+        return self.version
+
+    def commit_for(self, source: str) -> str:
+        """The commit a step deploys: the release-branch HEAD, or the finalized commit."""
+        return self.final_commit if source == "final" else self.release_commit
+
+    @property
+    def state(self) -> str:
+        states = [s.state for s in self.steps.all()]
+        if any(s in ACTIVE for s in states):
+            return StepState.RUNNING if StepState.RUNNING in states else StepState.PAUSED
+        if StepState.FAILED in states:
+            return StepState.FAILED
+        if all(s in DONE for s in states):
+            return StepState.SUCCEEDED
+        return StepState.PENDING
+
+
+class StepRun(models.Model):
+    """One runbook step of one plan, and the state of its execution."""
+
+    plan = models.ForeignKey(ReleasePlan, on_delete=models.CASCADE, related_name="steps")
+    number = models.PositiveSmallIntegerField()
+    environment = models.ForeignKey("releases.Environment", null=True, blank=True, on_delete=models.PROTECT)
+    kind = models.CharField(max_length=20, choices=StepKind.choices)
+    title = models.CharField(max_length=300)
+    params = models.JSONField(default=dict, blank=True)
+    state = models.CharField(max_length=12, choices=StepState.choices, default=StepState.PENDING)
+    message = models.TextField(blank=True, help_text="Why the step paused, failed or was skipped.")
+    launched_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    launched_by_username = models.CharField(max_length=150, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    continue_stage = models.BooleanField(
+        default=False, help_text="Launch the environment's next step on success."
+    )
+    requested = models.CharField(max_length=8, blank=True, help_text="pause or abort, asked while running")
+    lease_owner = models.CharField(max_length=200, blank=True)
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+    task_ids = models.JSONField(default=list, blank=True)
+    result = models.JSONField(default=dict, blank=True, help_text="What the step found and did in Atlas.")
+
+    class Meta:
+        ordering = ["plan", "number"]
+        constraints = [
+            models.UniqueConstraint(fields=["plan", "number"], name="step_unique_number"),
+            # One environment never runs two steps at once: the database refuses a second active one.
+            models.UniqueConstraint(
+                fields=["environment"], condition=Q(state__in=ACTIVE), name="one_active_step_per_environment"
+            ),
+        ]
+        indexes = [
+            # The watchdog looks for running steps whose lease has lapsed.
+            models.Index(fields=["state", "lease_expires_at"], name="step_state_lease"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.plan.version} step {self.number}: {self.title}"
+
+    # -- guards ----------------------------------------------------------------------------
+
+    def blockers(self) -> list[str]:
+        """Why this step may not start now (empty when it may)."""
+        reasons = []
+        earlier = self.plan.steps.filter(number__lt=self.number).exclude(state__in=DONE)
+        for step in earlier.order_by("number"):
+            reasons.append(f"step {step.number} ({step.title}) is {step.state}")
+        if self.environment_id:
+            busy = StepRun.objects.filter(environment=self.environment_id, state__in=ACTIVE).exclude(
+                pk=self.pk
+            )
+            for step in busy.select_related("plan"):
+                reasons.append(
+                    f"{self.environment} is busy with {step.plan.version} step {step.number} ({step.state})"
+                )
+        return reasons
+
+    # -- transitions (each a conditional update: "another process got there first") -------
+
+    def launch(self, user, *, continue_stage: bool = False) -> None:
+        if self.kind in (StepKind.GIT_BRANCH, StepKind.FINALIZE):
+            raise TransitionRefused(f"step {self.number} is a manual gate: record it with `release finalize`")
+        blockers = self.blockers()
+        if blockers:
+            raise TransitionRefused(f"step {self.number} cannot start: " + "; ".join(blockers))
+        changes = dict(
+            state=StepState.RUNNING,
+            launched_by=user,
+            launched_by_username=user.get_username() if user else "system",
+            started_at=timezone.now(),
+            finished_at=None,
+            requested="",
+            message="",
+            lease_owner="",
+            lease_expires_at=None,
+            continue_stage=continue_stage,
+        )
+        self._move(LAUNCHABLE, changes, f"step {self.number} is no longer launchable")
+
+    def skip(self, user, reason: str) -> None:
+        if not reason.strip():
+            raise TransitionRefused("a skip needs a reason")
+        if self.kind in (StepKind.GIT_BRANCH, StepKind.FINALIZE):
+            raise TransitionRefused(f"step {self.number} is a manual gate and cannot be skipped")
+        changes = dict(state=StepState.SKIPPED, message=reason, finished_at=timezone.now(), requested="")
+        self._move(SKIPPABLE, changes, f"step {self.number} cannot be skipped while {self.state}")
+
+    def request(self, action: str) -> None:
+        """Pause or abort: a running step stops at site granularity; a paused one aborts at once."""
+        if action == "abort" and self.state == StepState.PAUSED:
+            changes = dict(
+                state=StepState.ABORTED, finished_at=timezone.now(), requested="", message="aborted"
+            )
+            return self._move([StepState.PAUSED], changes, "the step is no longer paused")
+        self._move([StepState.RUNNING], dict(requested=action), f"step {self.number} is not running")
+
+    def resume(self, *, retry_failed: bool = False) -> None:
+        allowed = [StepState.PAUSED, StepState.FAILED] if retry_failed else [StepState.PAUSED]
+        with transaction.atomic():
+            self._move(
+                allowed,
+                dict(
+                    state=StepState.RUNNING,
+                    requested="",
+                    message="",
+                    finished_at=None,
+                    lease_owner="",
+                    lease_expires_at=None,
+                ),
+                f"step {self.number} cannot resume",
+            )
+            if retry_failed:
+                self.sites.filter(state=SiteState.FAILED).update(state=SiteState.PENDING, message="")
+
+    def claim(self, owner: str) -> bool:
+        """Take the execution lease: only one worker executes a running step at a time."""
+        now = timezone.now()
+        free = Q(lease_owner="") | Q(lease_expires_at__lt=now) | Q(lease_owner=owner)
+        rows = StepRun.objects.filter(free, pk=self.pk, state=StepState.RUNNING).update(
+            lease_owner=owner, lease_expires_at=now + LEASE
+        )
+        return rows == 1
+
+    def heartbeat(self, owner: str) -> str | None:
+        """Extend the lease; return the operator's pending request ('' if none), None if the lease is lost."""
+        rows = StepRun.objects.filter(pk=self.pk, lease_owner=owner, state=StepState.RUNNING).update(
+            lease_expires_at=timezone.now() + LEASE
+        )
+        if rows != 1:
+            return None
+        return StepRun.objects.values_list("requested", flat=True).get(pk=self.pk)
+
+    def finish(self, owner: str, state: str, message: str = "", result: dict | None = None) -> bool:
+        changes = dict(state=state, message=message, lease_owner="", lease_expires_at=None, requested="")
+        if state != StepState.PAUSED:
+            changes["finished_at"] = timezone.now()
+        if result is not None:
+            changes["result"] = result
+        rows = StepRun.objects.filter(pk=self.pk, lease_owner=owner, state=StepState.RUNNING).update(
+            **changes
+        )
+        if rows == 1:
+            for key, value in changes.items():
+                setattr(self, key, value)
+        return rows == 1
+
+    def record_manual(self, user, *, message: str = "") -> None:
+        """A manual gate done outside the portal (branch created, release finalized)."""
+        now = timezone.now()
+        changes = dict(
+            state=StepState.SUCCEEDED,
+            launched_by=user,
+            started_at=now,
+            finished_at=now,
+            message=message,
+            launched_by_username=user.get_username() if user else "system",
+        )
+        self._move(
+            [StepState.PENDING, StepState.SUCCEEDED], changes, f"step {self.number} cannot be recorded"
+        )
+
+    def _move(self, allowed, changes: dict, refusal: str) -> None:
+        try:
+            with transaction.atomic():
+                rows = StepRun.objects.filter(pk=self.pk, state__in=list(allowed)).update(**changes)
+        except IntegrityError:
+            raise TransitionRefused(f"{self.environment} is already running another step") from None
+        if rows != 1:
+            self.refresh_from_db(fields=["state"])
+            raise TransitionRefused(f"{refusal} (it is {self.state})")
+        for key, value in changes.items():
+            setattr(self, key, value)
+
+    # -- reporting ---------------------------------------------------------------------------
+
+    def counts(self) -> dict:
+        rows = dict(self.sites.values_list("state").annotate(n=Count("id")).values_list("state", "n"))
+        return {
+            "targeted": sum(rows.values()),
+            "succeeded": rows.get(SiteState.SUCCEEDED, 0),
+            "failed": rows.get(SiteState.FAILED, 0),
+            "skipped": rows.get(SiteState.SKIPPED, 0),
+            "pending": rows.get(SiteState.PENDING, 0) + rows.get(SiteState.DISPATCHED, 0),
+        }
+
+
+class SiteResult(models.Model):
+    """One targeted site of one step: snapshotted at launch, updated as the step runs."""
+
+    step = models.ForeignKey(StepRun, on_delete=models.CASCADE, related_name="sites")
+    site_id = models.CharField(max_length=24)
+    sid = models.CharField(max_length=20, blank=True)
+    path = models.CharField(max_length=200, blank=True)
+    status = models.CharField(max_length=20, blank=True, help_text="The site's Atlas status at snapshot.")
+    update_group = models.IntegerField(null=True, blank=True)
+    batch_index = models.PositiveSmallIntegerField(default=0)
+    batch_name = models.CharField(max_length=100, blank=True)
+    etag = models.CharField(max_length=64, blank=True)
+    state = models.CharField(max_length=12, choices=SiteState.choices, default=SiteState.PENDING)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    http_status = models.PositiveSmallIntegerField(null=True, blank=True)
+    response = models.JSONField(null=True, blank=True, help_text="Atlas's answer to the last attempt.")
+    message = models.TextField(blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["step", "batch_index", "id"]
+        constraints = [models.UniqueConstraint(fields=["step", "site_id"], name="site_result_unique_site")]
+        indexes = [
+            # The engine picks the next sites by state within a step; counts group by state.
+            models.Index(fields=["step", "state", "batch_index"], name="site_result_step_state"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.path or self.site_id}: {self.state}"

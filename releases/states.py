@@ -1,0 +1,46 @@
+"""Step and site states, with the named groups the engine and the admin rely on."""
+
+from django.db import models
+
+
+class StepState(models.TextChoices):
+    PENDING = "pending", "Pending"
+    RUNNING = "running", "Running"
+    PAUSED = "paused", "Paused"
+    SUCCEEDED = "succeeded", "Succeeded"
+    FAILED = "failed", "Failed"
+    ABORTED = "aborted", "Aborted"
+    SKIPPED = "skipped", "Skipped"
+
+
+# A step in one of these holds its environment: no other step may run there meanwhile.
+ACTIVE = (StepState.RUNNING, StepState.PAUSED)
+# Later steps may start once every earlier step is in one of these.
+DONE = (StepState.SUCCEEDED, StepState.SKIPPED)
+LAUNCHABLE = (StepState.PENDING, StepState.FAILED, StepState.ABORTED)
+SKIPPABLE = (StepState.PENDING, StepState.PAUSED, StepState.FAILED, StepState.ABORTED)
+
+
+class SiteState(models.TextChoices):
+    PENDING = "pending", "Pending"
+    DISPATCHED = "dispatched", "Dispatched"  # sent, outcome not yet recorded: re-read before re-sending
+    SUCCEEDED = "succeeded", "Succeeded"
+    FAILED = "failed", "Failed"
+    SKIPPED = "skipped", "Skipped"
+
+
+class StepKind(models.TextChoices):
+    GIT_BRANCH = "git_branch", "Create the release branch (recorded)"
+    DEPLOY_CODE = "deploy_code", "Deploy a code item"
+    UPDATE_CODE = "update_code", "Update a code item"
+    DELETE_SITES = "delete_sites", "Delete available sites"
+    UPDATE_SITES = "update_sites", "Update sites to the release profile"
+    FINALIZE = "finalize", "Finalize the release in git (manual gate)"
+
+
+MANUAL_KINDS = (StepKind.GIT_BRANCH, StepKind.FINALIZE)
+
+
+class FailurePolicy(models.TextChoices):
+    PAUSE = "pause", "Pause the step for the operator"
+    FAIL = "fail", "Fail the step"
