@@ -1,0 +1,139 @@
+"""Read-only views of a plan: its status (the `status --json` contract) and step previews."""
+
+from __future__ import annotations
+
+from atlas.errors import AtlasError
+from atlas.selectors import exclude_profile
+
+from .models import EnvironmentMisconfigured, ReleasePlan, StepRun, UpdateGroup
+from .states import StepKind
+
+PREVIEW_PATHS = 50  # site paths listed per batch in a preview (counts are always complete)
+
+
+def _iso(value) -> str | None:
+    return value.isoformat() if value else None
+
+
+def step_status(step: StepRun) -> dict:
+    return {
+        "number": step.number,
+        "environment": step.environment.name if step.environment else None,
+        "kind": step.kind,
+        "title": step.title,
+        "state": step.state,
+        "message": step.message,
+        "launched_by": step.launched_by_username or None,
+        "started_at": _iso(step.started_at),
+        "finished_at": _iso(step.finished_at),
+        "counts": step.counts(),
+        "task_ids": step.task_ids,
+    }
+
+
+def status(plan: ReleasePlan) -> dict:
+    steps = list(plan.steps.select_related("environment").order_by("number"))
+    sweeps = {s.environment.name: s.result["sweep"] for s in steps if s.environment and "sweep" in s.result}
+    return {
+        "version": plan.version,
+        "state": plan.state,
+        "profile": plan.profile_name,
+        "release_branch": plan.release_branch,
+        "release_commit": plan.release_commit,
+        "final_tag": plan.final_tag or None,
+        "final_commit": plan.final_commit or None,
+        "created_by": plan.created_by_username,
+        "steps": [step_status(s) for s in steps],
+        "sweeps": sweeps,
+    }
+
+
+def preview(plan: ReleasePlan, number: int | None = None) -> list[dict]:
+    steps = plan.steps.select_related("environment").order_by("number")
+    if number is not None:
+        steps = steps.filter(number=number)
+    return [preview_step(step) for step in steps]
+
+
+def preview_step(step: StepRun) -> dict:
+    """Exactly what the step would create, change or target now, read from Atlas (nothing written)."""
+    base = {
+        "number": step.number,
+        "environment": step.environment.name if step.environment else None,
+        "kind": step.kind,
+        "title": step.title,
+        "state": step.state,
+    }
+    if step.kind in (StepKind.GIT_BRANCH, StepKind.FINALIZE):
+        return {**base, "manual": True, "detail": _manual_detail(step)}
+    try:
+        client = step.environment.client()
+        item = _release_item(client, step.plan)
+        if step.kind in (StepKind.DEPLOY_CODE, StepKind.UPDATE_CODE):
+            return {**base, **_code_preview(client, step, item)}
+        return {**base, **_sites_preview(client, step, item)}
+    except (AtlasError, EnvironmentMisconfigured) as exc:
+        return {**base, "error": str(exc)}
+
+
+def _release_item(client, plan):
+    items = client.find_code(plan.profile_name, plan.version, "profile")
+    return items[0] if items else None
+
+
+def _manual_detail(step: StepRun) -> str:
+    plan = step.plan
+    if step.kind == StepKind.GIT_BRANCH:
+        return f"branch {plan.release_branch} at {plan.release_commit}"
+    if plan.final_commit:
+        return f"finalized: tag {plan.final_tag} at {plan.final_commit}"
+    return "record the tag and commit with `release finalize` after merging to master"
+
+
+def _code_preview(client, step: StepRun, item) -> dict:
+    plan, params = step.plan, step.params
+    commit = plan.commit_for(params.get("commit", "release"))
+    code = {
+        "name": plan.profile_name,
+        "version": plan.version,
+        "code_type": "profile",
+        "commit_hash": commit or None,
+    }
+    if step.kind == StepKind.DEPLOY_CODE:
+        clash = (
+            [c for c in client.find_code_by_commit(commit) if c.id != (item.id if item else None)]
+            if commit
+            else []
+        )
+        return {
+            "action": "reuse" if item else "create",
+            "code": {**code, "is_current": bool(params.get("is_current")), "id": item.id if item else None},
+            "commit_clash": [{"id": c.id, "name": c.name, "version": c.version} for c in clash],
+        }
+    if item is None:
+        return {"action": "missing", "code": code, "error": f"no {plan.profile_name} {plan.version} item yet"}
+    return {
+        "action": "update",
+        "code": {**code, "id": item.id, "current_commit": item.commit_hash, "is_current": item.is_current},
+        "make_current": bool(params.get("make_current")),
+        "cascade_sites": client.count("sites", {"code.profile": item.id}),
+    }
+
+
+def _sites_preview(client, step: StepRun, item) -> dict:
+    groups = UpdateGroup.objects.filter(environment=step.environment, step_number=step.number, enabled=True)
+    batches, seen = [], set()
+    for group in groups.order_by("position", "id"):
+        where = exclude_profile(group.selector(), item.id) if item else group.selector()
+        sites = [s for s in client.list_sites(where) if s.id not in seen]
+        seen.update(s.id for s in sites)
+        batches.append(
+            {
+                "name": group.name,
+                "where": where,
+                "count": len(sites),
+                "paths": [s.path for s in sites[:PREVIEW_PATHS]],
+            }
+        )
+    note = "" if item else "the release item does not exist yet: sites already on it cannot be excluded"
+    return {"action": step.kind, "batches": batches, "total": len(seen), "note": note}

@@ -1,0 +1,275 @@
+"""Operations on release plans, shared by the admin and `manage.py release`.
+
+Each operation checks the acting user's permission, changes state through the model's guarded
+transitions, enqueues work only after the transaction commits, and leaves an audit event —
+for refusals too.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from django.contrib.auth import get_user_model
+from django.core.exceptions import ValidationError
+from django.db import transaction
+
+from .models import AuditEvent, Environment, ReleasePlan, StepRun, TransitionRefused
+from .models.plan import SHA_VALIDATOR, VERSION_VALIDATOR
+from .runbook import STEPS
+from .states import ACTIVE, DONE, MANUAL_KINDS, StepState
+
+PERMISSIONS = {
+    "create": "releases.add_releaseplan",
+    "launch": "releases.launch_step",
+    "pause": "releases.launch_step",
+    "resume": "releases.launch_step",
+    "abort": "releases.launch_step",
+    "retry_failed": "releases.launch_step",
+    "skip": "releases.launch_step",
+    "finalize": "releases.finalize_release",
+    "environment_set": "releases.change_environment",
+}
+
+
+class ActionRefused(Exception):
+    """The action was not carried out; the message says why (and an audit event records it)."""
+
+
+def resolve_user(username: str):
+    user = get_user_model().objects.filter(username=username).first()
+    if user is None or not user.is_active or not user.is_staff:
+        AuditEvent.record(
+            "resolve_user",
+            username=username or "?",
+            outcome=AuditEvent.Outcome.REFUSED,
+            message="unknown, inactive or non-staff user",
+        )
+        raise ActionRefused(f"unknown user {username!r} (it must be an active staff account)")
+    return user
+
+
+def authorize(user, action: str, *, plan=None, step=None, environment=None, parameters=None) -> None:
+    """Raise ActionRefused (and audit it) unless `user` may do `action` (there)."""
+    environment = environment or (step.environment if step else None)
+    missing = [] if user.has_perm(PERMISSIONS[action]) else [PERMISSIONS[action]]
+    if (
+        action in ("launch", "resume", "retry_failed", "skip")
+        and environment is not None
+        and environment.protected
+    ):
+        if not user.has_perm("releases.launch_protected"):
+            missing.append("releases.launch_protected")
+    if missing:
+        _refuse(
+            f"{user.get_username()} lacks the permission {', '.join(missing)}",
+            action,
+            user=user,
+            plan=plan,
+            step=step,
+            environment=environment,
+            parameters=parameters,
+        )
+
+
+def _refuse(message: str, action: str, **where) -> None:
+    AuditEvent.record(action, outcome=AuditEvent.Outcome.REFUSED, message=message, **where)
+    raise ActionRefused(message)
+
+
+def _validate(validator, value: str, what: str) -> None:
+    try:
+        validator(value)
+    except ValidationError:
+        raise ActionRefused(f"{what} {value!r} {validator.message}") from None
+
+
+def create_plan(
+    version: str, *, commit: str, user, branch: str = "", git_url: str = "", profile: str = "express"
+) -> ReleasePlan:
+    params = {"version": version, "commit": commit, "branch": branch, "git_url": git_url, "profile": profile}
+    authorize(user, "create", parameters=params)
+    try:
+        _validate(VERSION_VALIDATOR, version, "version")
+        _validate(SHA_VALIDATOR, commit, "commit")
+        git_url = git_url or "https://github.com/CuBoulder/express.git"
+        if ".git" not in git_url:
+            raise ActionRefused(f"git URL {git_url!r} must contain .git (Atlas refuses it otherwise)")
+        if ReleasePlan.objects.filter(version=version).exists():
+            raise ActionRefused(f"release {version} already exists")
+        environments = {e.name: e for e in Environment.objects.all()}
+        missing = {d.environment for d in STEPS if d.environment} - environments.keys()
+        if missing:
+            raise ActionRefused(
+                f"environments {', '.join(sorted(missing))} do not exist: run `manage.py loadrunbook`"
+            )
+    except ActionRefused as exc:
+        AuditEvent.record(
+            "create_plan", user=user, outcome=AuditEvent.Outcome.REFUSED, parameters=params, message=str(exc)
+        )
+        raise
+    with transaction.atomic():
+        plan = ReleasePlan.objects.create(
+            version=version,
+            release_commit=commit,
+            git_url=git_url,
+            release_branch=branch or f"release/{version}",
+            profile_name=profile,
+            created_by=user,
+            created_by_username=user.get_username(),
+        )
+        StepRun.objects.bulk_create(
+            StepRun(
+                plan=plan,
+                number=d.number,
+                environment=environments.get(d.environment),
+                kind=d.kind,
+                title=d.title,
+                params=dict(d.params),
+            )
+            for d in STEPS
+        )
+        plan.steps.get(number=1).record_manual(user, message=f"branch {plan.release_branch} at {commit}")
+        AuditEvent.record("create_plan", user=user, plan=plan, parameters=params)
+    return plan
+
+
+def get_step(plan: ReleasePlan, number: int) -> StepRun:
+    step = plan.steps.select_related("environment").filter(number=number).first()
+    if step is None:
+        raise ActionRefused(f"release {plan.version} has no step {number} (steps are 1–{len(STEPS)})")
+    return step
+
+
+def next_step(plan: ReleasePlan, environment: str | None = None) -> StepRun:
+    steps = plan.steps.select_related("environment").exclude(state__in=DONE).order_by("number")
+    if environment:
+        steps = steps.filter(environment__name=environment.upper())
+    step = steps.first()
+    if step is None:
+        where = f" on {environment.upper()}" if environment else ""
+        raise ActionRefused(f"release {plan.version} has no remaining step{where}")
+    return step
+
+
+def launch(step: StepRun, user, *, stage: bool = False, via: str = "launch") -> StepRun:
+    params = {"step": step.number, "stage": stage, "via": via}
+    authorize(user, "launch", plan=step.plan, step=step, parameters=params)
+    try:
+        with transaction.atomic():
+            step.launch(user, continue_stage=stage)
+            _enqueue(step)
+            AuditEvent.record("launch", user=user, step=step, parameters=params)
+    except TransitionRefused as exc:
+        _refuse(str(exc), "launch", user=user, step=step, parameters=params)
+    return step
+
+
+def continue_stage(step: StepRun) -> StepRun | None:
+    """After a stage step succeeds: launch the environment's next step, unless it is a gate."""
+    following = step.plan.steps.select_related("environment").filter(number=step.number + 1).first()
+    if following is None or following.environment_id != step.environment_id or following.kind in MANUAL_KINDS:
+        return None
+    user = step.launched_by
+    if user is None:
+        return None
+    try:
+        return launch(following, user, stage=True, via="stage")
+    except ActionRefused:
+        return None
+
+
+def pause(plan: ReleasePlan, user) -> StepRun:
+    return _request(plan, user, "pause", [StepState.RUNNING])
+
+
+def abort(plan: ReleasePlan, user) -> StepRun:
+    return _request(plan, user, "abort", list(ACTIVE))
+
+
+def _request(plan: ReleasePlan, user, action: str, states) -> StepRun:
+    step = plan.steps.select_related("environment").filter(state__in=states).order_by("number").first()
+    authorize(user, action, plan=plan, step=step)
+    if step is None:
+        _refuse(
+            f"release {plan.version} has no {' or '.join(states)} step to {action}",
+            action,
+            user=user,
+            plan=plan,
+        )
+    try:
+        step.request(action)
+    except TransitionRefused as exc:
+        _refuse(str(exc), action, user=user, step=step)
+    AuditEvent.record(action, user=user, step=step)
+    return step
+
+
+def resume(plan: ReleasePlan, user) -> StepRun:
+    step = plan.steps.select_related("environment").filter(state=StepState.PAUSED).order_by("number").first()
+    if step is None:
+        _refuse(f"release {plan.version} has no paused step to resume", "resume", user=user, plan=plan)
+    return _resume(step, user, "resume", retry_failed=False)
+
+
+def retry_failed(step: StepRun, user) -> StepRun:
+    return _resume(step, user, "retry_failed", retry_failed=True)
+
+
+def _resume(step: StepRun, user, action: str, *, retry_failed: bool) -> StepRun:
+    authorize(user, action, step=step)
+    try:
+        with transaction.atomic():
+            step.resume(retry_failed=retry_failed)
+            _enqueue(step)
+            AuditEvent.record(action, user=user, step=step)
+    except TransitionRefused as exc:
+        _refuse(str(exc), action, user=user, step=step)
+    return step
+
+
+def skip(step: StepRun, user, reason: str) -> StepRun:
+    authorize(user, "skip", step=step, parameters={"reason": reason})
+    try:
+        step.skip(user, reason)
+    except TransitionRefused as exc:
+        _refuse(str(exc), "skip", user=user, step=step, reason=reason)
+    AuditEvent.record("skip", user=user, step=step, reason=reason)
+    return step
+
+
+def finalize(plan: ReleasePlan, *, tag: str, commit: str, user) -> ReleasePlan:
+    params = {"tag": tag, "commit": commit}
+    authorize(user, "finalize", plan=plan, parameters=params)
+    step = get_step(plan, 7)
+    problems = []
+    if not tag.strip():
+        problems.append("the tag is empty")
+    try:
+        SHA_VALIDATOR(commit)
+    except ValidationError:
+        problems.append(f"commit {commit!r} {SHA_VALIDATOR.message}")
+    if commit == plan.release_commit:
+        problems.append(
+            "the final commit equals the release-branch commit (the --no-ff merge makes a new one)"
+        )
+    blockers = [b for b in step.blockers()]
+    problems.extend(blockers)
+    if problems:
+        _refuse(
+            "cannot finalize: " + "; ".join(problems), "finalize", user=user, step=step, parameters=params
+        )
+    with transaction.atomic():
+        ReleasePlan.objects.filter(pk=plan.pk).update(final_tag=tag, final_commit=commit)
+        plan.final_tag, plan.final_commit = tag, commit
+        step.record_manual(user, message=f"tag {tag} at {commit}")
+        AuditEvent.record("finalize", user=user, step=step, parameters=params)
+    return plan
+
+
+def _enqueue(step: StepRun) -> None:
+    from .tasks import run_step
+
+    task_id = str(uuid.uuid4())
+    StepRun.objects.filter(pk=step.pk).update(task_ids=[*step.task_ids, task_id][-50:])
+    step.task_ids = [*step.task_ids, task_id][-50:]
+    transaction.on_commit(lambda: run_step.apply_async((step.pk,), task_id=task_id))

@@ -1,0 +1,24 @@
+"""Celery tasks: thin wrappers that load a row by primary key and call the engine."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+from celery import shared_task
+
+from . import engine, watchdog
+
+
+def _owner(task_id: str | None) -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{task_id or '-'}"
+
+
+@shared_task(bind=True, acks_late=True, soft_time_limit=6 * 3600, time_limit=6 * 3600 + 60)
+def run_step(self, step_id: int) -> str | None:
+    return engine.execute(step_id, _owner(self.request.id))
+
+
+@shared_task(acks_late=True, soft_time_limit=60, time_limit=90)
+def requeue_stalled_steps() -> int:
+    return watchdog.requeue_stalled()
