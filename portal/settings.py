@@ -162,6 +162,10 @@ ATLAS_DEFAULTS = {
     }
     for name, port in (("DEV", 5101), ("TEST", 5102), ("PROD", 5103))
 }
+# Defaults for new Environment rows (then edited per environment in the admin or `environment set`).
+ATLAS_DEPLOY_WAIT_SECONDS = env.float("ATLAS_DEPLOY_WAIT_SECONDS", default=60.0)
+ATLAS_POOL_WAIT_SECONDS = env.float("ATLAS_POOL_WAIT_SECONDS", default=600.0)
+ATLAS_BATCH_PAUSE_SECONDS = env.float("ATLAS_BATCH_PAUSE_SECONDS", default=5.0)
 PORTAL_BASE_URL = env.str("PORTAL_BASE_URL", default="http://127.0.0.1:8000")
 
 LOGGING = {

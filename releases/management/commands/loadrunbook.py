@@ -1,0 +1,79 @@
+"""Create the three environments, their update groups and the default runbook. Idempotent."""
+
+from django.conf import settings
+from django.core.management.base import BaseCommand
+from django.db import transaction
+
+from releases.models import AuditEvent, Environment, UpdateGroup
+from releases.runbook import DEFAULT_GROUPS, ENVIRONMENTS
+
+
+class Command(BaseCommand):
+    help = "Create DEV/TEST/PROD from the ATLAS_* variables and the seed runbook's selectors."
+
+    def add_arguments(self, parser):
+        parser.add_argument(
+            "--update",
+            action="store_true",
+            help="Refresh the update groups from the runbook, keeping those an operator edited.",
+        )
+        parser.add_argument(
+            "--reset-edited",
+            action="store_true",
+            help="With --update: also overwrite operator-edited groups.",
+        )
+
+    @transaction.atomic
+    def handle(self, *args, update=False, reset_edited=False, **options):
+        created_envs, created_groups, refreshed = [], 0, 0
+        for name, order, protected in ENVIRONMENTS:
+            defaults = settings.ATLAS_DEFAULTS[name]
+            env, created = Environment.objects.get_or_create(
+                name=name,
+                defaults=dict(
+                    order=order,
+                    protected=protected,
+                    api_url=defaults["url"],
+                    site_url=defaults["site_url"],
+                    username=defaults["username"],
+                    password_env=defaults["password_env"],
+                    deploy_wait_seconds=settings.ATLAS_DEPLOY_WAIT_SECONDS,
+                    pool_wait_seconds=settings.ATLAS_POOL_WAIT_SECONDS,
+                    batch_pause_seconds=settings.ATLAS_BATCH_PAUSE_SECONDS,
+                ),
+            )
+            if created:
+                created_envs.append(name)
+        envs = {e.name: e for e in Environment.objects.all()}
+        for (env_name, step), groups in DEFAULT_GROUPS.items():
+            for position, spec in enumerate(groups):
+                values = dict(
+                    position=position,
+                    status=spec.get("status", ""),
+                    update_group=spec.get("update_group"),
+                    where=spec.get("where"),
+                    enabled=True,
+                    edited=False,
+                )
+                group, created = UpdateGroup.objects.get_or_create(
+                    environment=envs[env_name], step_number=step, name=spec["name"], defaults=values
+                )
+                created_groups += created
+                if not created and update and (reset_edited or not group.edited):
+                    UpdateGroup.objects.filter(pk=group.pk).update(**values, updated_by="loadrunbook")
+                    refreshed += 1
+        AuditEvent.record(
+            "loadrunbook",
+            username="loadrunbook",
+            parameters={
+                "update": update,
+                "reset_edited": reset_edited,
+                "created_environments": created_envs,
+                "created_groups": created_groups,
+                "refreshed_groups": refreshed,
+            },
+        )
+        self.stdout.write(
+            f"environments created: {', '.join(created_envs) or 'none'}; update groups created: "
+            f"{created_groups}; refreshed: {refreshed}"
+        )
