@@ -166,6 +166,10 @@ ATLAS_DEFAULTS = {
 ATLAS_DEPLOY_WAIT_SECONDS = env.float("ATLAS_DEPLOY_WAIT_SECONDS", default=60.0)
 ATLAS_POOL_WAIT_SECONDS = env.float("ATLAS_POOL_WAIT_SECONDS", default=600.0)
 ATLAS_BATCH_PAUSE_SECONDS = env.float("ATLAS_BATCH_PAUSE_SECONDS", default=5.0)
+# A running step is held by one worker's lease, renewed every quarter of it; a step whose lease
+# lapsed (its worker died) is enqueued again by every live worker's watchdog.
+STEP_LEASE_SECONDS = env.float("STEP_LEASE_SECONDS", default=30.0)
+WATCHDOG_INTERVAL_SECONDS = env.float("WATCHDOG_INTERVAL_SECONDS", default=15.0)
 PORTAL_BASE_URL = env.str("PORTAL_BASE_URL", default="http://127.0.0.1:8000")
 
 LOGGING = {

@@ -12,13 +12,12 @@ import threading
 from datetime import timedelta
 
 from celery.signals import worker_ready, worker_shutdown
+from django.conf import settings
 from django.db import close_old_connections
 from django.db.models import Q
 from django.utils import timezone
 
 logger = logging.getLogger(__name__)
-INTERVAL_SECONDS = 15
-UNCLAIMED_GRACE = timedelta(seconds=45)
 _stop = threading.Event()
 
 
@@ -27,7 +26,9 @@ def requeue_stalled() -> int:
     from .states import StepState
 
     now = timezone.now()
-    lapsed = Q(lease_owner="", started_at__lt=now - UNCLAIMED_GRACE) | Q(lease_expires_at__lt=now)
+    # A launched step nobody has claimed yet gets a grace period: its task may still be queued.
+    grace = timedelta(seconds=settings.STEP_LEASE_SECONDS * 1.5)
+    lapsed = Q(lease_owner="", started_at__lt=now - grace) | Q(lease_expires_at__lt=now)
     stalled = list(StepRun.objects.filter(lapsed, state=StepState.RUNNING).values_list("pk", flat=True))
     for step_id in stalled:
         logger.warning("step %s has no live worker; enqueueing it again", step_id)
@@ -38,7 +39,7 @@ def requeue_stalled() -> int:
 
 
 def _loop() -> None:
-    while not _stop.wait(INTERVAL_SECONDS):
+    while not _stop.wait(settings.WATCHDOG_INTERVAL_SECONDS):
         try:
             close_old_connections()
             requeue_stalled()

@@ -5,12 +5,12 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+from django.conf import settings
+
 from atlas.client import AtlasClient
 
 from ..models import StepRun
 from ..states import StepState
-
-HEARTBEAT_SECONDS = 5.0
 
 
 class LeaseLost(Exception):
@@ -43,7 +43,7 @@ class StepContext:
     def beat(self, force: bool = False) -> str:
         """Renew the lease (at most every few seconds); return '', 'pause' or 'abort'."""
         now = time.monotonic()
-        if force or now - self._last_beat >= HEARTBEAT_SECONDS:
+        if force or now - self._last_beat >= settings.STEP_LEASE_SECONDS / 4:
             requested = self.step.heartbeat(self.owner)
             if requested is None:
                 raise LeaseLost(f"step {self.step.pk} lease lost by {self.owner}")

@@ -10,7 +10,10 @@ from ..states import ACTIVE, DONE, LAUNCHABLE, SKIPPABLE, SiteState, StepKind, S
 
 SHA_VALIDATOR = RegexValidator(r"^[0-9a-f]{40}$", "must be a full 40-character lowercase hex commit SHA")
 VERSION_VALIDATOR = RegexValidator(r"^\d+\.\d+\.\d+([.-][0-9A-Za-z.-]+)?$", "must look like 2.8.5")
-LEASE = timedelta(seconds=30)
+
+
+def lease() -> timedelta:
+    return timedelta(seconds=settings.STEP_LEASE_SECONDS)
 
 
 class TransitionRefused(Exception):
@@ -183,14 +186,14 @@ class StepRun(models.Model):
         now = timezone.now()
         free = Q(lease_owner="") | Q(lease_expires_at__lt=now) | Q(lease_owner=owner)
         rows = StepRun.objects.filter(free, pk=self.pk, state=StepState.RUNNING).update(
-            lease_owner=owner, lease_expires_at=now + LEASE
+            lease_owner=owner, lease_expires_at=now + lease()
         )
         return rows == 1
 
     def heartbeat(self, owner: str) -> str | None:
         """Extend the lease; return the operator's pending request ('' if none), None if the lease is lost."""
         rows = StepRun.objects.filter(pk=self.pk, lease_owner=owner, state=StepState.RUNNING).update(
-            lease_expires_at=timezone.now() + LEASE
+            lease_expires_at=timezone.now() + lease()
         )
         if rows != 1:
             return None
