@@ -1,0 +1,90 @@
+"""`build_app`: one simulated Atlas, a real Eve app over mongomock with Atlas's hooks."""
+
+import random
+import time
+from typing import Any
+
+from eve import Eve
+from eve.auth import BasicAuth
+from flask import Flask, Response, current_app, g, jsonify
+
+from . import behaviours, population
+from .datalayer import MongomockData, install_id_index
+from .schema import ATLAS_VERSION, eve_settings
+from .state import SimulatorState
+from .wsgi import SerializedWSGI
+
+ENVIRONMENTS = ("dev", "test", "prod")
+
+
+class AtlasBasicAuth(BasicAuth):
+    """HTTP Basic against the simulator's user table (Atlas binds to LDAP on every request)."""
+
+    def check_auth(
+        self, username: str, password: str, allowed_roles: Any, resource: str, method: str
+    ) -> bool:
+        users = current_app.simulator.users
+        if username in users and users[username] == password:
+            g.atlas_user = username
+            return True
+        return False
+
+
+def build_app(
+    environment: str,
+    *,
+    sites: int | None = None,
+    seed: int = 0,
+    username: str = "release-portal",
+    password: str = "secret",
+    users: dict[str, str] | None = None,
+    prefix: str = "",
+    pool_refill_delay: float = 2.0,
+    pool_size: int | None = None,
+) -> Flask:
+    """Build a seeded simulated Atlas for `environment` (dev, test or prod).
+
+    `sites` overrides the environment's population size; `users` adds accounts beside
+    `username`/`password`; `prefix` serves the API under `/<prefix>/` (as Atlas is under
+    `/atlas` behind Apache); `pool_size` defaults to the seeded number of available sites.
+    The returned app carries `app.simulator` (a `SimulatorState`).
+    """
+    environment = environment.lower()
+    if environment not in ENVIRONMENTS:
+        raise ValueError(f"unknown environment {environment!r}; expected one of {ENVIRONMENTS}")
+    install_id_index()
+    app = Eve(settings=eve_settings(f"atlas_{environment}"), data=MongomockData, auth=AtlasBasicAuth)
+    state = SimulatorState(
+        app=app,
+        environment=environment,
+        users={username: password, **(users or {})},
+        rng=random.Random(f"atlas-{environment}-{seed}"),
+    )
+    state.attach_tasks(delay=pool_refill_delay)
+    app.simulator = state
+    behaviours.register(app, state)
+    _add_routes(app, state)
+    started = time.perf_counter()
+    with app.app_context():
+        seeded = population.seed(state, sites=sites, seed=seed)
+    state.seed_seconds = time.perf_counter() - started
+    state.tasks.pool_size = seeded.available if pool_size is None else pool_size
+    app.wsgi_app = SerializedWSGI(app.wsgi_app, state, prefix)
+    return app
+
+
+def _add_routes(app: Flask, state: SimulatorState) -> None:
+    @app.errorhandler(409)
+    def conflict(error: Any) -> Response:
+        # Atlas's run.py answers 409 with its own body, not Eve's error envelope.
+        response = jsonify({"message": error.description})
+        response.status_code = 409
+        return response
+
+    @app.route("/version")
+    def version() -> Response:
+        return Response(ATLAS_VERSION, mimetype="text/plain")
+
+    @app.route("/sites/agg")
+    def sites_aggregate() -> Response:
+        return jsonify(population.aggregate(state.db["sites"]))

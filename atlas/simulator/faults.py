@@ -1,0 +1,106 @@
+"""Fault injection in front of a simulated Atlas: latency, 503s, slow answers, ETag races.
+
+Sleeps happen outside the simulator's lock, so N parallel clients overlap their latencies.
+"""
+
+import random
+import re
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from .wsgi import BufferedResponse, StartResponse, WSGIApp, normalize_prefix
+
+if TYPE_CHECKING:
+    from .state import SimulatorState
+
+READ_METHODS = ("GET", "HEAD", "OPTIONS")
+UNAVAILABLE_BODY = (
+    b'<!DOCTYPE HTML PUBLIC "-//IETF//DTD HTML 2.0//EN">\n<html><head>\n'
+    b"<title>503 Service Unavailable</title>\n</head><body>\n<h1>Service Unavailable</h1>\n"
+    b"<p>The server is temporarily unable to service your request.</p>\n</body></html>\n"
+)
+
+
+@dataclass(frozen=True)
+class Faults:
+    """What to inject; every field off by default.
+
+    - `write_latency_ms`: fixed sleep before every non-GET request.
+    - `fail_rate`: fraction of requests answered 503 without reaching Atlas (nothing applied).
+    - `slow_ms`/`slow_rate`: fraction of requests whose answer is held back `slow_ms` after
+      Atlas handled them (the write is applied: the client's "outcome unknown" case).
+    - `etag_race_rate`: fraction of PATCH/DELETE of a site preceded by another writer
+      touching that site, so the client's If-Match is stale (412).
+    - `fail_next`: the next N requests (any method) are answered 503, whatever the rate.
+    """
+
+    write_latency_ms: float = 0
+    fail_rate: float = 0.0
+    slow_ms: float = 0
+    slow_rate: float = 0.0
+    etag_race_rate: float = 0.0
+    fail_next: int | None = None
+
+
+class FaultInjector:
+    """WSGI middleware applying `Faults` with a seeded RNG."""
+
+    def __init__(self, app: WSGIApp, state: "SimulatorState", *, prefix: str = "", seed: int = 0) -> None:
+        self.app = app
+        self.state = state
+        self.faults = Faults()
+        self._fail_next = 0
+        self._rng = random.Random(f"faults-{seed}")
+        self._lock = threading.Lock()
+        self._site_item = re.compile(rf"^{re.escape(normalize_prefix(prefix))}/sites/([0-9a-fA-F]{{24}})/?$")
+
+    def set(self, faults: Faults) -> None:
+        with self._lock:
+            self.faults = faults
+            self._fail_next = faults.fail_next or 0
+
+    def _roll(self, rate: float) -> bool:
+        if rate <= 0:
+            return False
+        with self._lock:
+            return self._rng.random() < rate
+
+    def _should_fail(self) -> bool:
+        with self._lock:
+            if self._fail_next > 0:
+                self._fail_next -= 1
+                return True
+        return self._roll(self.faults.fail_rate)
+
+    def __call__(self, environ: dict, start_response: StartResponse) -> Iterable[bytes]:
+        faults = self.faults
+        method = environ.get("REQUEST_METHOD", "GET")
+        if method not in READ_METHODS and faults.write_latency_ms > 0:
+            time.sleep(faults.write_latency_ms / 1000)
+        if self._should_fail():
+            return self._unavailable().send(start_response)
+        self._maybe_race(environ, method, faults)
+        response = BufferedResponse.of(self.app, environ)
+        if faults.slow_ms > 0 and self._roll(faults.slow_rate):
+            time.sleep(faults.slow_ms / 1000)
+        return response.send(start_response)
+
+    def _maybe_race(self, environ: dict, method: str, faults: Faults) -> None:
+        if method not in ("PATCH", "DELETE"):
+            return
+        match = self._site_item.match(environ.get("PATH_INFO", ""))
+        if match and self._roll(faults.etag_race_rate):
+            self.state.touch_site(match.group(1))
+
+    @staticmethod
+    def _unavailable() -> BufferedResponse:
+        # What the proxy in front of Atlas answers: HTML, not an Eve envelope.
+        headers = [
+            ("Content-Type", "text/html; charset=iso-8859-1"),
+            ("Content-Length", str(len(UNAVAILABLE_BODY))),
+            ("Retry-After", "1"),
+        ]
+        return BufferedResponse("503 Service Unavailable", headers, UNAVAILABLE_BODY)

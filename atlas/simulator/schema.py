@@ -1,0 +1,150 @@
+"""The Eve domain and settings of the simulated Atlas (atlas-api.md §1 and §2).
+
+The resources mirror `atlas/data_structure.py` of CuBoulder/atlas for the two resources the
+release portal drives, `code` and `sites`; the settings mirror Atlas's Eve configuration.
+"""
+
+from typing import Any
+
+ATLAS_VERSION = "2.3.2"
+DATE_FORMAT = "%Y-%m-%d %H:%M:%S GMT"
+
+SITE_STATUSES = [
+    "pending",
+    "available",
+    "installing",
+    "installed",
+    "launching",
+    "launched",
+    "locked",
+    "take_down",
+    "down",
+    "restore",
+]
+CODE_TYPES = ["library", "theme", "module", "core", "profile", "static"]
+GIT_URL_REGEX = r"((git|ssh|http(s)?)|(git@[\w\.]+))(:(//)?)([\w\.@\:/\-~]+)(\.git)(/)?"
+
+# Site fields that hold code references, as Atlas's cascade looks them up.
+CODE_REFERENCE_FIELDS = ("profile", "core", "package")
+
+
+def _code_reference() -> dict[str, Any]:
+    return {
+        "type": "objectid",
+        "data_relation": {"resource": "code", "field": "_id", "embeddable": True},
+    }
+
+
+CODE_SCHEMA: dict[str, Any] = {
+    # `unique` on the whole dict: Eve compares the entire sub-document, so an identical `meta`
+    # is a 422 before the 409 name+version check of the insert hook.
+    "meta": {
+        "type": "dict",
+        "unique": True,
+        "schema": {
+            "name": {"type": "string", "minlength": 3, "required": True},
+            "version": {"type": "string", "minlength": 1, "required": True},
+            "code_type": {"type": "string", "allowed": CODE_TYPES, "required": True},
+            "label": {"type": "string", "minlength": 3},
+            "is_current": {"type": "boolean", "default": False, "required": True},
+            "tag": {"type": "list"},
+        },
+    },
+    "deploy": {
+        "type": "dict",
+        "schema": {
+            "registry_rebuild": {"type": "boolean", "default": False, "required": True},
+            "cache_clear": {"type": "boolean", "default": True, "required": True},
+            "update_database": {"type": "boolean", "default": True, "required": True},
+        },
+    },
+    "git_url": {"type": "string", "regex": GIT_URL_REGEX, "required": True},
+    "commit_hash": {"type": "string", "required": True, "unique": True},
+    "created_by": {"type": "string"},
+    "modified_by": {"type": "string"},
+}
+
+SITES_SCHEMA: dict[str, Any] = {
+    "path": {"type": "string", "unique": True},
+    "db_key": {"type": "string"},
+    "sid": {"type": "string", "minlength": 9, "maxlength": 14, "unique": True},
+    "type": {"type": "string", "allowed": ["express"], "default": "express"},
+    "site_type": {"type": "string"},
+    "major_unit": {"type": "string"},
+    "pantheon_size": {"type": "string"},
+    "status": {"type": "string", "allowed": SITE_STATUSES, "default": "pending"},
+    "environment": {"type": "string", "allowed": ["local", "dev", "test", "prod"]},
+    "update_group": {"type": "integer"},
+    "settings": {
+        "type": "dict",
+        "schema": {
+            "page_cache_maximum_age": {"type": "integer", "default": 10800},
+            "siteimprove_site": {"type": "integer"},
+            "siteimprove_group": {"type": "integer"},
+            "cse_creator": {"type": "string"},
+            "cse_id": {"type": "string"},
+        },
+    },
+    "tag": {"type": "list"},
+    "code": {
+        "type": "dict",
+        "schema": {
+            "core": _code_reference(),
+            "profile": _code_reference(),
+            "package": {"type": "list", "schema": _code_reference()},
+        },
+    },
+    "dates": {
+        "type": "dict",
+        "schema": {
+            "created": {"type": "datetime"},
+            "assigned": {"type": "datetime"},
+            "launched": {"type": "datetime"},
+            "locked": {"type": "datetime"},
+            "taken_down": {"type": "datetime", "nullable": True},
+        },
+    },
+    # Atlas relates this to `statistics`, a resource the simulator does not serve.
+    "statistics": {"type": "objectid"},
+    "install": {"type": "boolean", "default": True, "nullable": True},
+    "created_by": {"type": "string"},
+    "modified_by": {"type": "string"},
+}
+
+CODE_RESOURCE: dict[str, Any] = {
+    "item_title": "code",
+    "versioning": True,
+    "soft_delete": True,
+    "schema": CODE_SCHEMA,
+}
+
+SITES_RESOURCE: dict[str, Any] = {
+    "item_title": "site",
+    # Eve registers additional lookups for GET/OPTIONS only: /sites/<sid> is read-only.
+    "additional_lookup": {"url": r'regex("[\w]+")', "field": "sid"},
+    "versioning": True,
+    "soft_delete": True,
+    "schema": SITES_SCHEMA,
+}
+
+
+def eve_settings(dbname: str) -> dict[str, Any]:
+    """Eve settings as Atlas configures them (atlas-api.md §2)."""
+    return {
+        "DOMAIN": {"code": CODE_RESOURCE, "sites": SITES_RESOURCE},
+        "MONGO_DBNAME": dbname,
+        "DATE_FORMAT": DATE_FORMAT,
+        "RESOURCE_METHODS": ["GET", "POST"],
+        "ITEM_METHODS": ["GET", "PATCH", "PUT", "DELETE"],
+        # All reads are public; every write needs HTTP Basic auth.
+        "PUBLIC_METHODS": ["GET"],
+        "PUBLIC_ITEM_METHODS": ["GET"],
+        "PAGINATION_DEFAULT": 100,
+        "PAGINATION_LIMIT": 2000,
+        "MONGO_QUERY_BLACKLIST": ["$where"],
+        "IF_MATCH": True,
+        "ENFORCE_IF_MATCH": True,
+        "VERSIONING": True,
+        "SOFT_DELETE": True,
+        "BULK_ENABLED": True,
+    }

@@ -1,0 +1,74 @@
+"""What one simulated Atlas holds besides its Eve app: the lock, the event log, its RNG."""
+
+import random
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from bson import ObjectId
+from eve.methods.patch import patch_internal
+from flask import Flask
+
+from . import events as ev
+from .tasks import AtlasTasks
+
+
+@dataclass
+class SimulatorState:
+    """Shared by the hooks, the background tasks, the WSGI wrappers and the server.
+
+    mongomock is not thread-safe, so every request and every background task runs under
+    `lock`; the server's artificial latencies are slept outside it.
+    """
+
+    app: Flask
+    environment: str
+    users: dict[str, str]
+    rng: random.Random
+    lock: threading.RLock = field(default_factory=threading.RLock)
+    events: ev.EventLog = field(default_factory=ev.EventLog)
+    seed_seconds: float = 0.0
+    tasks: AtlasTasks = field(init=False)
+    _sids: set[str] = field(default_factory=set)
+
+    def attach_tasks(self, *, delay: float) -> None:
+        self.tasks = AtlasTasks(self.app, self.lock, self.events, self.rng, delay=delay)
+
+    @property
+    def db(self) -> Any:
+        return self.app.data.database
+
+    def remember_sids(self, sids: Iterable[str]) -> None:
+        self._sids.update(sids)
+
+    def new_sid(self) -> str:
+        """`p1` + 10 hex digits, unique in this Atlas."""
+        while True:
+            sid = f"p1{self.rng.getrandbits(40):010x}"
+            if sid not in self._sids:
+                self._sids.add(sid)
+                return sid
+
+    def current_code(self, name: str, code_type: str) -> dict | None:
+        query = {
+            "meta.name": name,
+            "meta.code_type": code_type,
+            "meta.is_current": True,
+            "_deleted": {"$ne": True},
+        }
+        return self.db["code"].find_one(query, sort=[("_id", -1)])
+
+    def touch_site(self, site_id: str | ObjectId) -> bool:
+        """Write to a site as Atlas's own tasks do, so a client's `_etag` becomes stale.
+
+        Returns False when there is no live site with that id (a soft-deleted site is left
+        alone: a PATCH would restore it).
+        """
+        oid = ObjectId(site_id)
+        with self.lock, self.app.test_request_context("/"):
+            if not self.db["sites"].find_one({"_id": oid, "_deleted": {"$ne": True}}, {"_id": 1}):
+                return False
+            patch_internal("sites", {}, concurrency_check=False, _id=oid)
+            self.events.record(ev.TOUCH, oid)
+            return True
