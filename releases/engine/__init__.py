@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 
+from django.db import transaction
+
 from atlas.errors import AtlasError
 
 from ..models import AuditEvent, EnvironmentMisconfigured, StepRun
@@ -32,20 +34,23 @@ def execute(step_id: int, owner: str) -> str | None:
     except LeaseLost:
         logger.warning("step %s: lease lost, another worker continues it", step_id)
         return None
-    if not step.finish(owner, outcome.state, outcome.message, outcome.result or None):
-        return None
-    AuditEvent.record(
-        f"step_{outcome.state}",
-        username="system",
-        step=step,
-        parameters={"owner": owner, "counts": step.counts()},
-        message=outcome.message,
-    )
     from .. import notify, services  # the engine reports back; services also enqueue steps
 
+    # Finishing and launching the stage's next step commit together: an observer never sees
+    # the stage idle between two of its steps.
+    with transaction.atomic():
+        if not step.finish(owner, outcome.state, outcome.message, outcome.result or None):
+            return None
+        AuditEvent.record(
+            f"step_{outcome.state}",
+            username="system",
+            step=step,
+            parameters={"owner": owner, "counts": step.counts()},
+            message=outcome.message,
+        )
+        if outcome.state == StepState.SUCCEEDED and step.continue_stage:
+            services.continue_stage(step)
     notify.step_event(step, outcome.state)
-    if outcome.state == StepState.SUCCEEDED and step.continue_stage:
-        services.continue_stage(step)
     return outcome.state
 
 

@@ -1,0 +1,86 @@
+"""Helpers for tests that run releases against simulators and worker processes."""
+
+from __future__ import annotations
+
+import os
+import time
+
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Permission
+from django.core.management import call_command
+
+from atlas.simulator import SimulatorServer
+from releases.models import Environment, ReleasePlan, StepRun
+from releases.states import ACTIVE, StepState
+
+R = "a" * 39 + "1"  # release-branch HEAD
+T = "b" * 39 + "2"  # the finalized commit (a --no-ff merge, so not R)
+OPERATOR_PERMISSIONS = (
+    "add_releaseplan",
+    "launch_step",
+    "launch_protected",
+    "finalize_release",
+    "change_environment",
+)
+
+
+def make_user(username: str = "ops-lead", permissions=OPERATOR_PERMISSIONS, staff: bool = True):
+    user = get_user_model().objects.create_user(username, password="pw", is_staff=staff)
+    user.user_permissions.set(
+        Permission.objects.filter(content_type__app_label="releases", codename__in=permissions)
+    )
+    return get_user_model().objects.get(pk=user.pk)  # fresh permission cache
+
+
+def start_simulators(prod_sites: int = 400, **kwargs) -> dict[str, SimulatorServer]:
+    sims = {}
+    for name in ("DEV", "TEST", "PROD"):
+        sims[name] = SimulatorServer(
+            name.lower(),
+            sites=prod_sites if name == "PROD" else None,
+            password=os.environ[f"ATLAS_{name}_PASSWORD"],
+            pool_refill_delay=kwargs.get("pool_refill_delay", 0.2),
+        )
+    return sims
+
+
+def configure_environments(sims: dict[str, SimulatorServer], **overrides) -> dict[str, Environment]:
+    """loadrunbook, then point each environment at its simulator with fast test timings."""
+    call_command("loadrunbook", verbosity=0)
+    values = dict(
+        deploy_wait_seconds=0,
+        batch_pause_seconds=0,
+        pool_wait_seconds=15,
+        parallelism=4,
+        max_attempts=6,
+        read_timeout_seconds=5,
+    )
+    values.update(overrides)
+    for name, sim in sims.items():
+        Environment.objects.filter(name=name).update(api_url=sim.url, username="release-portal", **values)
+    return {e.name: e for e in Environment.objects.all()}
+
+
+def wait_until_idle(plan: ReleasePlan, timeout: float = 120) -> list[StepRun]:
+    """Wait until no step of the plan is running (paused counts as idle)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not plan.steps.filter(state=StepState.RUNNING).exists():
+            return list(plan.steps.order_by("number"))
+        time.sleep(0.2)
+    running = list(plan.steps.filter(state__in=ACTIVE).values_list("number", "state", "message"))
+    raise AssertionError(f"steps still active after {timeout}s: {running}")
+
+
+def states(plan: ReleasePlan) -> dict[int, str]:
+    return dict(plan.steps.values_list("number", "state"))
+
+
+def sites(sim: SimulatorServer, **query) -> list[dict]:
+    with sim.lock:
+        return list(sim.db["sites"].find({"_deleted": {"$ne": True}, **query}))
+
+
+def code_items(sim: SimulatorServer, **query) -> list[dict]:
+    with sim.lock:
+        return list(sim.db["code"].find({"_deleted": {"$ne": True}, **query}))
