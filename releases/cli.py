@@ -1,0 +1,285 @@
+"""Helpers shared by `manage.py release` and `manage.py environment`: refusals, JSON output,
+launch confirmation and waiting for a step (or a stage) to end."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from django.core.exceptions import ValidationError
+from django.core.management.base import CommandError
+
+from atlas.errors import AtlasError
+
+from . import services
+from .models import EnvironmentMisconfigured, ReleasePlan, StepRun, TransitionRefused
+from .states import DONE, LAUNCHABLE, MANUAL_KINDS, StepState
+
+# Exit codes besides 0 (done) and 2 (argparse: bad usage).
+REFUSED = 1  # refused, failed, or the waited-for step did not succeed
+TIMED_OUT = 3  # --timeout passed while the step was still running (it carries on)
+
+
+@contextmanager
+def refusals() -> Iterator[None]:
+    """Turn the domain's refusals into CommandError, so the command exits non-zero with the reason."""
+    try:
+        yield
+    except (services.ActionRefused, TransitionRefused, EnvironmentMisconfigured) as exc:
+        raise CommandError(str(exc), returncode=REFUSED) from None
+    except AtlasError as exc:
+        raise CommandError(f"Atlas error: {exc}", returncode=REFUSED) from None
+    except ValidationError as exc:
+        raise CommandError("; ".join(exc.messages), returncode=REFUSED) from None
+
+
+def emit_json(stdout, document) -> None:
+    """The one JSON document a `--json` invocation prints on stdout."""
+    stdout.write(json.dumps(document, indent=2, default=str))
+
+
+def note(stderr, message: str) -> None:
+    """A line for the operator on stderr, unstyled (Django paints stderr as an error by default)."""
+    stderr.write(message, style_func=lambda text: text)
+
+
+def get_plan(version: str) -> ReleasePlan:
+    plan = ReleasePlan.objects.filter(version=version).first()
+    if plan is None:
+        known = ", ".join(ReleasePlan.objects.values_list("version", flat=True)[:10]) or "none yet"
+        raise CommandError(f"no release {version!r} (known: {known})", returncode=REFUSED)
+    return plan
+
+
+def stage_chain(step: StepRun) -> list[StepRun]:
+    """`step` and the steps a stage launch continues with: the same environment, up to a manual gate."""
+    later = step.plan.steps.select_related("environment").filter(number__gt=step.number).order_by("number")
+    chain = [step]
+    for following in later:
+        if following.environment_id != step.environment_id or following.kind in MANUAL_KINDS:
+            break
+        chain.append(following)
+    return chain
+
+
+def launch_refusal(step: StepRun) -> str:
+    """Why StepRun.launch would refuse now ('' if it would not), checked before asking the operator."""
+    if step.kind in MANUAL_KINDS:
+        return f"step {step.number} is a manual gate: record it with `release finalize`"
+    if step.state not in LAUNCHABLE:
+        return f"step {step.number} is no longer launchable (it is {step.state})"
+    blockers = step.blockers()
+    return f"step {step.number} cannot start: " + "; ".join(blockers) if blockers else ""
+
+
+# -- previews ------------------------------------------------------------------------------------
+
+
+def describe_preview(preview: dict) -> list[str]:
+    """A step preview (reports.preview_step) as lines of text for the operator."""
+    env = preview["environment"] or "-"
+    lines = [f"Step {preview['number']} [{env}] {preview['title']} ({preview['kind']}, {preview['state']})"]
+    if preview.get("manual"):
+        return [*lines, f"  manual: {preview['detail']}"]
+    if "code" in preview:
+        lines += _describe_code(preview)
+    elif "batches" in preview:
+        lines += _describe_batches(preview)
+    if preview.get("error"):
+        lines.append(f"  could not preview: {preview['error']}")
+    return lines
+
+
+def _describe_code(preview: dict) -> list[str]:
+    code, action = preview["code"], preview["action"]
+    item = f"{code['name']} {code['version']} ({code['code_type']})"
+    if action == "update":
+        lines = [
+            f"  update code item {code['id']} {item}: commit {code['current_commit']} -> {code['commit_hash']}",
+            f"  make current: {'yes' if preview['make_current'] else 'no'}; "
+            f"sites on this item (Atlas updates them too): {preview['cascade_sites']}",
+        ]
+    elif action == "missing":
+        lines = [f"  code item {item} does not exist yet"]
+    else:
+        lines = [
+            f"  {action} code item {item} at commit {code['commit_hash']}, "
+            f"current: {'yes' if code['is_current'] else 'no'}"
+        ]
+    for clash in preview.get("commit_clash", []):
+        lines.append(
+            f"  warning: item {clash['id']} ({clash['name']} {clash['version']}) already uses that commit"
+        )
+    return lines
+
+
+def _describe_batches(preview: dict) -> list[str]:
+    verb = "delete" if preview["action"] == "delete_sites" else "update to the release profile"
+    lines = [f"  {verb}: {preview['total']} site(s) in {len(preview['batches'])} batch(es)"]
+    for batch in preview["batches"]:
+        shown = ", ".join(batch["paths"])
+        more = batch["count"] - len(batch["paths"])
+        lines.append(f"    {batch['name']}: {batch['count']} site(s)" + (f": {shown}" if shown else ""))
+        if more > 0:
+            lines.append(f"      … and {more} more")
+    if preview.get("note"):
+        lines.append(f"  note: {preview['note']}")
+    return lines
+
+
+# -- confirmation --------------------------------------------------------------------------------
+
+
+def confirm_launch(steps: list[StepRun], previews: list[dict], stdin, stderr) -> None:
+    """Show the blast radius and ask; a protected environment must be typed. Raise unless confirmed."""
+    for preview in previews:
+        for line in describe_preview(preview):
+            note(stderr, line)
+    environment = steps[0].environment
+    if environment is not None and environment.protected:
+        note(stderr, f"{environment.name} is a protected environment.")
+        answer = ask(stdin, stderr, f"Type {environment.name} to proceed: ")
+        confirmed = answer == environment.name
+    else:
+        confirmed = ask(stdin, stderr, "Proceed? [y/N] ").lower() in ("y", "yes")
+    if not confirmed:
+        raise CommandError("not confirmed: nothing was launched", returncode=REFUSED)
+
+
+def require_terminal(stdin) -> None:
+    if not (hasattr(stdin, "isatty") and stdin.isatty()):
+        raise CommandError(
+            "refusing to launch without confirmation: stdin is not a terminal "
+            "(review `release preview`, then pass --yes)",
+            returncode=REFUSED,
+        )
+
+
+def ask(stdin, stderr, prompt: str) -> str:
+    stderr.write(prompt, style_func=lambda text: text, ending="")
+    stderr.flush()
+    return stdin.readline().strip()
+
+
+# -- waiting -------------------------------------------------------------------------------------
+
+
+@dataclass
+class WaitResult:
+    steps: list[StepRun]
+    succeeded: bool
+    message: str = ""
+    timed_out: bool = False
+
+
+@dataclass
+class StepWaiter:
+    """Poll the database until a launched step leaves `running`; for a stage, follow the steps the
+    engine launches next (`services.continue_stage`) in the same environment.
+
+    `sleep` and `clock` are injectable so the following logic can be tested without a worker.
+    """
+
+    report: Callable[[str], None]
+    timeout: float | None = None
+    poll: float = 0.5
+    # The engine launches the next stage step right after the previous one finishes; a step still
+    # pending this long after that was not launched (refused, or the worker died in between).
+    grace: float = 15.0
+    quiet_every: float = 5.0  # seconds between progress lines while nothing but counts change
+    unclaimed_warning: float = 20.0
+    sleep: Callable[[float], None] = time.sleep
+    clock: Callable[[], float] = time.monotonic
+    _deadline: float | None = field(default=None, init=False)
+
+    def follow(self, step: StepRun, *, stage: bool) -> WaitResult:
+        self._deadline = None if self.timeout is None else self.clock() + self.timeout
+        followed = [step]
+        while True:
+            ended = self._until_not_running(step)
+            if ended is not None:
+                return WaitResult(followed, False, ended, timed_out=True)
+            if step.state != StepState.SUCCEEDED:
+                reason = f": {step.message}" if step.message else ""
+                return WaitResult(followed, False, f"step {step.number} ended {step.state}{reason}")
+            expected = _next_in_stage(step) if stage else None
+            if expected is None:
+                return WaitResult(followed, True)
+            launched, problem = self._until_launched(expected, after=step)
+            if not launched:
+                return WaitResult(followed, False, problem, timed_out=problem.startswith("timed out"))
+            followed.append(expected)
+            step = expected
+
+    def _until_not_running(self, step: StepRun) -> str | None:
+        """Wait for the step to leave `running`; return a timeout message if the deadline passes."""
+        started, last_line, last_at, warned = self.clock(), None, None, False
+        while True:
+            step.refresh_from_db()
+            line = _progress_line(step)
+            now = self.clock()
+            if line != last_line and (
+                last_at is None or step.state != StepState.RUNNING or now - last_at >= self.quiet_every
+            ):
+                self.report(line)
+                last_line, last_at = line, now
+            if step.state != StepState.RUNNING:
+                return None
+            if not warned and not step.lease_owner and now - started >= self.unclaimed_warning:
+                self.report(f"no worker has picked up step {step.number} yet: is a Celery worker running?")
+                warned = True
+            if self._expired():
+                return (
+                    f"timed out after {self.timeout:g}s: step {step.number} is still running "
+                    "(it carries on; follow it with `release status`)"
+                )
+            self.sleep(self.poll)
+
+    def _until_launched(self, step: StepRun, *, after: StepRun) -> tuple[bool, str]:
+        since = self.clock()
+        while True:
+            step.refresh_from_db()
+            if step.state != StepState.PENDING and _started_after(step, after):
+                return True, ""
+            if self._expired():
+                return False, f"timed out after {self.timeout:g}s waiting for step {step.number} to start"
+            if self.clock() - since >= self.grace:
+                return False, (
+                    f"the stage stopped after step {after.number}: step {step.number} was not launched "
+                    "(see the audit trail; launch it with `release launch --stage`)"
+                )
+            self.sleep(self.poll)
+
+    def _expired(self) -> bool:
+        return self._deadline is not None and self.clock() >= self._deadline
+
+
+def _next_in_stage(step: StepRun) -> StepRun | None:
+    """The step a stage continues with after `step` succeeded, or None when the stage is complete."""
+    for following in stage_chain(step)[1:]:
+        if following.state not in DONE:
+            return following
+    return None
+
+
+def _started_after(step: StepRun, previous: StepRun) -> bool:
+    if step.started_at is None:
+        return False
+    return previous.finished_at is None or step.started_at >= previous.finished_at
+
+
+def _progress_line(step: StepRun) -> str:
+    env = step.environment.name if step.environment else "-"
+    line = f"step {step.number} [{env}] {step.kind}: {step.state}"
+    counts = step.counts()
+    if counts["targeted"]:
+        line += (
+            f" - {counts['succeeded']}/{counts['targeted']} succeeded, {counts['failed']} failed, "
+            f"{counts['skipped']} skipped, {counts['pending']} pending"
+        )
+    if step.state != StepState.RUNNING and step.message:
+        line += f" ({step.message})"
+    return line

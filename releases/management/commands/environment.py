@@ -1,0 +1,188 @@
+"""`manage.py environment show|set`: read and change an Atlas environment's settings (audited).
+
+No password is ever shown or stored: only the name of the variable that holds it, and whether
+that variable is set in this process's environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from django.core.exceptions import ValidationError
+from django.core.management.base import BaseCommand, CommandError
+from django.db import transaction
+
+from releases import cli, services
+from releases.models import AuditEvent, Environment
+from releases.states import FailurePolicy
+
+# option dest -> model field, for the settings `set` copies as given.
+SETTABLE = {
+    "parallelism": "parallelism",
+    "batch_pause": "batch_pause_seconds",
+    "deploy_wait": "deploy_wait_seconds",
+    "pool_wait": "pool_wait_seconds",
+    "url": "api_url",
+    "site_url": "site_url",
+    "username": "username",
+    "password_env": "password_env",
+    "verify_tls": "verify_tls",
+    "read_timeout": "read_timeout_seconds",
+    "max_attempts": "max_attempts",
+    "slack_webhook_env": "slack_webhook_env",
+    "failure_policy": "failure_policy",
+    "protected": "protected",
+}
+
+
+class Command(BaseCommand):
+    help = "Show or change an Atlas environment's settings. `set` requires --user and is audited."
+
+    def add_arguments(self, parser):
+        sub = parser.add_subparsers(dest="action", required=True, metavar="SUBCOMMAND")
+        p = sub.add_parser("show", help="Show one environment, or all of them.")
+        p.add_argument("name", nargs="?", metavar="NAME", help="DEV, TEST or PROD (default: all).")
+        p.add_argument("--json", action="store_true", help="Print one JSON document on stdout.")
+        p = sub.add_parser("set", help="Change an environment's settings (audited).")
+        p.add_argument("name", metavar="NAME", help="DEV, TEST or PROD.")
+        p.add_argument("--parallelism", type=int, metavar="N", help="Atlas writes in flight at once (≥ 1).")
+        p.add_argument("--batch-pause", type=float, metavar="SECONDS", help="Pause between batches.")
+        p.add_argument(
+            "--failure-threshold",
+            metavar="N|P%|none",
+            help="Pause a step after N failed sites, or P%% of its sites; `none` for no limit.",
+        )
+        p.add_argument(
+            "--failure-policy",
+            choices=FailurePolicy.values,
+            help="What a step becomes when sites still fail after retries.",
+        )
+        p.add_argument("--deploy-wait", type=float, metavar="SECONDS", help="Wait after a code deploy.")
+        p.add_argument("--pool-wait", type=float, metavar="SECONDS", help="Wait for the pool to refill.")
+        p.add_argument("--url", metavar="URL", help="Atlas API URL.")
+        p.add_argument("--site-url", metavar="URL", help="Public base URL of the sites.")
+        p.add_argument("--username", metavar="U", help="Atlas username.")
+        p.add_argument("--password-env", metavar="VAR", help="Variable holding the Atlas password.")
+        p.add_argument("--slack-webhook-env", metavar="VAR", help="Variable holding the Slack webhook.")
+        p.add_argument("--read-timeout", type=float, metavar="SECONDS", help="Atlas read timeout.")
+        p.add_argument("--max-attempts", type=int, metavar="N", help="Attempts per Atlas request.")
+        p.add_argument("--verify-tls", action=argparse.BooleanOptionalAction, help="Verify Atlas's TLS.")
+        p.add_argument(
+            "--protected",
+            action=argparse.BooleanOptionalAction,
+            help="Typed confirmation and the protected-launch permission are required.",
+        )
+        p.add_argument(
+            "--user", required=True, metavar="NAME", help="Staff account the change is recorded under."
+        )
+
+    def handle(self, *args, action, **options):
+        with cli.refusals():
+            if action == "show":
+                return self._show(options["name"], options["json"])
+            return self._set(options)
+
+    def _show(self, name: str | None, as_json: bool) -> None:
+        envs = [_get_environment(name)] if name else list(Environment.objects.all())
+        documents = [describe(env) for env in envs]
+        if as_json:
+            return cli.emit_json(self.stdout, documents[0] if name else documents)
+        for document in documents:
+            self.stdout.write(document["name"])
+            for key, value in document.items():
+                if key != "name":
+                    self.stdout.write(f"  {key}: {'' if value is None else value}")
+
+    def _set(self, options: dict) -> None:
+        user = services.resolve_user(options["user"])
+        env = _get_environment(options["name"])
+        requested = {
+            field: options[dest] for dest, field in SETTABLE.items() if options.get(dest) is not None
+        }
+        if options.get("failure_threshold") is not None:
+            requested["failure_threshold"] = options["failure_threshold"]
+        if not requested:
+            raise CommandError("nothing to change: give at least one setting", returncode=cli.REFUSED)
+        services.authorize(user, "environment_set", environment=env, parameters={"requested": requested})
+        try:
+            changes = _apply(env, requested)
+        except ValidationError as exc:
+            message = "; ".join(_messages(exc))
+            AuditEvent.record(
+                "environment_set",
+                user=user,
+                environment=env,
+                outcome=AuditEvent.Outcome.REFUSED,
+                parameters={"requested": requested},
+                message=message,
+            )
+            raise CommandError(f"{env.name}: {message}", returncode=cli.REFUSED) from None
+        if not changes:
+            self.stdout.write(f"{env.name}: no change")
+            return
+        AuditEvent.record("environment_set", user=user, environment=env, parameters=changes)
+        for field, (old, new) in changes.items():
+            self.stdout.write(f"{env.name} {field}: {old} -> {new}")
+
+
+def describe(env: Environment) -> dict:
+    """Every setting of the row, plus whether its secret variables are set (never their values)."""
+    document = {f.name: getattr(env, f.name) for f in Environment._meta.concrete_fields if f.name != "id"}
+    document["password_set"] = bool(os.environ.get(env.password_env))
+    document["slack_webhook_set"] = bool(env.slack_webhook_env and os.environ.get(env.slack_webhook_env))
+    return document
+
+
+def _get_environment(name: str) -> Environment:
+    env = Environment.objects.filter(name__iexact=name).first()
+    if env is None:
+        known = ", ".join(Environment.objects.values_list("name", flat=True)) or "none: run loadrunbook"
+        raise CommandError(f"no environment {name!r} (known: {known})", returncode=cli.REFUSED)
+    return env
+
+
+def _apply(env: Environment, requested: dict) -> dict:
+    """Validate and save the requested settings; return {field: [old, new]} for what changed."""
+    values = {k: v for k, v in requested.items() if k != "failure_threshold"}
+    if "failure_threshold" in requested:
+        count, percent = parse_threshold(requested["failure_threshold"])
+        values.update(failure_threshold_count=count, failure_threshold_percent=percent)
+    with transaction.atomic():
+        row = Environment.objects.select_for_update().get(pk=env.pk)
+        before = {field: getattr(row, field) for field in values}
+        for field, value in values.items():
+            setattr(row, field, value)
+        row.full_clean()
+        # full_clean leaves the cleaned values on the row: compare those.
+        changes = {f: [before[f], getattr(row, f)] for f in values if before[f] != getattr(row, f)}
+        if changes:
+            row.save(update_fields=list(changes))
+    return changes
+
+
+def parse_threshold(text: str) -> tuple[int | None, float | None]:
+    """`5` -> 5 sites, `10%` -> 10 percent, `none` -> no limit. Returns (count, percent)."""
+    value = text.strip().lower()
+    if value in ("none", ""):
+        return None, None
+    try:
+        if value.endswith("%"):
+            percent = float(value[:-1])
+            if not 0 < percent <= 100:
+                raise ValueError
+            return None, percent
+        count = int(value)
+        if count < 1:
+            raise ValueError
+        return count, None
+    except ValueError:
+        raise ValidationError(
+            {"failure_threshold": f"{text!r} is not a count ≥ 1, a percentage in (0, 100]% or `none`"}
+        ) from None
+
+
+def _messages(exc: ValidationError) -> list[str]:
+    if hasattr(exc, "error_dict"):
+        return [f"{field}: {' '.join(errors)}" for field, errors in exc.message_dict.items()]
+    return exc.messages

@@ -1,0 +1,336 @@
+"""`manage.py release …`: the release operations of the admin, for the command line and automation.
+
+Every mutating subcommand takes `--user`, the staff account the action is recorded under; the
+services check its permissions exactly as the admin does and audit refusals too.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from django.core.management.base import BaseCommand, CommandError
+
+from releases import cli, reports, services
+from releases.models import AuditEvent, ReleasePlan
+from releases.runbook import ENVIRONMENTS
+from releases.states import DONE
+
+HELP_USER = "Staff account the action is recorded under (required; its permissions are checked)."
+
+
+class Command(BaseCommand):
+    help = (
+        "Create, preview, launch and follow release plans. Mutating subcommands require --user. "
+        "Exit codes: 0 done, 1 refused or not succeeded, 2 bad usage, 3 --timeout passed."
+    )
+    stealth_options = ("stdin",)
+
+    def add_arguments(self, parser):
+        sub = parser.add_subparsers(dest="action", required=True, metavar="SUBCOMMAND")
+        self._add_create(sub)
+        p = sub.add_parser("preview", help="Show what a step (or every step) would do, read from Atlas.")
+        _version(p)
+        p.add_argument("--step", type=int, help="Only this step (1–14).")
+        _json(p)
+        self._add_launch(sub)
+        p = sub.add_parser("finalize", help="Record the finalized release (step 7): tag and commit.")
+        _version(p)
+        p.add_argument("--tag", required=True)
+        p.add_argument("--commit", required=True, help="Full 40-character SHA of the merge commit.")
+        _user(p)
+        _json(p)
+        for action, text in (
+            ("pause", "Pause the running step after the sites in flight."),
+            ("abort", "Abort the running or paused step."),
+            ("resume", "Resume the paused step."),
+        ):
+            p = sub.add_parser(action, help=text)
+            _version(p)
+            _user(p)
+            if action == "resume":
+                _wait(p)
+            _json(p)
+        p = sub.add_parser("retry-failed", help="Retry a paused or failed step's failed sites.")
+        _version(p)
+        p.add_argument("--step", type=int, required=True)
+        _user(p)
+        _wait(p)
+        _json(p)
+        p = sub.add_parser("skip", help="Skip a step, with a recorded reason.")
+        _version(p)
+        p.add_argument("--step", type=int, required=True)
+        p.add_argument("--reason", required=True, help="Why the step is skipped (recorded in the audit).")
+        _user(p)
+        _json(p)
+        p = sub.add_parser("status", help="The plan's steps, their states and counts.")
+        _version(p)
+        _json(p)
+        p = sub.add_parser("list", help="Every release plan and its state.")
+        _json(p)
+
+    def _add_create(self, sub):
+        p = sub.add_parser("create", help="Create a release plan; step 1 (the branch) is recorded done.")
+        _version(p)
+        p.add_argument("--commit", required=True, help="Full 40-character SHA of the release-branch HEAD.")
+        p.add_argument("--branch", default="", help="Default: release/VERSION.")
+        p.add_argument("--git-url", default="", help="Default: https://github.com/CuBoulder/express.git.")
+        p.add_argument("--profile", default="express", help="Install profile name (default: express).")
+        _user(p)
+        _json(p)
+
+    def _add_launch(self, sub):
+        p = sub.add_parser(
+            "launch",
+            help="Launch a step or a stage. Asks for confirmation unless --yes (PROD: type its name).",
+        )
+        _version(p)
+        which = p.add_mutually_exclusive_group(required=True)
+        which.add_argument("--step", type=int, help="This step (1–14).")
+        which.add_argument(
+            "--next", dest="next_step", action="store_true", help="The first step not yet done."
+        )
+        which.add_argument(
+            "--stage",
+            type=str.upper,
+            choices=[name for name, _, _ in ENVIRONMENTS],
+            help="The environment's next step, then its following steps up to the next gate.",
+        )
+        _user(p)
+        p.add_argument("--yes", action="store_true", help="Do not ask for confirmation.")
+        _wait(p)
+        _json(p)
+
+    def handle(self, *args, action, **options):
+        self.json = options.get("json", False)
+        with cli.refusals():
+            getattr(self, "_" + action.replace("-", "_"))(**options)
+
+    # -- subcommands ------------------------------------------------------------------------------
+
+    def _create(self, version, commit, branch, git_url, profile, user, **options):
+        acting = services.resolve_user(user)
+        plan = services.create_plan(
+            version, commit=commit, user=acting, branch=branch, git_url=git_url, profile=profile
+        )
+        if self.json:
+            return cli.emit_json(self.stdout, reports.status(plan))
+        self.stdout.write(
+            self.style.SUCCESS(f"Created release {plan.version}")
+            + f": branch {plan.release_branch} at {plan.release_commit} (step 1 recorded). "
+            f"Next: release launch {plan.version} --stage DEV"
+        )
+
+    def _preview(self, version, step, **options):
+        plan = cli.get_plan(version)
+        if step is not None:
+            services.get_step(plan, step)  # refuses an unknown step number
+        previews = reports.preview(plan, step)
+        if self.json:
+            cli.emit_json(self.stdout, previews)
+        else:
+            for preview in previews:
+                self.stdout.write("\n".join(cli.describe_preview(preview)))
+        # A step that could not be read from Atlas (no "action": not merely "nothing to update yet").
+        unread = [p["number"] for p in previews if p.get("error") and "action" not in p]
+        if unread:
+            raise CommandError(
+                f"could not preview step(s) {', '.join(map(str, unread))} from Atlas", returncode=cli.REFUSED
+            )
+
+    def _launch(self, version, user, step, next_step, stage, yes, wait, timeout, **options):
+        plan = cli.get_plan(version)
+        acting = services.resolve_user(user)
+        if stage:
+            target = services.next_step(plan, stage)
+        elif next_step:
+            target = services.next_step(plan)
+        else:
+            target = services.get_step(plan, step)
+        params = {"step": target.number, "stage": bool(stage), "via": "launch"}
+        services.authorize(acting, "launch", plan=plan, step=target, parameters=params)
+        if not yes:
+            self._confirm(target, acting, params, stage=bool(stage), stdin=options.get("stdin", sys.stdin))
+        services.launch(target, acting, stage=bool(stage))
+        if not wait:
+            return self._launched(target, stage)
+        self._follow(plan, target, stage=bool(stage), timeout=timeout, action="launch")
+
+    def _confirm(self, step, user, params, *, stage: bool, stdin) -> None:
+        refusal = cli.launch_refusal(step)
+        if refusal:
+            # Refused before asking, as services.launch would refuse it after (and audited the same way).
+            AuditEvent.record(
+                "launch", outcome=AuditEvent.Outcome.REFUSED, user=user, step=step, parameters=params,
+                message=refusal,
+            )  # fmt: skip
+            raise CommandError(refusal, returncode=cli.REFUSED)
+        cli.require_terminal(stdin)
+        steps = [s for s in cli.stage_chain(step) if s.state not in DONE] if stage else [step]
+        cli.confirm_launch(steps, [reports.preview_step(s) for s in steps], stdin, self.stderr)
+
+    def _launched(self, step, stage) -> None:
+        if self.json:
+            return cli.emit_json(self.stdout, self._step_document(step, "launch"))
+        what = f"stage {stage} from step {step.number}" if stage else f"step {step.number}"
+        self.stdout.write(
+            self.style.SUCCESS(f"Launched {step.plan.version} {what}")
+            + f" [{step.environment}] {step.title}: {step.state}, task {step.task_ids[-1]}"
+        )
+
+    def _finalize(self, version, tag, commit, user, **options):
+        plan = cli.get_plan(version)
+        acting = services.resolve_user(user)
+        plan = services.finalize(plan, tag=tag, commit=commit, user=acting)
+        if self.json:
+            return cli.emit_json(self.stdout, self._step_document(services.get_step(plan, 7), "finalize"))
+        self.stdout.write(
+            self.style.SUCCESS(f"Finalized {plan.version}")
+            + f": tag {plan.final_tag} at {plan.final_commit}; steps 8–14 deploy this commit."
+        )
+
+    def _pause(self, version, user, **options):
+        step = services.pause(cli.get_plan(version), services.resolve_user(user))
+        self._done(step, "pause", "pause requested: the step stops after the sites in flight")
+
+    def _abort(self, version, user, **options):
+        step = services.abort(cli.get_plan(version), services.resolve_user(user))
+        text = (
+            "aborted"
+            if step.state == "aborted"
+            else "abort requested: the step stops after the sites in flight"
+        )
+        self._done(step, "abort", text)
+
+    def _resume(self, version, user, wait, timeout, **options):
+        plan = cli.get_plan(version)
+        step = services.resume(plan, services.resolve_user(user))
+        if wait:
+            return self._follow(plan, step, stage=step.continue_stage, timeout=timeout, action="resume")
+        self._done(step, "resume", "resumed")
+
+    def _retry_failed(self, version, step, user, wait, timeout, **options):
+        plan = cli.get_plan(version)
+        acting = services.resolve_user(user)
+        target = services.retry_failed(services.get_step(plan, step), acting)
+        if wait:
+            return self._follow(
+                plan, target, stage=target.continue_stage, timeout=timeout, action="retry-failed"
+            )
+        self._done(target, "retry-failed", "retrying its failed sites")
+
+    def _skip(self, version, step, reason, user, **options):
+        plan = cli.get_plan(version)
+        acting = services.resolve_user(user)
+        target = services.skip(services.get_step(plan, step), acting, reason)
+        self._done(target, "skip", f"skipped ({reason})")
+
+    def _status(self, version, **options):
+        plan = cli.get_plan(version)
+        status = reports.status(plan)
+        if self.json:
+            return cli.emit_json(self.stdout, status)
+        for line in _status_lines(status):
+            self.stdout.write(line)
+
+    def _list(self, **options):
+        plans = ReleasePlan.objects.prefetch_related("steps").order_by("-created_at")
+        rows = [
+            {
+                "version": p.version,
+                "state": p.state,
+                "created_by": p.created_by_username,
+                "created_at": p.created_at.isoformat(),
+                "final_tag": p.final_tag or None,
+            }
+            for p in plans
+        ]
+        if self.json:
+            return cli.emit_json(self.stdout, rows)
+        if not rows:
+            self.stdout.write("No release plans yet: release create VERSION --commit SHA --user NAME")
+        for row in rows:
+            self.stdout.write(
+                f"{row['version']:<12} {row['state']:<10} by {row['created_by']} at {row['created_at']}"
+            )
+
+    # -- output -----------------------------------------------------------------------------------
+
+    def _follow(self, plan, step, *, stage: bool, timeout, action: str) -> None:
+        waiter = cli.StepWaiter(report=lambda line: cli.note(self.stderr, line), timeout=timeout)
+        result = waiter.follow(step, stage=stage)
+        last = result.steps[-1]
+        if self.json:
+            cli.emit_json(
+                self.stdout,
+                {
+                    "version": plan.version,
+                    "action": action,
+                    "succeeded": result.succeeded,
+                    "state": last.state,
+                    "steps": [reports.step_status(s) for s in result.steps],
+                },
+            )
+        if not result.succeeded:
+            raise CommandError(result.message, returncode=cli.TIMED_OUT if result.timed_out else cli.REFUSED)
+        if not self.json:
+            numbers = ", ".join(str(s.number) for s in result.steps)
+            self.stdout.write(self.style.SUCCESS(f"{plan.version}: step(s) {numbers} succeeded"))
+
+    def _done(self, step, action: str, text: str) -> None:
+        if self.json:
+            return cli.emit_json(self.stdout, self._step_document(step, action))
+        self.stdout.write(f"{step.plan.version} step {step.number} [{step.environment or '-'}]: {text}")
+
+    @staticmethod
+    def _step_document(step, action: str) -> dict:
+        return {"version": step.plan.version, "action": action, "step": reports.step_status(step)}
+
+
+def _status_lines(status: dict) -> list[str]:
+    lines = [
+        f"Release {status['version']} ({status['profile']}): {status['state']}",
+        f"  branch {status['release_branch']} at {status['release_commit']}"
+        + (f"; final tag {status['final_tag']} at {status['final_commit']}" if status["final_tag"] else ""),
+    ]
+    for step in status["steps"]:
+        counts = step["counts"]
+        line = f"{step['number']:>3} {step['environment'] or '-':<5}{step['state']:<10} {step['title']}"
+        if counts["targeted"]:
+            line += (
+                f" [{counts['succeeded']}/{counts['targeted']} ok, {counts['failed']} failed, "
+                f"{counts['skipped']} skipped, {counts['pending']} pending]"
+            )
+        if step["launched_by"]:
+            line += f" (by {step['launched_by']})"
+        lines.append(line)
+        if step["message"]:
+            lines.append(f"      {step['message']}")
+    for env, sites in status["sweeps"].items():
+        lines.append(f"  {env}: {len(sites)} site(s) not on the release profile after the last update")
+        lines += [
+            f"      {site.get('path') or site.get('_id')} ({site.get('status')})" for site in sites[:20]
+        ]
+    return lines
+
+
+def _version(parser) -> None:
+    parser.add_argument("version", metavar="VERSION", help="The release version, e.g. 2.8.5.")
+
+
+def _user(parser) -> None:
+    parser.add_argument("--user", required=True, metavar="NAME", help=HELP_USER)
+
+
+def _json(parser) -> None:
+    parser.add_argument("--json", action="store_true", help="Print one JSON document on stdout.")
+
+
+def _wait(parser) -> None:
+    parser.add_argument(
+        "--wait",
+        action="store_true",
+        help="Block until the step (or stage) ends; non-zero unless it succeeded.",
+    )
+    parser.add_argument(
+        "--timeout", type=float, metavar="SECONDS", help="With --wait: give up after this long."
+    )
