@@ -205,14 +205,13 @@ class StepWaiter:
             if step.state != StepState.SUCCEEDED:
                 reason = f": {step.message}" if step.message else ""
                 return WaitResult(followed, False, f"step {step.number} ended {step.state}{reason}")
-            expected = _next_in_stage(step) if stage else None
-            if expected is None:
+            if not stage:
                 return WaitResult(followed, True)
-            launched, problem = self._until_launched(expected, after=step)
-            if not launched:
-                return WaitResult(followed, False, problem, timed_out=problem.startswith("timed out"))
-            followed.append(expected)
-            step = expected
+            following, problem = self._continuation(step)
+            if following is None:
+                return WaitResult(followed, not problem, problem, timed_out=problem.startswith("timed out"))
+            followed.append(following)
+            step = following
 
     def _until_not_running(self, step: StepRun) -> str | None:
         """Wait for the step to leave `running`; return a timeout message if the deadline passes."""
@@ -238,31 +237,33 @@ class StepWaiter:
                 )
             self.sleep(self.poll)
 
-    def _until_launched(self, step: StepRun, *, after: StepRun) -> tuple[bool, str]:
-        since = self.clock()
+    def _continuation(self, step: StepRun) -> tuple[StepRun | None, str]:
+        """The stage step the engine launched after `step` (it may have ended already), or None with
+        '' when the stage is complete, or None with the reason it stopped early."""
+        chain = stage_chain(step)[1:]
+        if not chain:
+            return None, ""
+        following, since = chain[0], self.clock()
         while True:
-            step.refresh_from_db()
-            if step.state != StepState.PENDING and _started_after(step, after):
-                return True, ""
+            following.refresh_from_db()
+            if _started_after(following, step):
+                return following, ""
+            # services.continue_stage launches only the very next step, and not one already done.
+            if following.state in DONE or self.clock() - since >= self.grace:
+                break
             if self._expired():
-                return False, f"timed out after {self.timeout:g}s waiting for step {step.number} to start"
-            if self.clock() - since >= self.grace:
-                return False, (
-                    f"the stage stopped after step {after.number}: step {step.number} was not launched "
-                    "(see the audit trail; launch it with `release launch --stage`)"
-                )
+                return None, f"timed out after {self.timeout:g}s waiting for step {following.number} to start"
             self.sleep(self.poll)
+        left = [s.number for s in chain if s.state not in DONE]
+        if not left:
+            return None, ""
+        return None, (
+            f"the stage stopped after step {step.number}: step {left[0]} was not launched "
+            "(see the audit trail; launch it with `release launch`)"
+        )
 
     def _expired(self) -> bool:
         return self._deadline is not None and self.clock() >= self._deadline
-
-
-def _next_in_stage(step: StepRun) -> StepRun | None:
-    """The step a stage continues with after `step` succeeded, or None when the stage is complete."""
-    for following in stage_chain(step)[1:]:
-        if following.state not in DONE:
-            return following
-    return None
 
 
 def _started_after(step: StepRun, previous: StepRun) -> bool:

@@ -338,6 +338,25 @@ def test_launch_on_protected_environment_needs_the_protected_permission(plan):
         run("release", "launch", "2.8.5", "--step", "12", "--user", "dev-ops", "--yes")
 
 
+def test_launch_of_a_running_step_is_refused_before_prompting(plan):
+    run("release", "launch", "2.8.5", "--step", "2", "--user", "ops-lead", "--yes")
+    err = io.StringIO()
+
+    with pytest.raises(CommandError, match=r"step 2 is no longer launchable \(it is running\)"):
+        run(
+            "release",
+            "launch",
+            "2.8.5",
+            "--step",
+            "2",
+            "--user",
+            "ops-lead",
+            stdin=Terminal("y\n"),
+            stderr=err,
+        )
+    assert "Proceed?" not in err.getvalue()
+
+
 def test_launch_blocked_is_refused_before_prompting(plan):
     err = io.StringIO()
     with pytest.raises(CommandError, match="step 5 cannot start"):
@@ -468,6 +487,41 @@ def test_wait_follows_a_stage_to_its_last_step(plan, ops):
     result = waiter(script, []).follow(step(2), stage=True)
 
     assert result.succeeded and [s.number for s in result.steps] == [2, 3, 4]
+
+
+def test_wait_follows_a_stage_step_that_started_and_ended_between_two_polls(plan):
+    run("release", "launch", "2.8.5", "--stage", "DEV", "--user", "ops-lead", "--yes")
+    quick = [move(2, StepState.SUCCEEDED), move(3, StepState.RUNNING), move(3, StepState.SUCCEEDED)]
+    script = Script(
+        lambda: [apply() for apply in quick],
+        move(4, StepState.RUNNING),
+        move(4, StepState.SUCCEEDED),
+    )
+
+    result = waiter(script, []).follow(step(2), stage=True)
+
+    assert result.succeeded and [s.number for s in result.steps] == [2, 3, 4]
+
+
+def test_wait_ends_a_stage_whose_remaining_steps_were_skipped(plan):
+    run("release", "skip", "2.8.5", "--step", "3", "--reason", "r", "--user", "ops-lead")
+    run("release", "skip", "2.8.5", "--step", "4", "--reason", "r", "--user", "ops-lead")
+    run("release", "launch", "2.8.5", "--stage", "DEV", "--user", "ops-lead", "--yes")
+    script = Script(move(2, StepState.SUCCEEDED))
+
+    result = waiter(script, []).follow(step(2), stage=True)
+
+    assert result.succeeded and [s.number for s in result.steps] == [2]
+
+
+def test_wait_stops_a_stage_at_a_skipped_step_that_the_engine_does_not_pass(plan):
+    run("release", "skip", "2.8.5", "--step", "3", "--reason", "r", "--user", "ops-lead")
+    run("release", "launch", "2.8.5", "--stage", "DEV", "--user", "ops-lead", "--yes")
+    script = Script(move(2, StepState.SUCCEEDED))
+
+    result = waiter(script, []).follow(step(2), stage=True)
+
+    assert not result.succeeded and "step 4 was not launched" in result.message
 
 
 def test_wait_reports_a_step_that_ends_failed(plan):

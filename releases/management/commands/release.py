@@ -13,7 +13,7 @@ from django.core.management.base import BaseCommand, CommandError
 from releases import cli, reports, services
 from releases.models import AuditEvent, ReleasePlan
 from releases.runbook import ENVIRONMENTS
-from releases.states import DONE
+from releases.states import DONE, StepState
 
 HELP_USER = "Staff account the action is recorded under (required; its permissions are checked)."
 
@@ -102,6 +102,8 @@ class Command(BaseCommand):
 
     def handle(self, *args, action, **options):
         self.json = options.get("json", False)
+        if options.get("timeout") is not None and not options.get("wait"):
+            raise CommandError("--timeout only applies with --wait", returncode=2)
         with cli.refusals():
             getattr(self, "_" + action.replace("-", "_"))(**options)
 
@@ -196,7 +198,7 @@ class Command(BaseCommand):
         step = services.abort(cli.get_plan(version), services.resolve_user(user))
         text = (
             "aborted"
-            if step.state == "aborted"
+            if step.state == StepState.ABORTED
             else "abort requested: the step stops after the sites in flight"
         )
         self._done(step, "abort", text)
