@@ -9,7 +9,7 @@ from eve.auth import BasicAuth
 from flask import Flask, Response, current_app, g, jsonify
 
 from . import behaviours, population
-from .datalayer import MongomockData, install_id_index
+from .datalayer import CachedSchemaValidator, MongomockData, install_id_index
 from .schema import ATLAS_VERSION, eve_settings
 from .state import SimulatorState
 from .wsgi import SerializedWSGI
@@ -53,7 +53,12 @@ def build_app(
     if environment not in ENVIRONMENTS:
         raise ValueError(f"unknown environment {environment!r}; expected one of {ENVIRONMENTS}")
     install_id_index()
-    app = Eve(settings=eve_settings(f"atlas_{environment}"), data=MongomockData, auth=AtlasBasicAuth)
+    app = Eve(
+        settings=eve_settings(f"atlas_{environment}"),
+        data=MongomockData,
+        auth=AtlasBasicAuth,
+        validator=CachedSchemaValidator,
+    )
     state = SimulatorState(
         app=app,
         environment=environment,

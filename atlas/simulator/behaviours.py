@@ -13,7 +13,7 @@ from flask import Flask, abort, g
 from werkzeug.exceptions import HTTPException
 
 from . import events as ev
-from .schema import CODE_REFERENCE_FIELDS
+from .schema import CODE_REFERENCE_FIELDS, DEPLOY_DEFAULTS
 from .state import SimulatorState
 from .tasks import TASK_OUTCOME
 
@@ -33,6 +33,7 @@ def register(app: Flask, state: SimulatorState) -> None:
     app.on_update += hooks.stamp_modified_by
     app.on_replace += hooks.stamp_modified_by
     app.on_insert_code += hooks.before_code_insert
+    app.on_inserted_code += hooks.after_code_inserted
     app.on_update_code += hooks.before_code_update
     app.on_pre_DELETE_code += hooks.guard_code_delete
     app.on_insert_sites += hooks.fill_site_defaults
@@ -90,7 +91,11 @@ class AtlasHooks:
                 )
             if meta.get("is_current"):
                 self._demote_current(meta["name"], meta["code_type"], keep=None)
-            self.log.record(ev.CODE_DEPLOY, item.get("commit_hash"), meta=dict(meta))
+            item.setdefault("deploy", dict(DEPLOY_DEFAULTS))
+
+    def after_code_inserted(self, items: list[dict]) -> None:
+        for item in items:
+            self.log.record(ev.CODE_DEPLOY, item["_id"], meta=dict(item["meta"]))
 
     def _duplicate_exists(self, meta: dict) -> bool:
         query = {f"meta.{key}": meta[key] for key in CASCADE_META_KEYS}

@@ -4,11 +4,13 @@ Every data layer instance (so every simulated Atlas) owns its own `mongomock.Mon
 several simulators run side by side in one process without sharing documents.
 """
 
+from collections.abc import Mapping
 from typing import Any
 
 import mongomock
 from bson import ObjectId
-from eve.io.mongo import Mongo
+from cerberus.schema import DefinitionSchema
+from eve.io.mongo import Mongo, Validator
 from mongomock.collection import Collection
 from mongomock.filtering import filter_applies
 
@@ -57,3 +59,23 @@ def _iter_documents_by_id(self: Collection, filter: Any) -> Any:
 def install_id_index() -> None:
     """Give mongomock collections an `_id` index (idempotent)."""
     Collection._iter_documents = _iter_documents_by_id
+
+
+class CachedSchemaValidator(Validator):
+    """Eve's Mongo validator, parsing each resource schema once instead of on every write.
+
+    Cerberus turns the schema mapping into a `DefinitionSchema` (normalised, expanded,
+    validated) in every validator's constructor; Eve builds a validator per POST/PATCH. The
+    result depends only on the mapping, so one parse per schema object is reused.
+    """
+
+    _definitions: dict[int, tuple[Mapping, DefinitionSchema]] = {}
+
+    def __init__(self, schema: Any = None, *args: Any, **kwargs: Any) -> None:
+        cached = self._definitions.get(id(schema))
+        if cached is not None and cached[0] is schema:
+            super().__init__(cached[1], *args, **kwargs)
+            return
+        super().__init__(schema, *args, **kwargs)
+        if isinstance(schema, Mapping) and isinstance(self.schema, DefinitionSchema):
+            self._definitions[id(schema)] = (schema, self.schema)

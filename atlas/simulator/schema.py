@@ -35,6 +35,12 @@ def _code_reference() -> dict[str, Any]:
     }
 
 
+# Atlas runs Eve 0.7 on Cerberus 0.9, which validates a POST *before* filling defaults, so
+# `required` fields that also have a default (`meta.is_current`, the deploy flags) must be sent.
+# Cerberus 1.x fills defaults first, so the simulator keeps those defaults out of the schema and
+# fills them after validation (the code insert hook), and never normalises PATCHes.
+DEPLOY_DEFAULTS = {"registry_rebuild": False, "cache_clear": True, "update_database": True}
+
 CODE_SCHEMA: dict[str, Any] = {
     # `unique` on the whole dict: Eve compares the entire sub-document, so an identical `meta`
     # is a 422 before the 409 name+version check of the insert hook.
@@ -46,16 +52,16 @@ CODE_SCHEMA: dict[str, Any] = {
             "version": {"type": "string", "minlength": 1, "required": True},
             "code_type": {"type": "string", "allowed": CODE_TYPES, "required": True},
             "label": {"type": "string", "minlength": 3},
-            "is_current": {"type": "boolean", "default": False, "required": True},
+            "is_current": {"type": "boolean", "required": True},
             "tag": {"type": "list"},
         },
     },
     "deploy": {
         "type": "dict",
         "schema": {
-            "registry_rebuild": {"type": "boolean", "default": False, "required": True},
-            "cache_clear": {"type": "boolean", "default": True, "required": True},
-            "update_database": {"type": "boolean", "default": True, "required": True},
+            "registry_rebuild": {"type": "boolean", "required": True},
+            "cache_clear": {"type": "boolean", "required": True},
+            "update_database": {"type": "boolean", "required": True},
         },
     },
     "git_url": {"type": "string", "regex": GIT_URL_REGEX, "required": True},
@@ -147,4 +153,6 @@ def eve_settings(dbname: str) -> dict[str, Any]:
         "VERSIONING": True,
         "SOFT_DELETE": True,
         "BULK_ENABLED": True,
+        # Eve 0.7 did not normalise PATCHes: a nested default must not overwrite stored values.
+        "NORMALIZE_ON_PATCH": False,
     }
