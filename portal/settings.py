@@ -119,6 +119,7 @@ def _broker_settings(url: str | None) -> tuple[str, dict, str]:
             "data_folder_in": str(folder / "queue"),
             "data_folder_out": str(folder / "queue"),
             "processed_folder": str(folder / "processed"),
+            "control_folder": str(folder / "control"),
             "store_processed": False,
         }
         return "filesystem://", options, f"embedded filesystem broker in {folder}"

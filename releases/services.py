@@ -19,7 +19,7 @@ from .runbook import STEPS
 from .states import ACTIVE, DONE, MANUAL_KINDS, StepState
 
 PERMISSIONS = {
-    "create": "releases.add_releaseplan",
+    "create_plan": "releases.add_releaseplan",
     "launch": "releases.launch_step",
     "pause": "releases.launch_step",
     "resume": "releases.launch_step",
@@ -52,8 +52,10 @@ def authorize(user, action: str, *, plan=None, step=None, environment=None, para
     """Raise ActionRefused (and audit it) unless `user` may do `action` (there)."""
     environment = environment or (step.environment if step else None)
     missing = [] if user.has_perm(PERMISSIONS[action]) else [PERMISSIONS[action]]
+    # Changing a protected environment (or its protection) needs the protected permission too,
+    # or anyone with change_environment could unprotect PROD and then launch there.
     if (
-        action in ("launch", "resume", "retry_failed", "skip")
+        action in ("launch", "resume", "retry_failed", "skip", "environment_set")
         and environment is not None
         and environment.protected
     ):
@@ -87,7 +89,7 @@ def create_plan(
     version: str, *, commit: str, user, branch: str = "", git_url: str = "", profile: str = "express"
 ) -> ReleasePlan:
     params = {"version": version, "commit": commit, "branch": branch, "git_url": git_url, "profile": profile}
-    authorize(user, "create", parameters=params)
+    authorize(user, "create_plan", parameters=params)
     try:
         _validate(VERSION_VALIDATOR, version, "version")
         _validate(SHA_VALIDATOR, commit, "commit")
@@ -166,7 +168,10 @@ def launch(step: StepRun, user, *, stage: bool = False, via: str = "launch") -> 
 
 def continue_stage(step: StepRun) -> StepRun | None:
     """After a stage step succeeds: launch the environment's next step, unless it is a gate."""
-    following = step.plan.steps.select_related("environment").filter(number=step.number + 1).first()
+    later = (
+        step.plan.steps.select_related("environment").filter(number__gt=step.number).exclude(state__in=DONE)
+    )
+    following = later.order_by("number").first()
     if following is None or following.environment_id != step.environment_id or following.kind in MANUAL_KINDS:
         return None
     user = step.launched_by

@@ -127,7 +127,7 @@ def test_create_refused_for_lack_of_permission_is_audited():
 
     with pytest.raises(CommandError, match="lacks the permission releases.add_releaseplan"):
         run("release", "create", "2.8.5", "--commit", SHA, "--user", "reader")
-    event = AuditEvent.objects.get(action="create", username="reader")
+    event = AuditEvent.objects.get(action="create_plan", username="reader")
     assert event.outcome == AuditEvent.Outcome.REFUSED
 
 

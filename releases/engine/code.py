@@ -97,7 +97,6 @@ def _wait_for_deploy(ctx: StepContext, what: str) -> Outcome:
     # A 2xx means "stored and queued" (atlas-api.md §3.5): give Atlas's deploy time to finish.
     requested = ctx.sleep(ctx.environment.deploy_wait_seconds)
     if requested:
-        # The write is done; only the wait was cut short. Pausing here would strand nothing.
-        ctx.result["deploy_wait_cut_short"] = requested
-        ctx.save_result()
+        # The write is done and is found again on resume, which then waits afresh.
+        return Outcome.stopped(requested)
     return Outcome(StepState.SUCCEEDED, what, ctx.result)

@@ -9,6 +9,7 @@ unknown outcome and is re-read from Atlas before anything is sent again.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
@@ -55,7 +56,9 @@ def _run_site_step(ctx: StepContext, *, delete: bool) -> Outcome:
     if stopped:
         return stopped
     if delete:
-        _wait_for_pool(ctx, item.id)
+        stopped = _wait_for_pool(ctx, item.id)
+        if stopped:
+            return stopped
     if ctx.step.params.get("sweep"):
         _sweep(ctx, item.id)
     return _final_outcome(ctx)
@@ -83,29 +86,46 @@ def _run_batches(ctx: StepContext, work: Work) -> Outcome | None:
 def _run_batch(
     ctx: StepContext, rows: list[SiteResult], work: Work, recorder: ResultRecorder
 ) -> Outcome | None:
+    """At most `parallelism` writes in flight; as many again queued so no thread waits for us.
+
+    A queued site is sent only if no stop (pause, abort, threshold) came meanwhile; one that is
+    not sent goes back to pending.
+    """
     parallelism = max(1, ctx.environment.parallelism)
     queue = iter(rows)
     ready: list[SiteResult] = []
+    unsent: list[SiteResult] = []
     in_flight: dict = {}
     stop: Outcome | None = None
+    stopping = threading.Event()
+
+    def guarded(row: SiteResult) -> SiteOutcome | None:
+        return None if stopping.is_set() else work(row)
+
     with ThreadPoolExecutor(max_workers=parallelism, thread_name_prefix="atlas") as pool:
         while True:
             stop = stop or _should_stop(ctx, recorder)
-            while stop is None and len(in_flight) < parallelism:
+            if stop:
+                stopping.set()
+            while stop is None and len(in_flight) < parallelism * 2:
                 if not ready:
                     ready = recorder.dispatch(queue, chunk=parallelism * 2)
                     if not ready:
                         break
                 row = ready.pop(0)
-                in_flight[pool.submit(work, row)] = row
+                in_flight[pool.submit(guarded, row)] = row
             if not in_flight:
                 break
             done, _ = wait(in_flight, timeout=1.0, return_when=FIRST_COMPLETED)
             for future in done:
-                recorder.add(in_flight.pop(future), future.result())
+                row, outcome = in_flight.pop(future), future.result()
+                if outcome is None:
+                    unsent.append(row)
+                else:
+                    recorder.add(row, outcome)
             recorder.maybe_flush()
     # Rows marked dispatched but never sent go back to pending: nothing was sent for them.
-    recorder.undispatch(ready)
+    recorder.undispatch(ready + unsent)
     recorder.flush()
     return stop
 
@@ -170,19 +190,21 @@ def _attempt(write: Callable[[], WriteResult]) -> SiteOutcome:
     return SiteOutcome(SiteState.SUCCEEDED, result.status, result.body or None, message, result.attempts)
 
 
-def _wait_for_pool(ctx: StepContext, profile_id: str) -> None:
+def _wait_for_pool(ctx: StepContext, profile_id: str) -> Outcome | None:
     """Atlas refills the available pool every few minutes with the current profile; wait for it."""
     target = ctx.result.get("pool_before", 0)
     where = {"status": "available", "code.profile": profile_id}
     waited, interval = 0.0, 2.0
     count = ctx.client.count("sites", where)
     while count < target and waited < ctx.environment.pool_wait_seconds:
-        if ctx.sleep(interval):
-            break
+        requested = ctx.sleep(interval)
+        if requested:
+            return Outcome.stopped(requested)  # a resumed step waits again; the deletions are done
         waited += interval
         count = ctx.client.count("sites", where)
     ctx.result["pool_after"] = count
     ctx.save_result()
+    return None
 
 
 def _sweep(ctx: StepContext, profile_id: str) -> None:
