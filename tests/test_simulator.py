@@ -180,6 +180,12 @@ def test_site_is_readable_by_sid(prod_atlas):
     assert by_sid["_id"] == site["_id"]
 
 
+def test_sid_lookup_is_read_only(dev_atlas):
+    site = first(dev_atlas, "sites", {"status": "installed"})
+    response = write("PATCH", dev_atlas, f"sites/{site['sid']}", {"update_group": 1}, site["_etag"])
+    assert response.status_code == 405
+
+
 def test_dates_use_atlas_date_format(prod_atlas):
     site = get(prod_atlas, "sites", max_results=1).json()["_items"][0]
     time.strptime(site["_updated"], "%Y-%m-%d %H:%M:%S GMT")
@@ -510,6 +516,13 @@ def test_pool_refills_after_the_configured_delay(simulator):
     write("DELETE", atlas, f"sites/{site['_id']}", etag=site["_etag"])
     assert get(atlas, "sites", where={"status": "available"}).json()["_meta"]["total"] == 3
     assert wait_for(lambda: get(atlas, "sites", where={"status": "available"}).json()["_meta"]["total"] == 4)
+
+
+def test_pool_refills_when_a_site_is_taken_from_it(dev_atlas):
+    site = first(dev_atlas, "sites", {"status": "available"})
+    write("PATCH", dev_atlas, f"sites/{site['_id']}", {"status": "installing"}, site["_etag"])
+    assert get(dev_atlas, f"sites/{site['_id']}").json()["status"] == "installed"
+    assert get(dev_atlas, "sites", where={"status": "available"}).json()["_meta"]["total"] == 4
 
 
 def test_posted_site_gets_the_current_profile_and_becomes_available(dev_atlas):

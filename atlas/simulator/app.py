@@ -69,13 +69,18 @@ def build_app(
     app.simulator = state
     behaviours.register(app, state)
     _add_routes(app, state)
+    seeded = _seed(app, state, sites=sites, seed=seed)
+    state.tasks.pool_size = seeded.available if pool_size is None else pool_size
+    app.wsgi_app = SerializedWSGI(app.wsgi_app, state, prefix)
+    return app
+
+
+def _seed(app: Flask, state: SimulatorState, *, sites: int | None, seed: int) -> population.Seeded:
     started = time.perf_counter()
     with app.app_context():
         seeded = population.seed(state, sites=sites, seed=seed)
     state.seed_seconds = time.perf_counter() - started
-    state.tasks.pool_size = seeded.available if pool_size is None else pool_size
-    app.wsgi_app = SerializedWSGI(app.wsgi_app, state, prefix)
-    return app
+    return seeded
 
 
 def _add_routes(app: Flask, state: SimulatorState) -> None:

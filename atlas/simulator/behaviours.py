@@ -15,7 +15,7 @@ from werkzeug.exceptions import HTTPException
 from . import events as ev
 from .schema import CODE_REFERENCE_FIELDS, DEPLOY_DEFAULTS
 from .state import SimulatorState
-from .tasks import TASK_OUTCOME
+from .tasks import POOL_STATUSES, TASK_OUTCOME
 
 LAUNCHED_MESSAGE = "Instance is launched or launching. To delete, take instance down first."
 CODE_IN_USE_MESSAGE = (
@@ -208,6 +208,10 @@ class AtlasHooks:
         status = updates.get("status")
         if status in TASK_OUTCOME:
             self.state.tasks.request_transition(original["_id"], status)
+        if original.get("status") in POOL_STATUSES and status and status not in POOL_STATUSES:
+            # A site taken from the pool (installing, restore): Atlas's periodic
+            # available_sites_check tops the pool up again.
+            self.state.tasks.request_refill()
 
     def before_site_delete(self, request: Any, lookup: dict) -> None:
         site_id = _object_id(lookup.get("_id"))

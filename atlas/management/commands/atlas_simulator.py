@@ -4,6 +4,7 @@ Needs no database: it never touches the ORM and skips the system checks.
 """
 
 import os
+import signal
 import threading
 from typing import Any
 
@@ -56,8 +57,12 @@ class Command(BaseCommand):
             raise CommandError(f"Cannot listen on port {options['port']}: {error}") from error
         server.set_faults(write_latency_ms=options["latency_ms"], fail_rate=options["fail_rate"])
         self._announce(server, options["username"])
+        stopped = threading.Event()
+        # Supervisors (runportal) stop simulators with SIGTERM: shut down as cleanly as on Ctrl-C.
+        signal.signal(signal.SIGTERM, lambda signum, frame: stopped.set())
         try:
-            threading.Event().wait()
+            while not stopped.wait(timeout=1):
+                pass
         except KeyboardInterrupt:
             pass
         finally:
