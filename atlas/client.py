@@ -279,12 +279,13 @@ class AtlasClient:
         etag: str | None = None,
         timeout: tuple[float, float],
     ) -> requests.Response:
-        url = self._url(path)
+        url = self._url(path)  # what errors show
+        target = urljoin(self.base_url, path)
         headers = {"If-Match": etag} if etag else {}
         self.requests_sent += 1
         try:
             response = self.session.request(
-                method, url, params=params, json=payload, headers=headers, timeout=timeout
+                method, target, params=params, json=payload, headers=headers, timeout=timeout
             )
         except (requests.ConnectionError, requests.Timeout) as exc:
             raise self._transport_error(method, url, exc) from None
@@ -334,7 +335,8 @@ class AtlasClient:
         time.sleep(random.uniform(0, min(self.backoff_cap, self.backoff * 2 ** (attempt - 1))))
 
     def _url(self, path: str) -> str:
-        return urljoin(self.base_url, path)
+        """The URL to show in errors and logs: never with credentials from the base URL."""
+        return urljoin(self.safe_base_url, path)
 
 
 def _dumps(value: dict) -> str:
