@@ -2,7 +2,7 @@
 
 Fixtures go straight into the mongomock collections with the meta fields Eve would have
 written (`_created`, `_updated`, `_etag`, `_version`, `_deleted`) and their first shadow copy
-in `<resource>_versions`, skipping per-document validation: 3,000 sites seed in well under a
+in `<resource>_versions`, skipping per-document validation: 3,000 sites seed in about a
 second instead of the minutes thousands of validated POSTs would take.
 """
 
