@@ -114,3 +114,26 @@ def test_whole_release_across_three_environments(sims, celery_worker):
         updates = Counter(e["id"] for e in sim.events.of_kind("site_update") if e["source"] == "client")
         assert not [i for i, n in updates.items() if n > 1], f"{name}: a site got the profile PATCH twice"
     assert AuditEvent.objects.filter(action="launch", username="ops-lead").count() >= 4
+
+
+def test_cli_stage_launch_waits_and_reports_status(sims, celery_worker):
+    import io
+    import json
+
+    from django.core.management import call_command
+
+    configure_environments(sims)
+    make_user()
+    call_command("release", "create", "2.8.5", "--commit", R, "--user", "ops-lead", stdout=io.StringIO())
+    call_command(
+        "release", "launch", "2.8.5", "--stage", "DEV", "--user", "ops-lead", "--yes", "--wait",
+        stdout=io.StringIO(), stderr=io.StringIO(),
+    )  # fmt: skip
+    out = io.StringIO()
+    call_command("release", "status", "2.8.5", "--json", stdout=out)
+    status = json.loads(out.getvalue())
+    by_number = {s["number"]: s for s in status["steps"]}
+    assert [by_number[n]["state"] for n in (1, 2, 3, 4)] == ["succeeded"] * 4
+    assert by_number[4]["launched_by"] == "ops-lead"
+    assert by_number[4]["counts"]["succeeded"] == by_number[4]["counts"]["targeted"] == 2
+    assert by_number[5]["state"] == "pending"
