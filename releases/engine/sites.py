@@ -127,6 +127,8 @@ def _run_batch(
     # Rows marked dispatched but never sent go back to pending: nothing was sent for them.
     recorder.undispatch(ready + unsent)
     recorder.flush()
+    if stop is not None and stop.message.startswith("failure threshold"):
+        stop = _threshold_outcome(ctx, recorder)  # count the writes that were in flight too
     return stop
 
 
@@ -134,10 +136,17 @@ def _should_stop(ctx: StepContext, recorder: ResultRecorder) -> Outcome | None:
     requested = ctx.beat()
     if requested:
         return Outcome.stopped(requested)
-    failed, targeted = recorder.failed_total(), recorder.targeted
-    if ctx.environment.threshold_reached(failed, targeted):
-        return Outcome(StepState.PAUSED, f"failure threshold reached: {failed} of {targeted} sites failed")
+    if ctx.environment.threshold_reached(recorder.failed_total(), recorder.targeted):
+        return _threshold_outcome(ctx, recorder)
     return None
+
+
+def _threshold_outcome(ctx: StepContext, recorder: ResultRecorder) -> Outcome:
+    failed, targeted = recorder.failed_total(), recorder.targeted
+    limit = ctx.environment.threshold_description()
+    return Outcome(
+        StepState.PAUSED, f"failure threshold ({limit}) reached: {failed} of {targeted} sites failed"
+    )
 
 
 def _updater(ctx: StepContext, profile_id: str) -> Work:

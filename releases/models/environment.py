@@ -116,6 +116,14 @@ class Environment(models.Model):
             pool_size=max(16, self.parallelism * 2),
         )
 
+    def threshold_description(self) -> str:
+        limits = []
+        if self.failure_threshold_count is not None:
+            limits.append(f"{self.failure_threshold_count} sites")
+        if self.failure_threshold_percent is not None:
+            limits.append(f"{self.failure_threshold_percent:g}%")
+        return " or ".join(limits) or "none"
+
     def threshold_reached(self, failed: int, targeted: int) -> bool:
         if failed == 0:
             return False
