@@ -5,6 +5,7 @@ from django.contrib import admin
 from django.db.models import Count, Q
 from django.utils.html import format_html
 
+from .admin_views import ReleaseOperationsMixin
 from .models import AuditEvent, Environment, ReleasePlan, SiteResult, StepRun, UpdateGroup
 
 
@@ -64,21 +65,19 @@ class ReadOnlyAdmin(admin.ModelAdmin):
         return False
 
 
-class StepRunInline(admin.TabularInline):
-    model = StepRun
-    fields = ("number", "environment", "title", "state", "launched_by_username", "started_at", "finished_at")
-    readonly_fields = fields
-    extra = 0
-    can_delete = False
-
-    def has_add_permission(self, request, obj=None):
-        return False
-
-
 @admin.register(ReleasePlan)
-class ReleasePlanAdmin(ReadOnlyAdmin):
+class ReleasePlanAdmin(ReleaseOperationsMixin, ReadOnlyAdmin):
+    """Read-only fields, plus the steps table and the operations (see `admin_views`)."""
+
     list_display = ("version", "release_commit", "final_tag", "created_by_username", "created_at")
-    inlines = [StepRunInline]
+    exclude = ("created_by",)
+
+    def has_view_permission(self, request, obj=None):
+        # Whoever may operate releases may see the plans they operate on.
+        user = request.user
+        return super().has_view_permission(request, obj) or any(
+            user.has_perm(p) for p in ("releases.launch_step", "releases.finalize_release")
+        )
 
 
 @admin.register(StepRun)

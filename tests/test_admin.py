@@ -1,0 +1,153 @@
+"""The release operations in the admin: the plan page, the two-step launch and the controls.
+
+Nothing is enqueued: launches run inside `django_capture_on_commit_callbacks(execute=False)`.
+"""
+
+import pytest
+from django.contrib.messages import get_messages
+from django.core.management import call_command
+from django.urls import reverse
+
+from releases import services
+from releases.models import AuditEvent, Environment, StepRun
+from tests.support import R, configure_environments, make_user
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def operator():
+    call_command("loadrunbook", verbosity=0)
+    return make_user("ops-lead")
+
+
+@pytest.fixture
+def plan(operator):
+    return services.create_plan("2.8.5", commit=R, user=operator)
+
+
+def _url(name, plan, *args):
+    return reverse(f"admin:releases_releaseplan_{name}", args=[plan.pk, *args])
+
+
+def _messages(response):
+    return [(m.level_tag, str(m)) for m in get_messages(response.wsgi_request)]
+
+
+def _mark_done(plan, *numbers):
+    StepRun.objects.filter(plan=plan, number__in=numbers).update(state="succeeded")
+
+
+def test_plan_page_lists_all_steps_with_bounded_queries(
+    client, operator, plan, django_assert_max_num_queries
+):
+    client.force_login(operator)
+    with django_assert_max_num_queries(15):
+        response = client.get(_url("change", plan))
+    assert response.status_code == 200
+    html = response.content.decode()
+    for number in range(1, 15):
+        assert f'id="step-{number}"' in html
+    assert _url("launch", plan, 2) in html  # step 2 is pending and launchable
+
+
+def test_plan_page_hides_launch_buttons_without_permission(client, plan):
+    viewer = make_user("viewer", permissions=("view_releaseplan",))
+    client.force_login(viewer)
+    response = client.get(_url("change", plan))
+    assert response.status_code == 200
+    assert 'id="step-2"' in response.content.decode()
+    assert _url("launch", plan, 2) not in response.content.decode()
+
+
+def test_launch_confirmation_shows_batch_counts(client, operator, plan, simulator):
+    sim = simulator("dev", password="dev-secret-Zq7")
+    configure_environments({"DEV": sim})
+    _mark_done(plan, 2)
+    expected = sum(
+        1 for s in sim.db["sites"].find({"status": "available", "_deleted": {"$ne": True}})
+    )  # step 3 deletes the available sites
+    client.force_login(operator)
+    response = client.get(_url("launch", plan, 3))
+    assert response.status_code == 200
+    (batch,) = response.context["preview"]["batches"]
+    assert batch["count"] == expected > 0
+    assert f'<td class="batch-count">{expected}</td>' in response.content.decode()
+    assert StepRun.objects.get(plan=plan, number=3).state == "pending"  # GET launches nothing
+
+
+def test_post_launch_starts_the_step_and_audits_it(
+    client, operator, plan, django_capture_on_commit_callbacks
+):
+    client.force_login(operator)
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        response = client.post(_url("launch", plan, 2))
+    assert response.status_code == 302 and response.url == _url("change", plan)
+    assert StepRun.objects.get(plan=plan, number=2).state == "running"
+    assert AuditEvent.objects.filter(action="launch", outcome="ok", username="ops-lead").count() == 1
+    assert len(callbacks) == 1  # the worker task, captured rather than sent
+
+
+def test_prod_launch_with_wrong_typed_name_is_refused(client, operator, plan):
+    StepRun.objects.filter(plan=plan, number__lt=12).update(state="succeeded")
+    client.force_login(operator)
+    events = AuditEvent.objects.count()
+    response = client.post(_url("launch", plan, 12), {"confirm_environment": "prod"})
+    assert response.status_code == 200
+    assert "PROD is protected" in response.context["error"]
+    assert StepRun.objects.get(plan=plan, number=12).state == "pending"
+    assert AuditEvent.objects.count() == events
+
+
+def test_prod_launch_page_asks_for_the_environment_name(client, operator, plan):
+    assert Environment.objects.get(name="PROD").protected
+    Environment.objects.filter(name="PROD").update(max_attempts=1)  # no Atlas here: fail the preview fast
+    client.force_login(operator)
+    response = client.get(_url("launch", plan, 12))
+    assert 'name="confirm_environment"' in response.content.decode()
+
+
+def test_launch_without_permission_is_an_error_message(client, plan):
+    clerk = make_user("clerk", permissions=("view_releaseplan",))
+    client.force_login(clerk)
+    response = client.post(_url("launch", plan, 2))
+    assert response.status_code == 302
+    ((level, text),) = _messages(response)
+    assert level == "error" and "lacks the permission releases.launch_step" in text
+    assert StepRun.objects.get(plan=plan, number=2).state == "pending"
+
+
+def test_finalize_with_a_malformed_sha_names_it(client, operator, plan):
+    _mark_done(plan, 2, 3, 4, 5, 6)
+    client.force_login(operator)
+    response = client.post(_url("finalize", plan), {"tag": "2.8.5", "commit": "not-a-sha"})
+    assert response.status_code == 302
+    ((level, text),) = _messages(response)
+    assert level == "error" and "'not-a-sha'" in text
+    plan.refresh_from_db()
+    assert plan.final_commit == ""
+
+
+def test_skip_without_reason_is_refused(client, operator, plan):
+    client.force_login(operator)
+    response = client.post(_url("skip", plan, 2), {"reason": "  "})
+    ((level, text),) = _messages(response)
+    assert level == "error" and "reason" in text
+    assert StepRun.objects.get(plan=plan, number=2).state == "pending"
+
+
+def test_pause_with_nothing_running_is_an_error_not_a_500(client, operator, plan):
+    client.force_login(operator)
+    response = client.post(_url("pause", plan))
+    assert response.status_code == 302
+    ((level, text),) = _messages(response)
+    assert level == "error" and "no running step to pause" in text
+
+
+def test_controls_are_post_only(client, operator, plan):
+    client.force_login(operator)
+    assert client.get(_url("abort", plan)).status_code == 405
+
+
+def test_audit_events_cannot_be_added_in_the_admin(admin_client):
+    assert admin_client.get(reverse("admin:releases_auditevent_add")).status_code == 403
