@@ -151,3 +151,11 @@ def test_controls_are_post_only(client, operator, plan):
 
 def test_audit_events_cannot_be_added_in_the_admin(admin_client):
     assert admin_client.get(reverse("admin:releases_auditevent_add")).status_code == 403
+
+
+def test_stage_launch_continues_the_stage(client, operator, plan, django_capture_on_commit_callbacks):
+    client.force_login(operator)
+    with django_capture_on_commit_callbacks(execute=False):
+        client.post(_url("launch", plan, 2), {"stage": "1"})
+    step = StepRun.objects.get(plan=plan, number=2)
+    assert (step.state, step.continue_stage) == ("running", True)
