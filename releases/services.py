@@ -257,8 +257,7 @@ def finalize(plan: ReleasePlan, *, tag: str, commit: str, user) -> ReleasePlan:
         problems.append(
             "the final commit equals the release-branch commit (the --no-ff merge makes a new one)"
         )
-    blockers = [b for b in step.blockers()]
-    problems.extend(blockers)
+    problems.extend(step.blockers())
     if problems:
         _refuse(
             "cannot finalize: " + "; ".join(problems), "finalize", user=user, step=step, parameters=params
