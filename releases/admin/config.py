@@ -5,8 +5,8 @@ from django.contrib import admin
 from django.db.models import Count, Q
 from django.utils.html import format_html
 
-from .admin_views import ReleaseOperationsMixin
-from .models import AuditEvent, Environment, ReleasePlan, SiteResult, StepRun, UpdateGroup
+from ..models import AuditEvent, Environment, ReleasePlan, SiteResult, StepRun, UpdateGroup
+from .operations import ReleaseOperationsMixin
 
 
 class AuditedAdmin(admin.ModelAdmin):
@@ -67,7 +67,7 @@ class ReadOnlyAdmin(admin.ModelAdmin):
 
 @admin.register(ReleasePlan)
 class ReleasePlanAdmin(ReleaseOperationsMixin, ReadOnlyAdmin):
-    """Read-only fields, plus the steps table and the operations (see `admin_views`)."""
+    """Read-only fields, plus the steps table and the operations (see `operations`)."""
 
     list_display = ("version", "release_commit", "final_tag", "created_by_username", "created_at")
     exclude = ("created_by",)

@@ -12,9 +12,9 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.views.decorators.http import require_POST
 
-from . import reports, services
-from .models import SiteResult
-from .states import DONE, LAUNCHABLE, MANUAL_KINDS, SKIPPABLE, SiteState, StepKind, StepState
+from .. import reports, services
+from ..models import SiteResult
+from ..states import DONE, LAUNCHABLE, MANUAL_KINDS, SKIPPABLE, SiteState, StepKind, StepState
 
 LAUNCH_PERMISSION = "releases.launch_step"
 PROTECTED_PERMISSION = "releases.launch_protected"
