@@ -26,12 +26,13 @@ from .errors import (
     Conflict,
     NotFound,
     OutcomeUnknown,
+    PossiblyDestroyed,
     PreconditionFailed,
     Unavailable,
     ValidationFailed,
 )
 from .selectors import validate_where
-from .types import CodeItem, Site, WriteResult
+from .types import CodeItem, DeleteResult, Site, WriteResult
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +86,10 @@ class AtlasClient:
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
         self.requests_sent = 0  # for benchmarks and tests: every HTTP request, retries included
+        # Since when Atlas has not answered (None while it answers), and the last failure: what
+        # a caller shows while the client is still retrying.
+        self.failing_since: float | None = None
+        self.last_failure = ""
 
     def close(self) -> None:
         self.session.close()
@@ -103,16 +108,24 @@ class AtlasClient:
         return int(body.get("_meta", {}).get("total", 0))
 
     def iter_documents(self, resource: str, where: dict, projection: dict | None = None) -> Iterator[dict]:
+        """Every matching document in `_id` order, a page of up to 2,000 at a time.
+
+        Pages are cut by `_id` (`where` AND `_id > last seen`), not by page number: when Atlas
+        changes sites between two pages, an offset would skip or repeat sites; a key never does.
+        """
         validate_where(where)
-        params: dict = {"where": _dumps(where), "sort": "_id", "max_results": self.page_size, "page": 1}
+        params: dict = {"sort": "_id", "max_results": self.page_size}
         if projection:
             params["projection"] = _dumps(projection)
+        last = None
         while True:
-            body = self._get(resource, params)
-            yield from body.get("_items", [])
-            if "next" not in body.get("_links", {}):
+            page_where = where if last is None else _after(where, last)
+            body = self._get(resource, {**params, "where": _dumps(page_where)})
+            items = body.get("_items", [])
+            yield from items
+            if not items or "next" not in body.get("_links", {}):
                 return
-            params["page"] += 1
+            last = str(items[-1]["_id"])
 
     def get_site(self, site_id: str) -> Site | None:
         doc = self._get_item(f"sites/{site_id}")
@@ -160,7 +173,8 @@ class AtlasClient:
 
     def patch_code(self, code_id: str, changes: dict, *, etag: str) -> WriteResult:
         """PATCH /code/<id>. Never send `meta` together with `commit_hash` (atlas-api.md §0.4)."""
-        if "meta" in changes and ("commit_hash" in changes or "git_url" in changes):
+        has_meta = any(key == "meta" or key.startswith("meta.") for key in changes)
+        if has_meta and ("commit_hash" in changes or "git_url" in changes):
             raise ValueError("never combine meta with commit_hash/git_url in one PATCH: it skips the cascade")
 
         def reread() -> tuple[bool, str]:
@@ -187,27 +201,66 @@ class AtlasClient:
 
         return self._write(resend, reread, etag=etag)
 
-    def delete_available_site(self, site_id: str, *, etag: str) -> WriteResult:
-        """DELETE an `available` site. Before any re-send the site is re-read: it must still be
-        `available`, and the fresh ETag is used (a DELETE is never retried blindly, §3.4)."""
+    def delete_available_site(self, site_id: str) -> DeleteResult:
+        """DELETE a pool site, never destroying one that left the pool (atlas-api.md §3.4).
 
-        def reread() -> tuple[bool, str]:
-            doc = self._get_item(f"sites/{site_id}")
-            if doc is None or doc.get("_deleted"):
-                return (True, "")
-            if doc.get("status") != "available":
-                raise Conflict(
-                    f"site {doc.get('path') or site_id} is now {doc.get('status')!r}, no longer available; not deleted",
-                    environment=self.environment,
-                    url=self._url(f"sites/{site_id}"),
-                )
-            return (False, doc["_etag"])
-
-        def resend(fresh: str) -> requests.Response:
-            return self._send("DELETE", f"sites/{site_id}", payload=None, etag=fresh, timeout=self.timeout)
-
-        result = self._write(resend, reread, etag=etag)
-        return WriteResult(site_id, "", result.status, result.attempts, result.already)
+        Atlas queues the instance removal *before* it checks If-Match, so a stale ETag does not
+        protect a site taken from the pool since it was listed. Before every DELETE, the first
+        included, the site is read: it is sent only while it is still `available`, with the
+        fresh `_etag`. A DELETE answered 412/428 or 5xx, or not at all, may have destroyed the
+        instance: the site is read again; still `available` → the deletion is finished with the
+        fresh ETag (the pool then refills); anything else → `PossiblyDestroyed`.
+        """
+        path = f"sites/{site_id}"
+        doc = self._get_item(path)
+        if _gone(doc):
+            return DeleteResult(site_id, "already_deleted", 0)
+        if doc.get("status") != "available":
+            return DeleteResult(site_id, "left_pool", 0, site_status=str(doc.get("status")))
+        attempts, conflicted = 0, False
+        while True:
+            attempts += 1
+            try:
+                response = self._send("DELETE", path, payload=None, etag=doc["_etag"], timeout=self.timeout)
+            except Conflict:
+                # 409 "launched or launching": refused before anything was queued.
+                fresh = self._get_item(path)
+                if _gone(fresh) or fresh.get("status") == "available":
+                    raise
+                return DeleteResult(site_id, "left_pool", attempts, site_status=str(fresh.get("status")))
+            except (PreconditionFailed, Unavailable) as exc:
+                reached = not (type(exc) is Unavailable and exc.status is None)  # refused connection
+                if not reached and attempts >= self.max_attempts:
+                    raise
+                if isinstance(exc, Unavailable):
+                    self._sleep_backoff(attempts)
+                doc = self._retry_reads(lambda: self._get_item(path))
+                if _gone(doc):
+                    return DeleteResult(site_id, "deleted", attempts, 204, after_conflict=conflicted)
+                status = str(doc.get("status"))
+                if status != "available":
+                    if not reached:
+                        return DeleteResult(site_id, "left_pool", attempts, site_status=status)
+                    raise PossiblyDestroyed(
+                        f"instance possibly destroyed while the site was {status!r}: the DELETE was "
+                        f"answered {exc.status or 'with no answer'} ({exc.message}) and Atlas removes the "
+                        "instance before it checks If-Match; check the site in Atlas",
+                        environment=self.environment,
+                        url=self._url(path),
+                        status=exc.status,
+                        body={"site_status": status, "path": doc.get("path"), "sid": doc.get("sid")},
+                    ) from None
+                if attempts >= self.max_attempts:
+                    raise PossiblyDestroyed(
+                        f"{attempts} DELETEs were refused ({exc.message}) while the record stayed "
+                        "'available': its instance may already be removed; check the site in Atlas",
+                        environment=self.environment,
+                        url=self._url(path),
+                        status=exc.status,
+                    ) from None
+                conflicted = conflicted or reached
+                continue
+            return DeleteResult(site_id, "deleted", attempts, response.status_code, after_conflict=conflicted)
 
     # -- machinery -----------------------------------------------------------------------------
 
@@ -288,10 +341,21 @@ class AtlasClient:
                 method, target, params=params, json=payload, headers=headers, timeout=timeout
             )
         except (requests.ConnectionError, requests.Timeout) as exc:
-            raise self._transport_error(method, url, exc) from None
+            raise self._failing(self._transport_error(method, url, exc)) from None
         if response.status_code >= 400:
-            raise self._http_error(response, url)
+            error = self._http_error(response, url)
+            if isinstance(error, Unavailable):
+                raise self._failing(error)
+            self.failing_since = None  # Atlas answered
+            raise error
+        self.failing_since = None
         return response
+
+    def _failing(self, error: AtlasError) -> AtlasError:
+        if self.failing_since is None:
+            self.failing_since = time.time()
+        self.last_failure = str(error)
+        return error
 
     def _transport_error(self, method: str, url: str, exc: Exception) -> AtlasError:
         sent = isinstance(exc, requests.ReadTimeout) or (
@@ -309,7 +373,7 @@ class AtlasClient:
         error = body.get("_error") if isinstance(body.get("_error"), dict) else {}
         message = str(body.get("message") or error.get("message") or response.reason or "error")
         kwargs = {"environment": self.environment, "url": url, "status": status, "body": body}
-        if status == 401:
+        if status in (401, 403):
             return AuthenticationError(
                 "authentication failed: check the username and the password variable", **kwargs
             )
@@ -341,6 +405,16 @@ class AtlasClient:
 
 def _dumps(value: dict) -> str:
     return json.dumps(value, separators=(",", ":"), sort_keys=True)
+
+
+def _after(where: dict, last_id: str) -> dict:
+    """`where` AND `_id > last_id` (Eve casts the ObjectId-shaped string)."""
+    term = {"_id": {"$gt": last_id}}
+    return {**where, **term} if "_id" not in where else {"$and": [where, term]}
+
+
+def _gone(doc: dict | None) -> bool:
+    return doc is None or bool(doc.get("_deleted"))
 
 
 def _json_or_empty(response: requests.Response) -> dict:

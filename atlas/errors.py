@@ -34,7 +34,8 @@ class AtlasError(Exception):
 
 
 class AuthenticationError(AtlasError):
-    """401: the username or the password (from the environment variable) is wrong."""
+    """401 or 403: Atlas refused the credentials. Atlas binds to LDAP on every request, so a
+    caller must stop at once rather than retry (repeated failures can lock the account)."""
 
 
 class NotFound(AtlasError):
@@ -74,6 +75,12 @@ class OutcomeUnknown(Unavailable):
 
     Callers must re-read the item before sending the write again.
     """
+
+
+class PossiblyDestroyed(AtlasError):
+    """A DELETE of a pool site was answered 412/428/5xx (or not at all) and the site is no longer
+    `available`: Atlas queues the instance removal before its ETag check (atlas-api.md §3.4), so
+    the instance of a site that left the pool may have been destroyed. An operator must look."""
 
 
 class InvalidSelector(ValueError):

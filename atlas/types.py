@@ -53,6 +53,7 @@ class CodeItem:
     label: str = ""
     deploy: dict = field(default_factory=dict)
     deleted: bool = False
+    updated: str = ""
 
     @classmethod
     def from_document(cls, doc: dict) -> CodeItem:
@@ -69,6 +70,7 @@ class CodeItem:
             label=meta.get("label", ""),
             deploy=dict(doc.get("deploy") or {}),
             deleted=bool(doc.get("_deleted", False)),
+            updated=str(doc.get("_updated", "")),
         )
 
 
@@ -83,6 +85,19 @@ class WriteResult:
     attempts: int
     already: bool = False
     body: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteResult:
+    """What `delete_available_site` did: `deleted` (now, by us), `already_deleted`, or
+    `left_pool` (the site was no longer `available` when re-read, so nothing was sent)."""
+
+    id: str
+    outcome: str
+    attempts: int
+    status: int | None = None
+    site_status: str = ""
+    after_conflict: bool = False
 
 
 def _str_or_none(value: object) -> str | None:

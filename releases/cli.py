@@ -15,6 +15,7 @@ from django.core.management.base import CommandError
 from atlas.errors import AtlasError
 
 from . import services
+from .db import with_database
 from .models import EnvironmentMisconfigured, ReleasePlan, StepRun, TransitionRefused
 from .states import DONE, LAUNCHABLE, MANUAL_KINDS, StepState
 
@@ -217,8 +218,7 @@ class StepWaiter:
         """Wait for the step to leave `running`; return a timeout message if the deadline passes."""
         started, last_line, last_at, warned = self.clock(), None, None, False
         while True:
-            step.refresh_from_db()
-            line = _progress_line(step)
+            line = with_database(lambda: _refreshed_line(step), "following the step")
             now = self.clock()
             if line != last_line and (
                 last_at is None or step.state != StepState.RUNNING or now - last_at >= self.quiet_every
@@ -240,12 +240,12 @@ class StepWaiter:
     def _continuation(self, step: StepRun) -> tuple[StepRun | None, str]:
         """The stage step the engine launched after `step` (it may have ended already), or None with
         '' when the stage is complete, or None with the reason it stopped early."""
-        chain = stage_chain(step)[1:]
+        chain = with_database(lambda: stage_chain(step)[1:], "following the stage")
         if not chain:
             return None, ""
         following, since = chain[0], self.clock()
         while True:
-            following.refresh_from_db()
+            with_database(following.refresh_from_db, "following the stage")
             if _started_after(following, step):
                 return following, ""
             # services.continue_stage launches only the very next step, and not one already done.
@@ -272,6 +272,11 @@ def _started_after(step: StepRun, previous: StepRun) -> bool:
     return previous.finished_at is None or step.started_at >= previous.finished_at
 
 
+def _refreshed_line(step: StepRun) -> str:
+    step.refresh_from_db()
+    return _progress_line(step)
+
+
 def _progress_line(step: StepRun) -> str:
     env = step.environment.name if step.environment else "-"
     line = f"step {step.number} [{env}] {step.kind}: {step.state}"
@@ -283,4 +288,6 @@ def _progress_line(step: StepRun) -> str:
         )
     if step.state != StepState.RUNNING and step.message:
         line += f" ({step.message})"
+    elif step.state == StepState.RUNNING and (step.liveness() or step.activity):
+        line += f" ({step.liveness() or step.activity})"
     return line

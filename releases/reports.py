@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from django.db.models import Count
+
 from atlas.errors import AtlasError
 from atlas.selectors import exclude_profile
 
 from .models import EnvironmentMisconfigured, ReleasePlan, StepRun, UpdateGroup
-from .states import StepKind
+from .states import SiteState, StepKind
 
 PREVIEW_PATHS = 50  # site paths listed per batch in a preview (counts are always complete)
 
@@ -28,6 +30,8 @@ def step_status(step: StepRun) -> dict:
         "finished_at": _iso(step.finished_at),
         "counts": step.counts(),
         "task_ids": step.task_ids,
+        "activity": step.activity or None,
+        "liveness": step.liveness() or None,
     }
 
 
@@ -66,6 +70,8 @@ def preview_step(step: StepRun) -> dict:
     }
     if step.kind in (StepKind.GIT_BRANCH, StepKind.FINALIZE):
         return {**base, "manual": True, "detail": _manual_detail(step)}
+    if step.kind in (StepKind.DELETE_SITES, StepKind.UPDATE_SITES) and step.result.get("snapshot"):
+        return {**base, **frozen_targets(step)}
     try:
         client = step.environment.client()
         item = _release_item(client, step.plan)
@@ -74,6 +80,50 @@ def preview_step(step: StepRun) -> dict:
         return {**base, **_sites_preview(client, step, item)}
     except (AtlasError, EnvironmentMisconfigured) as exc:
         return {**base, "error": str(exc)}
+
+
+def frozen_targets(step: StepRun) -> dict:
+    """A site step's targets were frozen when it first ran; a relaunch continues with exactly
+    those, so this (not a fresh read of the selectors) is what a relaunch would touch."""
+    rows = (
+        step.sites.values_list("batch_index", "state")
+        .annotate(n=Count("id"))
+        .order_by("batch_index", "state")
+    )
+    per_batch: dict[int, dict[str, int]] = {}
+    for index, state, n in rows:
+        per_batch.setdefault(index, {})[state] = n
+    batches = []
+    for index, snapshot in enumerate(step.result.get("batches", [])):
+        states = per_batch.get(index, {})
+        remaining = states.get(SiteState.PENDING, 0) + states.get(SiteState.DISPATCHED, 0)
+        batches.append(
+            {
+                "name": snapshot["name"],
+                "where": snapshot["where"],
+                "count": remaining + states.get(SiteState.FAILED, 0),
+                "remaining": remaining,
+                "failed": states.get(SiteState.FAILED, 0),
+                "done": states.get(SiteState.SUCCEEDED, 0) + states.get(SiteState.SKIPPED, 0),
+                "paths": [],
+            }
+        )
+    return {
+        "action": step.kind,
+        "frozen": True,
+        "batches": batches,
+        "total": sum(b["count"] for b in batches),
+        "note": "targets frozen when the step first ran: a relaunch sends the remaining and failed sites",
+    }
+
+
+def confirmed_counts(previews: list[dict]) -> dict[int, dict[str, int]]:
+    """What an operator confirms from previews: sites per batch, per site step."""
+    return {
+        p["number"]: {b["name"]: b["count"] for b in p["batches"]}
+        for p in previews
+        if "batches" in p and not p.get("error")
+    }
 
 
 def _release_item(client, plan):

@@ -7,16 +7,22 @@ for refusals too.
 
 from __future__ import annotations
 
+import logging
 import uuid
 
+from celery import current_app
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
 from django.db import transaction
 
+from . import notify
 from .models import AuditEvent, Environment, ReleasePlan, StepRun, TransitionRefused
 from .models.plan import SHA_VALIDATOR, VERSION_VALIDATOR
 from .runbook import STEPS
 from .states import ACTIVE, DONE, MANUAL_KINDS, StepState
+
+logger = logging.getLogger(__name__)
+RUN_STEP_TASK = "releases.tasks.run_step"
 
 PERMISSIONS = {
     "create_plan": "releases.add_releaseplan",
@@ -153,17 +159,47 @@ def next_step(plan: ReleasePlan, environment: str | None = None) -> StepRun:
     return step
 
 
-def launch(step: StepRun, user, *, stage: bool = False, via: str = "launch") -> StepRun:
+def launch(
+    step: StepRun, user, *, stage: bool = False, via: str = "launch", confirmed: dict | None = None
+) -> StepRun:
+    """Launch a step (and, with `stage`, the environment's following steps as each succeeds).
+
+    `confirmed` is what the operator saw and confirmed, `{step number: {batch name: sites}}`:
+    it goes into the audit event, and a site step whose snapshot finds more sites in a batch than
+    confirmed pauses before its first write. Launching and enqueueing are one decision: if the
+    broker does not take the task, nothing is launched (the step stays as it was).
+    """
     params = {"step": step.number, "stage": stage, "via": via}
+    if confirmed:
+        params["confirmed"] = {str(number): counts for number, counts in confirmed.items()}
     authorize(user, "launch", plan=step.plan, step=step, parameters=params)
     try:
         with transaction.atomic():
             step.launch(user, continue_stage=stage)
-            _enqueue(step)
+            if confirmed is not None:
+                _record_confirmed(step, confirmed)
             AuditEvent.record("launch", user=user, step=step, parameters=params)
+            _enqueue(step, strict=via != "stage")
     except TransitionRefused as exc:
         _refuse(str(exc), "launch", user=user, step=step, parameters=params)
+    except BrokerUnavailable as exc:
+        step.refresh_from_db()
+        _refuse(
+            f"broker unreachable: {exc}; nothing was launched",
+            "launch",
+            user=user,
+            step=step,
+            parameters=params,
+        )
     return step
+
+
+def _record_confirmed(step: StepRun, confirmed: dict) -> None:
+    """Keep each reached step's confirmed counts on the step itself (the engine compares)."""
+    for number, counts in confirmed.items():
+        step.plan.steps.filter(number=int(number)).exclude(state__in=DONE).update(confirmed_targets=counts)
+    if step.number in confirmed or str(step.number) in confirmed:
+        step.confirmed_targets = confirmed.get(step.number, confirmed.get(str(step.number)))
 
 
 def continue_stage(step: StepRun) -> StepRun | None:
@@ -181,6 +217,27 @@ def continue_stage(step: StepRun) -> StepRun | None:
         return launch(following, user, stage=True, via="stage")
     except ActionRefused:
         return None
+
+
+def complete_step(step: StepRun, owner: str, outcome) -> str | None:
+    """The worker's end of a step: record how it ended (audited) and, for a stage step that
+    succeeded, launch the environment's next step in the same transaction, so an observer never
+    sees the stage idle between two of its steps. Returns the end state, or None if this worker
+    no longer held the step."""
+    with transaction.atomic():
+        if not step.finish(owner, outcome.state, outcome.message, outcome.result or None):
+            return None
+        AuditEvent.record(
+            f"step_{step.state}",
+            username="system",
+            step=step,
+            parameters={"owner": owner, "counts": step.counts()},
+            message=step.message,
+        )
+        if step.state == StepState.SUCCEEDED and step.continue_stage:
+            continue_stage(step)
+    notify.step_event(step, step.state)
+    return step.state
 
 
 def pause(plan: ReleasePlan, user) -> StepRun:
@@ -225,10 +282,13 @@ def _resume(step: StepRun, user, action: str, *, retry_failed: bool) -> StepRun:
     try:
         with transaction.atomic():
             step.resume(retry_failed=retry_failed)
-            _enqueue(step)
             AuditEvent.record(action, user=user, step=step)
+            _enqueue(step)
     except TransitionRefused as exc:
         _refuse(str(exc), action, user=user, step=step)
+    except BrokerUnavailable as exc:
+        step.refresh_from_db()
+        _refuse(f"broker unreachable: {exc}; nothing was resumed", action, user=user, step=step)
     return step
 
 
@@ -258,22 +318,59 @@ def finalize(plan: ReleasePlan, *, tag: str, commit: str, user) -> ReleasePlan:
             "the final commit equals the release-branch commit (the --no-ff merge makes a new one)"
         )
     problems.extend(step.blockers())
+    started = (
+        plan.steps.filter(number__gt=step.number)
+        .exclude(state__in=[StepState.PENDING, StepState.SKIPPED])
+        .order_by("number")
+    )
+    if started.exists():
+        # The final commit is what DEV, TEST and PROD receive from step 8 on: changing it after
+        # that would make the record lie about what was deployed.
+        problems.append(
+            f"step {started.first().number} has already run with the final commit "
+            f"{plan.final_commit or '(none)'}: it can no longer change"
+        )
     if problems:
         _refuse(
             "cannot finalize: " + "; ".join(problems), "finalize", user=user, step=step, parameters=params
         )
+    if plan.final_commit:
+        params["previous"] = {"tag": plan.final_tag, "commit": plan.final_commit}
     with transaction.atomic():
-        ReleasePlan.objects.filter(pk=plan.pk).update(final_tag=tag, final_commit=commit)
-        plan.final_tag, plan.final_commit = tag, commit
-        step.record_manual(user, message=f"tag {tag} at {commit}")
-        AuditEvent.record("finalize", user=user, step=step, parameters=params)
+        updated = ReleasePlan.objects.filter(
+            pk=plan.pk, final_tag=plan.final_tag, final_commit=plan.final_commit
+        ).update(final_tag=tag, final_commit=commit)
+        if updated == 1:
+            plan.final_tag, plan.final_commit = tag, commit
+            step.record_manual(user, message=f"tag {tag} at {commit}")
+            AuditEvent.record("finalize", user=user, step=step, parameters=params)
+    if updated != 1:
+        _refuse("the release was finalized by someone else meanwhile: look again", "finalize", user=user,
+                step=step, parameters=params)  # fmt: skip
     return plan
 
 
-def _enqueue(step: StepRun) -> None:
-    from .tasks import run_step
+class BrokerUnavailable(Exception):
+    """The task could not be handed to the broker."""
 
+
+def _enqueue(step: StepRun, *, strict: bool = True) -> None:
+    """Hand the step's task to the broker inside the caller's transaction: if the broker refuses
+    it, the transaction (the launch, its audit event) rolls back. A worker that receives the task
+    before the commit waits for it (`engine.execute`). With `strict=False` (a stage moving on
+    from a worker) a broker failure is logged: the lease watchdog enqueues the step again."""
     task_id = str(uuid.uuid4())
-    StepRun.objects.filter(pk=step.pk).update(task_ids=[*step.task_ids, task_id][-50:])
     step.task_ids = [*step.task_ids, task_id][-50:]
-    transaction.on_commit(lambda: run_step.apply_async((step.pk,), task_id=task_id))
+    StepRun.objects.filter(pk=step.pk).update(task_ids=step.task_ids)
+    try:
+        current_app.send_task(
+            RUN_STEP_TASK,
+            args=(step.pk,),
+            task_id=task_id,
+            retry=True,
+            retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5},
+        )
+    except Exception as exc:  # kombu raises OperationalError and friends, by transport
+        if strict:
+            raise BrokerUnavailable(f"{type(exc).__name__}: {exc}") from None
+        logger.warning("step %s: could not enqueue (%s); the watchdog will", step.pk, type(exc).__name__)

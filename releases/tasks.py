@@ -7,7 +7,7 @@ import socket
 
 from celery import shared_task
 
-from . import engine, watchdog
+from . import engine, services, watchdog
 
 
 def _owner(task_id: str | None) -> str:
@@ -16,7 +16,12 @@ def _owner(task_id: str | None) -> str:
 
 @shared_task(bind=True, acks_late=True, soft_time_limit=6 * 3600, time_limit=6 * 3600 + 60)
 def run_step(self, step_id: int) -> str | None:
-    return engine.execute(step_id, _owner(self.request.id))
+    owner = _owner(self.request.id)
+    ran = engine.execute(step_id, owner, task_id=self.request.id)
+    if ran is None:
+        return None
+    step, outcome = ran
+    return engine.with_database(lambda: services.complete_step(step, owner, outcome), "finishing the step")
 
 
 @shared_task(acks_late=True, soft_time_limit=60, time_limit=90)

@@ -11,6 +11,7 @@ import logging
 import threading
 from datetime import timedelta
 
+from celery import current_app
 from celery.signals import worker_ready, worker_shutdown
 from django.conf import settings
 from django.db import close_old_connections
@@ -32,9 +33,7 @@ def requeue_stalled() -> int:
     stalled = list(StepRun.objects.filter(lapsed, state=StepState.RUNNING).values_list("pk", flat=True))
     for step_id in stalled:
         logger.warning("step %s has no live worker; enqueueing it again", step_id)
-        from .tasks import run_step
-
-        run_step.delay(step_id)
+        current_app.send_task("releases.tasks.run_step", args=(step_id,))
     return len(stalled)
 
 

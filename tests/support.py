@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import time
+from contextlib import contextmanager
+from unittest.mock import patch
 
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Permission
@@ -84,3 +86,23 @@ def sites(sim: SimulatorServer, **query) -> list[dict]:
 def code_items(sim: SimulatorServer, **query) -> list[dict]:
     with sim.lock:
         return list(sim.db["code"].find({"_deleted": {"$ne": True}, **query}))
+
+
+@contextmanager
+def tasks_not_sent():
+    """Launch without handing tasks to the broker (the test runs the engine itself); yields the
+    mock of `send_task`, so a test can count what would have been sent."""
+    with patch("celery.app.base.Celery.send_task", autospec=True) as send:
+        yield send
+
+
+def run_engine(step: StepRun, owner: str = "test-owner") -> str | None:
+    """Run a launched step's engine here, in this process, and finish it as the task would.
+    Needs committed data (`django_db(transaction=True)`): the lease heartbeat uses its own
+    database connection."""
+    from releases import engine, services
+
+    ran = engine.execute(step.pk, owner)
+    if ran is None:
+        return None
+    return services.complete_step(ran[0], owner, ran[1])

@@ -1,6 +1,6 @@
 """The release operations in the admin: the plan page, the two-step launch and the controls.
 
-Nothing is enqueued: launches run inside `django_capture_on_commit_callbacks(execute=False)`.
+Nothing is enqueued: `send_task` is replaced for every test (`tasks_not_sent`), so tests count it.
 """
 
 import pytest
@@ -10,9 +10,15 @@ from django.urls import reverse
 
 from releases import services
 from releases.models import AuditEvent, Environment, StepRun
-from tests.support import R, configure_environments, make_user
+from tests.support import R, configure_environments, make_user, tasks_not_sent
 
 pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture(autouse=True)
+def sent_tasks():
+    with tasks_not_sent() as send:
+        yield send
 
 
 @pytest.fixture
@@ -76,16 +82,13 @@ def test_launch_confirmation_shows_batch_counts(client, operator, plan, simulato
     assert StepRun.objects.get(plan=plan, number=3).state == "pending"  # GET launches nothing
 
 
-def test_post_launch_starts_the_step_and_audits_it(
-    client, operator, plan, django_capture_on_commit_callbacks
-):
+def test_post_launch_starts_the_step_and_audits_it(client, operator, plan, sent_tasks):
     client.force_login(operator)
-    with django_capture_on_commit_callbacks(execute=False) as callbacks:
-        response = client.post(_url("launch", plan, 2))
+    response = client.post(_url("launch", plan, 2))
     assert response.status_code == 302 and response.url == _url("change", plan)
     assert StepRun.objects.get(plan=plan, number=2).state == "running"
     assert AuditEvent.objects.filter(action="launch", outcome="ok", username="ops-lead").count() == 1
-    assert len(callbacks) == 1  # the worker task, captured rather than sent
+    assert sent_tasks.call_count == 1  # the worker task, counted rather than sent
 
 
 def test_prod_launch_with_wrong_typed_name_is_refused(client, operator, plan):
@@ -153,9 +156,8 @@ def test_audit_events_cannot_be_added_in_the_admin(admin_client):
     assert admin_client.get(reverse("admin:releases_auditevent_add")).status_code == 403
 
 
-def test_stage_launch_continues_the_stage(client, operator, plan, django_capture_on_commit_callbacks):
+def test_stage_launch_continues_the_stage(client, operator, plan):
     client.force_login(operator)
-    with django_capture_on_commit_callbacks(execute=False):
-        client.post(_url("launch", plan, 2), {"stage": "1"})
+    client.post(_url("launch", plan, 2), {"stage": "1"})
     step = StepRun.objects.get(plan=plan, number=2)
     assert (step.state, step.continue_stage) == ("running", True)

@@ -26,6 +26,7 @@ from atlas.errors import (
     Conflict,
     InvalidSelector,
     NotFound,
+    PossiblyDestroyed,
     Unavailable,
     ValidationFailed,
 )
@@ -214,6 +215,41 @@ def test_list_sites_follows_every_page_of_2000(start_sim: Callable[..., Simulato
     assert len({site.id for site in sites}) == len(sites) == expected
 
 
+def test_list_sites_pages_by_id_so_sites_changing_between_pages_are_neither_skipped_nor_repeated(
+    start_sim: Callable[..., SimulatorServer],
+) -> None:
+    prod = start_sim("prod", sites=4_500)
+    where = {"status": {"$in": ["installed", "launched", "available"]}}
+    expected = {str(d["_id"]) for d in docs(prod, "sites", where)}
+    client = make_client(prod, environment="PROD", read_timeout=30)
+    client.page_size = 500
+    first_page_ids: list[str] = []
+
+    def churn_after_first_page(response, *args, **kwargs):
+        if not first_page_ids and response.request.method == "GET":
+            first_page_ids.extend(item["_id"] for item in response.json()["_items"])
+            # Another writer takes sites out of the selection: with page offsets, every later
+            # page would shift and sites would be skipped.
+            with prod.lock:
+                early = list(
+                    prod.db["sites"].find({"_id": {"$in": [ObjectId(i) for i in first_page_ids[:200]]}})
+                )
+            for site in early:
+                patch_as_another_writer(prod, str(site["_id"]), {"status": "down"})
+
+    client.session.hooks["response"].append(churn_after_first_page)
+    sent = record_requests(client)
+
+    sites = client.list_sites(where)
+
+    ids = [s.id for s in sites]
+    assert len(ids) == len(set(ids)), "a site was listed twice"
+    assert set(ids) == expected, f"{len(expected - set(ids))} sites were skipped"
+    wheres = [json.loads(parse_qs(urlsplit(r.url).query)["where"][0]) for r in sent]
+    assert all("page" not in parse_qs(urlsplit(r.url).query) for r in sent)
+    assert wheres[1] == {**where, "_id": {"$gt": ids[499]}}
+
+
 def test_list_sites_sends_where_as_json_sorted_by_id_in_pages_of_2000(
     sim: SimulatorServer, client: AtlasClient
 ) -> None:
@@ -367,68 +403,120 @@ def test_update_of_unknown_site_raises_not_found(sim: SimulatorServer, client: A
 # -- deleting available sites ---------------------------------------------------------------------
 
 
-def test_delete_available_site_soft_deletes_it(sim: SimulatorServer, client: AtlasClient) -> None:
-    site = a_site(sim, "available")
-
-    result = client.delete_available_site(site.id, etag=site.etag)
-
-    assert (result.status, result.attempts) == (204, 1)
-    assert site.id not in {s.id for s in client.list_sites({"status": "available"})}
-    assert doc(sim, "sites", site.id)["_deleted"] is True
-
-
-def test_delete_with_stale_etag_retries_with_the_fresh_etag(
+def test_delete_available_site_reads_the_site_then_deletes_it_with_the_fresh_etag(
     sim: SimulatorServer, client: AtlasClient
 ) -> None:
     site = a_site(sim, "available")
-    assert sim.touch_site(site.id)
+    sim.touch_site(site.id)  # whatever ETag a snapshot held is stale now
     fresh = doc(sim, "sites", site.id)["_etag"]
     sent = record_requests(client)
 
-    result = client.delete_available_site(site.id, etag=site.etag)
+    result = client.delete_available_site(site.id)
 
-    deletes = [request.headers["If-Match"] for request in sent if request.method == "DELETE"]
-    assert deletes == [site.etag, fresh]
-    assert result.attempts == 2
+    assert [(r.method, r.headers.get("If-Match")) for r in sent] == [("GET", None), ("DELETE", fresh)]
+    assert (result.outcome, result.status, result.attempts, result.after_conflict) == (
+        "deleted",
+        204,
+        1,
+        False,
+    )
     assert doc(sim, "sites", site.id)["_deleted"] is True
+    (removal,) = events_for(sim, "site_remove", site.id)
+    assert removal["status"] == "available"
 
 
-def test_delete_of_site_launched_meanwhile_is_refused_after_the_reread(
+def test_delete_of_a_site_taken_from_the_pool_since_the_snapshot_sends_no_delete(
     sim: SimulatorServer, client: AtlasClient
 ) -> None:
     site = a_site(sim, "available")
+    assert sim.state.take_pool_site(site.id) == site.id  # an install took it: now `installed`
+    sent = record_requests(client)
+
+    result = client.delete_available_site(site.id)
+
+    assert (result.outcome, result.site_status, result.attempts) == ("left_pool", "installed", 0)
+    assert [r.method for r in sent] == ["GET"]
+    assert events_for(sim, "site_remove", site.id) == [], "Atlas destroyed a live site"
+    assert doc(sim, "sites", site.id)["_deleted"] is False
+
+
+def test_a_412_on_a_site_taken_meanwhile_reports_the_instance_possibly_destroyed(
+    sim: SimulatorServer, client: AtlasClient
+) -> None:
+    site = a_site(sim, "available")
+    sim.set_faults(take_before_delete_rate=1.0)  # the install lands between our GET and DELETE
+
+    with pytest.raises(
+        PossiblyDestroyed, match="possibly destroyed while the site was 'installed'"
+    ) as raised:
+        client.delete_available_site(site.id)
+
+    assert raised.value.status == 412
+    (removal,) = events_for(sim, "site_remove", site.id)
+    assert removal["status"] == "installed", "Atlas queues the removal before its ETag check (§3.4)"
+    assert doc(sim, "sites", site.id)["_deleted"] is False
+
+
+def test_a_412_on_a_site_still_available_finishes_the_deletion_and_says_so(
+    sim: SimulatorServer, client: AtlasClient
+) -> None:
+    site = a_site(sim, "available")
+    touched = []
+
+    def touch_after_first_read(response, *args, **kwargs):
+        if response.request.method == "GET" and not touched:
+            touched.append(sim.touch_site(site.id))  # another writer, between our GET and DELETE
+
+    client.session.hooks["response"].append(touch_after_first_read)
+    sent = record_requests(client)
+
+    result = client.delete_available_site(site.id)
+
+    assert [r.method for r in sent] == ["GET", "DELETE", "GET", "DELETE"]
+    assert (result.outcome, result.attempts, result.after_conflict) == ("deleted", 2, True)
+    assert doc(sim, "sites", site.id)["_deleted"] is True
+
+
+def test_delete_of_site_launched_meanwhile_is_not_sent(sim: SimulatorServer, client: AtlasClient) -> None:
+    site = a_site(sim, "available")
     patch_as_another_writer(sim, site.id, {"status": "launching"})  # Atlas's task makes it launched
-    sim.set_faults(fail_next=1)  # the first DELETE never reaches Atlas, so the client re-reads
 
-    with pytest.raises(Conflict, match="no longer available"):
-        client.delete_available_site(site.id, etag=site.etag)
+    result = client.delete_available_site(site.id)
 
+    assert (result.outcome, result.site_status) == ("left_pool", "launched")
     stored = doc(sim, "sites", site.id)
     assert (stored["status"], stored["_deleted"]) == ("launched", False)
     assert events_for(sim, "site_remove", site.id) == []
 
 
-def test_delete_of_site_taken_meanwhile_is_not_sent_again(sim: SimulatorServer, client: AtlasClient) -> None:
+def test_a_delete_answered_503_then_found_taken_is_reported_possibly_destroyed(
+    sim: SimulatorServer, client: AtlasClient
+) -> None:
     site = a_site(sim, "available")
-    patch_as_another_writer(sim, site.id, {"status": "installing"})  # the snapshot's ETag is stale
+
+    def race(response, *args, **kwargs):
+        if response.request.method == "GET" and response.status_code == 200:
+            sim.set_faults(fail_next=1)  # the DELETE answers 503: did it reach Atlas?
+        elif response.request.method == "DELETE":
+            sim.set_faults()
+            sim.state.take_pool_site(site.id)  # and meanwhile an install took the site
+
+    client.session.hooks["response"].append(race)
+
+    with pytest.raises(PossiblyDestroyed, match="'installed'"):
+        client.delete_available_site(site.id)
+
+
+def test_delete_of_an_already_deleted_site_sends_nothing(sim: SimulatorServer, client: AtlasClient) -> None:
+    site = a_site(sim, "available")
+    client.delete_available_site(site.id)
     sent = record_requests(client)
 
-    with pytest.raises(Conflict, match="no longer available"):
-        client.delete_available_site(site.id, etag=site.etag)
+    result = client.delete_available_site(site.id)
 
-    assert [request.method for request in sent].count("DELETE") == 1
-    assert doc(sim, "sites", site.id)["_deleted"] is False
-
-
-def test_delete_of_launched_site_raises_atlas_conflict(sim: SimulatorServer, client: AtlasClient) -> None:
-    site = a_site(sim, "launched")
-
-    with pytest.raises(Conflict) as raised:
-        client.delete_available_site(site.id, etag=site.etag)
-
-    assert raised.value.status == 409
-    assert raised.value.message == LAUNCHED_MESSAGE
-    assert doc(sim, "sites", site.id)["_deleted"] is False
+    assert result.outcome == "already_deleted"
+    assert [r.method for r in sent] == ["GET"]
+    assert len(events_for(sim, "site_remove", site.id)) == 1
 
 
 # -- code items -----------------------------------------------------------------------------------
@@ -491,6 +579,16 @@ def test_patch_code_refuses_meta_with_commit_hash(sim: SimulatorServer, client: 
     assert client.requests_sent == before
 
 
+@pytest.mark.parametrize("meta", [{"meta.is_current": True}, {"meta.label": "x", "meta": {}}])
+def test_patch_code_refuses_dotted_meta_keys_with_commit_hash(
+    sim: SimulatorServer, client: AtlasClient, meta: dict
+) -> None:
+    before = client.requests_sent
+    with pytest.raises(ValueError, match="never combine meta"):
+        client.patch_code(profile_id(sim, CURRENT), {"commit_hash": NEW_COMMIT, **meta}, etag="x")
+    assert client.requests_sent == before
+
+
 def test_patch_code_commit_hash_cascades_to_the_sites_on_it(
     sim: SimulatorServer, client: AtlasClient
 ) -> None:
@@ -531,6 +629,17 @@ def test_check_credentials_accepts_good_credentials_without_writing(
 
     assert answers in ([404], [412])
     assert len(sim.events) == 0
+
+
+def test_a_403_is_an_authentication_error_too(sim: SimulatorServer) -> None:
+    client = make_client(sim)
+
+    def forbidden(response, *args, **kwargs):
+        response.status_code = 403  # what an Apache/LDAP front answers for a locked account
+
+    client.session.hooks["response"].append(forbidden)
+    with pytest.raises(AuthenticationError):
+        client.check_credentials()
 
 
 def test_check_credentials_wrong_password_raises_authentication_error_without_the_password(
@@ -588,7 +697,7 @@ def test_get_site_of_soft_deleted_site_returns_it_marked_deleted(
     sim: SimulatorServer, client: AtlasClient
 ) -> None:
     site = a_site(sim, "available")
-    client.delete_available_site(site.id, etag=site.etag)
+    client.delete_available_site(site.id)
 
     found = client.get_site(site.id)
 

@@ -16,6 +16,7 @@ from django.utils import timezone
 from releases.cli import StepWaiter
 from releases.models import AuditEvent, Environment, ReleasePlan, StepRun
 from releases.states import StepState
+from tests.support import tasks_not_sent
 
 SHA = "a" * 40
 FINAL_SHA = "b" * 40
@@ -59,6 +60,13 @@ def mark_done(plan_version: str, up_to: int) -> None:
 
 def step(number: int, version: str = "2.8.5") -> StepRun:
     return StepRun.objects.get(plan__version=version, number=number)
+
+
+@pytest.fixture(autouse=True)
+def sent_tasks():
+    """No worker runs in these tests: launches hand nothing to the broker; tests may count."""
+    with tasks_not_sent() as send:
+        yield send
 
 
 @pytest.fixture(autouse=True)
@@ -219,13 +227,13 @@ def test_preview_of_an_unknown_step_is_refused(plan):
 # -- launch ------------------------------------------------------------------------------------------
 
 
-def test_launch_marks_the_step_running_and_enqueues_it_on_commit(plan, django_capture_on_commit_callbacks):
-    with django_capture_on_commit_callbacks(execute=False) as callbacks:
-        run("release", "launch", "2.8.5", "--step", "2", "--user", "ops-lead", "--yes")
+def test_launch_marks_the_step_running_and_enqueues_it(plan, sent_tasks):
+    run("release", "launch", "2.8.5", "--step", "2", "--user", "ops-lead", "--yes")
 
     launched = step(2)
     assert (launched.state, launched.launched_by_username) == (StepState.RUNNING, "ops-lead")
-    assert len(launched.task_ids) == 1 and len(callbacks) == 1
+    assert len(launched.task_ids) == 1 and sent_tasks.call_count == 1
+    assert sent_tasks.call_args.kwargs["task_id"] == launched.task_ids[0]
 
 
 def test_launch_json_prints_the_launched_step(plan):

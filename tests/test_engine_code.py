@@ -11,7 +11,7 @@ from releases.states import StepState
 from tests.support import R, T, code_items, configure_environments, make_user, sites
 from tests.test_engine_faults import run_inline
 
-pytestmark = pytest.mark.django_db
+pytestmark = pytest.mark.django_db(transaction=True)
 
 
 @pytest.fixture

@@ -12,16 +12,23 @@ import re
 import socket
 import time
 from collections import Counter
-from unittest.mock import patch
 
 import pytest
 
 from atlas.simulator import SimulatorServer
-from releases import engine, services
+from releases import services
 from releases.models import AuditEvent, Environment, SiteResult, StepRun
 from releases.states import SiteState, StepState
-from releases.tasks import run_step
-from tests.support import T, code_items, configure_environments, make_user, sites, wait_until_idle
+from tests.support import (
+    T,
+    code_items,
+    configure_environments,
+    make_user,
+    run_engine,
+    sites,
+    tasks_not_sent,
+    wait_until_idle,
+)
 
 # -- shared helpers (test_engine_controls imports them) ------------------------------------------
 
@@ -54,10 +61,10 @@ def client_updates(sim: SimulatorServer, since: int = 0) -> list[str]:
 
 def run_inline(step: StepRun, user, owner: str = "test-owner") -> str | None:
     """Launch `step` without enqueueing a task, then run the engine here, in this process."""
-    with patch.object(run_step, "apply_async") as enqueue:
+    with tasks_not_sent() as enqueue:
         services.launch(step, user)
     assert enqueue.call_count <= 1
-    return engine.execute(step.pk, owner)
+    return run_engine(step, owner)
 
 
 def prepare_prod(plan, user) -> StepRun:
@@ -101,7 +108,7 @@ def closed_port() -> int:
 
 
 @pytest.mark.slow
-@pytest.mark.django_db
+@pytest.mark.django_db(transaction=True)
 def test_step_14_completes_with_exact_counts_under_503s_slow_answers_and_etag_races(prod_sim):
     configure_environments({"PROD": prod_sim}, max_attempts=6, read_timeout_seconds=1)
     user = make_user()
@@ -187,7 +194,7 @@ def test_killed_worker_mid_batch_is_replaced_and_no_site_is_patched_twice(prod_s
 # -- unreachable Atlas, wrong credentials -------------------------------------------------------
 
 
-@pytest.mark.django_db
+@pytest.mark.django_db(transaction=True)
 def test_unreachable_atlas_stops_the_step_naming_environment_and_url():
     configure_environments({})
     url = f"http://127.0.0.1:{closed_port()}/atlas/"
@@ -206,7 +213,7 @@ def test_unreachable_atlas_stops_the_step_naming_environment_and_url():
     assert AuditEvent.objects.filter(step=step, action=f"step_{state}", message=step.message).exists()
 
 
-@pytest.mark.django_db
+@pytest.mark.django_db(transaction=True)
 def test_wrong_password_fails_the_step_as_authentication_without_leaking_it(monkeypatch):
     real = os.environ["ATLAS_DEV_PASSWORD"]
     dev = SimulatorServer("dev", password=real, pool_refill_delay=0)
@@ -221,14 +228,16 @@ def test_wrong_password_fails_the_step_as_authentication_without_leaking_it(monk
         assert run_inline(step, user) == StepState.FAILED
 
         step.refresh_from_db()
-        assert "authentication failed" in step.message, step.message
+        assert "Atlas DEV refused the credentials" in step.message, step.message
+        assert "password variable ATLAS_DEV_PASSWORD" in step.message
         assert step.result["error"]["status"] == 401
-        # Nothing was created in Atlas.
+        # Nothing was created in Atlas, and Atlas saw one refused request (one LDAP bind).
         assert code_items(dev, **{"meta.version": "2.8.5"}) == []
+        assert len(dev.events.of_kind("auth_failed")) == 1
     finally:
         dev.stop()
     events = list(AuditEvent.objects.values("message", "parameters", "reason"))
-    assert any("authentication failed" in e["message"] for e in events)
+    assert any("refused the credentials" in e["message"] for e in events)
     for secret in (wrong, real):
         assert secret not in step.message
         assert secret not in str(step.result)
@@ -245,7 +254,7 @@ def _untouched(step: StepRun) -> None:
     assert not SiteResult.objects.filter(step=step).exists()
 
 
-@pytest.mark.django_db
+@pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize("username", ["nobody", "visitor", "retired"])
 def test_unknown_inactive_or_non_staff_user_is_refused_and_audited(username):
     make_user("visitor", staff=False)
@@ -260,7 +269,7 @@ def test_unknown_inactive_or_non_staff_user_is_refused_and_audited(username):
     assert (event.username, event.outcome) == (username, AuditEvent.Outcome.REFUSED)
 
 
-@pytest.mark.django_db
+@pytest.mark.django_db(transaction=True)
 def test_launch_without_permission_is_refused_and_audited():
     configure_environments({})
     owner = make_user()
@@ -268,7 +277,7 @@ def test_launch_without_permission_is_refused_and_audited():
     reader = make_user("auditor", permissions=())
     step = services.get_step(plan, 2)
 
-    with patch.object(run_step, "apply_async") as enqueue:
+    with tasks_not_sent() as enqueue:
         with pytest.raises(services.ActionRefused, match="lacks the permission releases.launch_step"):
             services.launch(step, reader)
 
@@ -278,7 +287,7 @@ def test_launch_without_permission_is_refused_and_audited():
     assert (event.username, event.outcome, event.step_id) == ("auditor", "refused", step.pk)
 
 
-@pytest.mark.django_db
+@pytest.mark.django_db(transaction=True)
 def test_protected_environment_needs_the_protected_permission():
     configure_environments({})
     owner = make_user()
@@ -293,14 +302,14 @@ def test_protected_environment_needs_the_protected_permission():
     assert AuditEvent.objects.filter(action="launch", outcome="refused", username="dev-manager").count() == 1
 
 
-@pytest.mark.django_db
+@pytest.mark.django_db(transaction=True)
 def test_launch_out_of_order_is_refused_and_audited():
     configure_environments({})
     user = make_user()
     plan = services.create_plan("2.8.5", commit="a" * 39 + "1", user=user)
     step = services.get_step(plan, 4)
 
-    with patch.object(run_step, "apply_async") as enqueue:
+    with tasks_not_sent() as enqueue:
         with pytest.raises(services.ActionRefused, match=r"step 2 \(.*\) is pending"):
             services.launch(step, user)
 

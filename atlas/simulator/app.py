@@ -9,6 +9,7 @@ from eve.auth import BasicAuth
 from flask import Flask, Response, current_app, g, jsonify
 
 from . import behaviours, population
+from . import events as ev
 from .datalayer import CachedSchemaValidator, MongomockData, install_id_index
 from .schema import ATLAS_VERSION, eve_settings
 from .state import SimulatorState
@@ -23,10 +24,11 @@ class AtlasBasicAuth(BasicAuth):
     def check_auth(
         self, username: str, password: str, allowed_roles: Any, resource: str, method: str
     ) -> bool:
-        users = current_app.simulator.users
-        if username in users and users[username] == password:
+        state = current_app.simulator
+        if username in state.users and state.users[username] == password:
             g.atlas_user = username
             return True
+        state.events.record(ev.AUTH_FAILED, username, method=method, resource=resource)
         return False
 
 

@@ -5,6 +5,7 @@ calls Eve's own `patch_internal`, which validates, bumps `_etag`/`_version`/`_up
 the shadow version and fires the same hooks, so the effects look the same over HTTP.
 """
 
+import time
 from typing import Any
 
 from bson import ObjectId
@@ -35,6 +36,7 @@ def register(app: Flask, state: SimulatorState) -> None:
     app.on_insert_code += hooks.before_code_insert
     app.on_inserted_code += hooks.after_code_inserted
     app.on_update_code += hooks.before_code_update
+    app.on_updated_code += hooks.after_code_updated
     app.on_pre_DELETE_code += hooks.guard_code_delete
     app.on_insert_sites += hooks.fill_site_defaults
     app.on_inserted_sites += hooks.after_sites_inserted
@@ -121,7 +123,14 @@ class AtlasHooks:
         if new_meta and new_meta.get("is_current") is True:
             self._demote_current(merged["name"], merged["code_type"], keep=original["_id"])
         if self._checks_out(updates):
-            self.log.record(ev.CODE_UPDATE, original["_id"], meta=merged)
+            self.log.record(
+                ev.CODE_UPDATE, original["_id"], meta=merged, commit_hash=updates.get("commit_hash")
+            )
+
+    def after_code_updated(self, updates: dict, original: dict) -> None:
+        # Atlas's cascade runs in on_updated_code: Eve has stored the item already, so a re-read
+        # during the cascade shows the new commit (atlas-api.md §3.2).
+        merged = {**original.get("meta", {}), **(updates.get("meta") or {})}
         if self._cascades(updates, original, merged):
             self._cascade(original)
 
@@ -156,6 +165,18 @@ class AtlasHooks:
                 pass  # Atlas only logs a failed cascade PATCH and goes on with the next site
             finally:
                 g.atlas_cascade = False
+            self._cascade_pause()
+        self.log.record(ev.CASCADE_END, code_id)
+
+    def _cascade_pause(self) -> None:
+        """Atlas's cascade is slow (HTTP + LDAP per site); other requests go on meanwhile."""
+        if self.state.cascade_delay <= 0:
+            return
+        self.state.lock.release()
+        try:
+            time.sleep(self.state.cascade_delay)
+        finally:
+            self.state.lock.acquire()
 
     @staticmethod
     def _same_reference(code: dict, code_id: ObjectId) -> dict:
@@ -222,7 +243,9 @@ class AtlasHooks:
             abort(409, description=LAUNCHED_MESSAGE)
         # Queued before Eve checks If-Match: a DELETE that then fails 412/428 has still
         # destroyed the instance (atlas-api.md §3.4).
-        self.log.record(ev.SITE_REMOVE, site_id, sid=site.get("sid"), path=site.get("path"))
+        self.log.record(
+            ev.SITE_REMOVE, site_id, sid=site.get("sid"), path=site.get("path"), status=site.get("status")
+        )
 
     def after_site_deleted(self, original: dict) -> None:
         self.state.tasks.request_refill()

@@ -13,6 +13,7 @@ from typing import Any
 SITE_UPDATE = "site_update"  # a PATCH of a site carrying `code` (queues Atlas's site_update task)
 SITE_REMOVE = "site_remove"  # a DELETE of a site passed the launched check: the instance is gone
 CASCADE = "cascade"  # a code PATCH re-PATCHed this site with the same reference
+CASCADE_END = "cascade_end"  # the code PATCH's cascade reached its last site (id: the code item)
 CODE_DEPLOY = "code_deploy"  # POST /code queued a clone/checkout
 CODE_UPDATE = "code_update"  # PATCH /code queued a re-checkout
 DEMOTE = "demote"  # a current code item was made non-current by another becoming current
@@ -20,6 +21,8 @@ POOL_REFILL = "pool_refill"  # a new pool site was created
 PROVISION = "provision"  # a pending site became available
 TRANSITION = "transition"  # an Atlas task finished a status change (installing -> installed, …)
 TOUCH = "touch"  # an Atlas task wrote to a site (bumps its _etag)
+POOL_TAKE = "pool_take"  # an install or restore took an available site from the pool
+AUTH_FAILED = "auth_failed"  # a request whose Basic credentials Atlas refused (an LDAP bind each)
 
 
 class EventLog:

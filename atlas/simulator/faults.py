@@ -35,6 +35,13 @@ class Faults:
     - `etag_race_rate`: fraction of PATCH/DELETE of a site preceded by another writer
       touching that site, so the client's If-Match is stale (412).
     - `fail_next`: the next N requests (any method) are answered 503, whatever the rate.
+    - `pool_take_rate`: fraction of requests on whose arrival Atlas takes one random pool site
+      other than the one the request names (status → `installed`, as an install or a restore
+      does): the churn that makes a snapshot of available sites go stale.
+    - `take_before_delete_rate`: fraction of site DELETEs on whose arrival Atlas takes that very
+      site first: the worst case of the churn, a DELETE racing an install.
+    - `cascade_delay_ms`: the code→site cascade of a code PATCH sleeps this long per site
+      (without holding the simulator's lock), as Atlas's is slow: the item is stored first.
     """
 
     write_latency_ms: float = 0
@@ -43,6 +50,9 @@ class Faults:
     slow_rate: float = 0.0
     etag_race_rate: float = 0.0
     fail_next: int | None = None
+    pool_take_rate: float = 0.0
+    take_before_delete_rate: float = 0.0
+    cascade_delay_ms: float = 0
 
 
 class FaultInjector:
@@ -56,11 +66,15 @@ class FaultInjector:
         self._rng = random.Random(f"faults-{seed}")
         self._lock = threading.Lock()
         self._site_item = re.compile(rf"^{re.escape(normalize_prefix(prefix))}/sites/([0-9a-fA-F]{{24}})/?$")
+        # Writes being handled right now, and the most seen at once (for parallelism checks).
+        self.writes_in_flight = 0
+        self.max_writes_in_flight = 0
 
     def set(self, faults: Faults) -> None:
         with self._lock:
             self.faults = faults
             self._fail_next = faults.fail_next or 0
+        self.state.cascade_delay = faults.cascade_delay_ms / 1000
 
     def _roll(self, rate: float) -> bool:
         if rate <= 0:
@@ -78,22 +92,46 @@ class FaultInjector:
     def __call__(self, environ: dict, start_response: StartResponse) -> Iterable[bytes]:
         faults = self.faults
         method = environ.get("REQUEST_METHOD", "GET")
-        if method not in READ_METHODS and faults.write_latency_ms > 0:
-            time.sleep(faults.write_latency_ms / 1000)
-        if self._should_fail():
-            return self._unavailable().send(start_response)
-        self._maybe_race(environ, method, faults)
-        response = BufferedResponse.of(self.app, environ)
+        write = method not in READ_METHODS
+        if write:
+            self._count_write(+1)
+        try:
+            if write and faults.write_latency_ms > 0:
+                time.sleep(faults.write_latency_ms / 1000)
+            if self._should_fail():
+                return self._unavailable().send(start_response)
+            self._maybe_churn(environ, method, faults)
+            self._maybe_race(environ, method, faults)
+            response = BufferedResponse.of(self.app, environ)
+        finally:
+            if write:
+                self._count_write(-1)
         if faults.slow_ms > 0 and self._roll(faults.slow_rate):
             time.sleep(faults.slow_ms / 1000)
         return response.send(start_response)
 
+    def _count_write(self, delta: int) -> None:
+        with self._lock:
+            self.writes_in_flight += delta
+            self.max_writes_in_flight = max(self.max_writes_in_flight, self.writes_in_flight)
+
+    def _site_id(self, environ: dict) -> str | None:
+        match = self._site_item.match(environ.get("PATH_INFO", ""))
+        return match.group(1) if match else None
+
+    def _maybe_churn(self, environ: dict, method: str, faults: Faults) -> None:
+        target = self._site_id(environ)
+        if method == "DELETE" and target and self._roll(faults.take_before_delete_rate):
+            self.state.take_pool_site(target)
+        elif self._roll(faults.pool_take_rate):
+            self.state.take_pool_site(exclude=target)
+
     def _maybe_race(self, environ: dict, method: str, faults: Faults) -> None:
         if method not in ("PATCH", "DELETE"):
             return
-        match = self._site_item.match(environ.get("PATH_INFO", ""))
-        if match and self._roll(faults.etag_race_rate):
-            self.state.touch_site(match.group(1))
+        target = self._site_id(environ)
+        if target and self._roll(faults.etag_race_rate):
+            self.state.touch_site(target)
 
     @staticmethod
     def _unavailable() -> BufferedResponse:

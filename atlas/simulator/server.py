@@ -74,17 +74,14 @@ class SimulatorServer:
     def seed_seconds(self) -> float:
         return self.state.seed_seconds
 
-    def set_faults(
-        self,
-        write_latency_ms: float = 0,
-        fail_rate: float = 0.0,
-        slow_ms: float = 0,
-        slow_rate: float = 0.0,
-        etag_race_rate: float = 0.0,
-        fail_next: int | None = None,
-    ) -> None:
-        """Replace every fault setting (see `Faults`); call with no argument to clear them."""
-        self.injector.set(Faults(write_latency_ms, fail_rate, slow_ms, slow_rate, etag_race_rate, fail_next))
+    def set_faults(self, **faults: Any) -> None:
+        """Replace every fault setting (see `Faults` for the names); no argument clears them."""
+        self.injector.set(Faults(**faults))
+
+    @property
+    def max_writes_in_flight(self) -> int:
+        """The most writes (non-GET requests) this server handled at once since it started."""
+        return self.injector.max_writes_in_flight
 
     def touch_site(self, site_id: str | ObjectId) -> bool:
         """Make the site's current `_etag` stale, as a write by Atlas's own tasks would."""

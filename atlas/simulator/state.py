@@ -29,6 +29,7 @@ class SimulatorState:
     lock: threading.RLock = field(default_factory=threading.RLock)
     events: ev.EventLog = field(default_factory=ev.EventLog)
     seed_seconds: float = 0.0
+    cascade_delay: float = 0.0  # seconds the code→site cascade sleeps per site (lock released)
     tasks: AtlasTasks = field(init=False)
     _sids: set[str] = field(default_factory=set)
 
@@ -72,3 +73,21 @@ class SimulatorState:
             patch_internal("sites", {}, concurrency_check=False, _id=oid)
             self.events.record(ev.TOUCH, oid)
             return True
+
+    def take_pool_site(self, site_id: str | ObjectId | None = None, exclude: str | None = None) -> str | None:
+        """Take an `available` site from the pool as an install or a restore does (status →
+        `installed`): `site_id` if given and available, else a random one other than `exclude`.
+        Returns the id taken, or None when there was nothing to take."""
+        with self.lock, self.app.test_request_context("/"):
+            query: dict[str, Any] = {"status": "available", "_deleted": {"$ne": True}}
+            if site_id is not None:
+                query["_id"] = ObjectId(site_id)
+            candidates = [s["_id"] for s in self.db["sites"].find(query, {"_id": 1})]
+            candidates = [c for c in candidates if str(c) != str(exclude)]
+            if not candidates:
+                return None
+            oid = candidates[0] if site_id is not None else self.rng.choice(candidates)
+            patch_internal("sites", {"status": "installed"}, concurrency_check=False, _id=oid)
+            self.events.record(ev.POOL_TAKE, oid)
+            self.tasks.after_request()
+            return str(oid)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from atlas.types import CodeItem
 
 from ..states import StepState
@@ -44,6 +46,15 @@ def deploy_code(ctx: StepContext) -> Outcome:
 
 
 def update_code(ctx: StepContext) -> Outcome:
+    """Point the release item at the final commit (a PATCH without `meta`, so Atlas cascades to
+    every site on the item), then optionally make it current in a second PATCH.
+
+    The step succeeds only after the PATCH that changed the commit was answered: Atlas stores the
+    item *before* its synchronous cascade (atlas-api.md §3.2), so finding the commit stored says
+    nothing about the cascade. When the commit was stored by a call whose answer we never got (a
+    worker that died, a timeout), the step waits until every site on the item shows a write after
+    the item's own — the cascade reached it — before it goes on.
+    """
     plan, params = ctx.step.plan, ctx.step.params
     commit = plan.commit_for(params.get("commit", "final"))
     if not commit:
@@ -53,11 +64,22 @@ def update_code(ctx: StepContext) -> Outcome:
         return Outcome(
             StepState.FAILED, f"no {plan.profile_name} {plan.version} profile item on {ctx.environment}"
         )
-    ctx.result.update(code_id=item.id, commit=commit, previous_commit=item.commit_hash)
+    ctx.result.update(code_id=item.id, commit=commit)
+    ctx.result.setdefault("previous_commit", item.commit_hash)
     if item.commit_hash != commit:
-        # Alone in its PATCH: with `meta` beside it Atlas would skip the cascade to the sites.
-        ctx.client.patch_code(item.id, {"commit_hash": commit}, etag=item.etag)
         ctx.result["cascaded_sites"] = ctx.client.count("sites", {"code.profile": item.id})
+        ctx.result["commit_patch"] = "sent"  # durable before sending: a takeover knows to check
+        ctx.save_result()
+        ctx.doing(f"PATCH /code: Atlas re-deploys the {ctx.result['cascaded_sites']} sites on the item")
+        # Alone in its PATCH: with `meta` beside it Atlas would skip the cascade to the sites.
+        written = ctx.client.patch_code(item.id, {"commit_hash": commit}, etag=item.etag)
+        if not written.already:
+            ctx.result["commit_patch"] = "answered"
+            ctx.save_result()
+    if ctx.result.get("commit_patch") != "answered":
+        stopped = _confirm_cascade(ctx, item.id)
+        if stopped:
+            return stopped
     if params.get("make_current"):
         fresh = ctx.client.get_code(item.id)
         if fresh is not None and not fresh.is_current:
@@ -65,6 +87,30 @@ def update_code(ctx: StepContext) -> Outcome:
         ctx.result["made_current"] = True
     ctx.save_result()
     return _wait_for_deploy(ctx, f"code item {item.id} now on {commit[:12]}")
+
+
+def _confirm_cascade(ctx: StepContext, code_id: str) -> Outcome | None:
+    """Wait until no site on the item was last written before the item itself (Eve stamps
+    `_updated` to the second): the cascade has then reached every site (atlas-api.md §3.2)."""
+    item = ctx.client.get_code(code_id)
+    if item is None:
+        return Outcome(StepState.FAILED, f"code item {code_id} disappeared from {ctx.environment}")
+    behind_where = {"code.profile": code_id, "_updated": {"$lt": item.updated}}
+    deadline = time.monotonic() + ctx.client.code_write_timeout[1]
+    while (behind := ctx.client.count("sites", behind_where)) > 0:
+        if time.monotonic() > deadline:
+            return Outcome(
+                StepState.PAUSED,
+                f"the commit is stored on code item {code_id}, but {behind} sites on it show no write "
+                "since: Atlas's cascade may have stopped. Check those sites, then resume",
+            )
+        ctx.doing(f"waiting for Atlas's cascade (a call we did not see answered): {behind} sites to go")
+        requested = ctx.sleep(2.0)
+        if requested:
+            return Outcome.stopped(requested)
+    ctx.result["commit_patch"] = "confirmed by the sites"
+    ctx.save_result()
+    return None
 
 
 def _commit_clash(ctx: StepContext, commit: str) -> str:
@@ -95,6 +141,7 @@ def _code_payload(plan, commit: str, is_current: bool) -> dict:
 
 def _wait_for_deploy(ctx: StepContext, what: str) -> Outcome:
     # A 2xx means "stored and queued" (atlas-api.md §3.5): give Atlas's deploy time to finish.
+    ctx.doing(f"waiting {ctx.environment.deploy_wait_seconds:g} s for Atlas's code deploy to finish")
     requested = ctx.sleep(ctx.environment.deploy_wait_seconds)
     if requested:
         # The write is done and is found again on resume, which then waits afresh.

@@ -1,16 +1,30 @@
-"""What a step's code needs while it runs: the Atlas client, the lease heartbeat, operator requests."""
+"""What a step's code needs while it runs: the Atlas client, the lease heartbeat, operator requests.
+
+The lease is renewed by a heartbeat thread for the whole time a worker holds a step — also while
+the step's own thread is blocked in a long Atlas call (a `PATCH /code` cascade can take minutes),
+so no other worker takes a step over from a live one. When the heartbeat finds the lease gone,
+the step's thread stops at its next decision point and writes nothing more.
+"""
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 from django.conf import settings
+from django.db import connection
+from django.utils import timezone
 
 from atlas.client import AtlasClient
 
+from ..db import with_database
 from ..models import StepRun
 from ..states import StepState
+
+logger = logging.getLogger(__name__)
 
 
 class LeaseLost(Exception):
@@ -30,6 +44,11 @@ class Outcome:
         return cls(StepState.PAUSED, f"paused by {by}")
 
 
+def clock(timestamp: float) -> str:
+    """A Unix time as the operator's local HH:MM:SS."""
+    return f"{timezone.localtime(datetime.fromtimestamp(timestamp, tz=UTC)):%H:%M:%S}"
+
+
 class StepContext:
     def __init__(self, step: StepRun, owner: str, client: AtlasClient | None = None) -> None:
         self.step = step
@@ -37,30 +56,119 @@ class StepContext:
         self.environment = step.environment
         self.client = client or step.environment.client()
         self.result: dict = dict(step.result or {})
-        self._last_beat = 0.0
+        self.activity = ""
         self._requested = ""
+        self._lost = threading.Event()
+        self._stop = threading.Event()
+        self._heart: threading.Thread | None = None
+
+    # -- the heartbeat -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Renew the lease once now (raising LeaseLost if it is gone), then from a thread."""
+        self._renew()
+        self._heart = threading.Thread(target=self._beat_forever, name=f"lease-{self.step.pk}", daemon=True)
+        self._heart.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._heart is not None:
+            self._heart.join(timeout=30)
+        self.client.close()
+
+    def _interval(self) -> float:
+        return max(0.2, min(settings.STEP_LEASE_SECONDS / 4, 2.0))
+
+    def _beat_forever(self) -> None:
+        try:
+            while not self._stop.wait(self._interval()):
+                try:
+                    self._renew()
+                except LeaseLost:
+                    return
+                except Exception:  # keep beating: the lease lapses only if the database stays away
+                    logger.exception("step %s: lease renewal failed", self.step.pk)
+        finally:
+            connection.close()  # this thread's own connection
+
+    def _renew(self) -> None:
+        requested = with_database(
+            lambda: self.step.heartbeat(self.owner, self._activity_line()), "lease renewal"
+        )
+        if requested is None:
+            self._lost.set()
+            raise LeaseLost(f"step {self.step.pk} lease lost by {self.owner}")
+        self._requested = requested
+
+    def _activity_line(self) -> str:
+        since = self.client.failing_since
+        if since is None:
+            return self.activity
+        return (
+            f"retrying Atlas {self.environment} (not answering since {clock(since)}: "
+            f"{self.client.last_failure})"
+        )
+
+    # -- what the step's own thread asks ------------------------------------------------------
+
+    @property
+    def lost(self) -> bool:
+        return self._lost.is_set()
 
     def beat(self, force: bool = False) -> str:
-        """Renew the lease (at most every few seconds); return '', 'pause' or 'abort'."""
-        now = time.monotonic()
-        if force or now - self._last_beat >= settings.STEP_LEASE_SECONDS / 4:
-            requested = self.step.heartbeat(self.owner)
-            if requested is None:
-                raise LeaseLost(f"step {self.step.pk} lease lost by {self.owner}")
-            self._requested = requested
-            self._last_beat = now
+        """Return '', 'pause' or 'abort' (the operator's request); raise LeaseLost when the lease is
+        gone. `force` renews the lease now instead of relying on the heartbeat thread."""
+        if force:
+            self._renew()
+        if self._lost.is_set():
+            raise LeaseLost(f"step {self.step.pk} lease lost by {self.owner}")
         return self._requested
+
+    def doing(self, activity: str) -> None:
+        """Say what the step is doing (shown in the admin and `release status`)."""
+        self.activity = activity
 
     def sleep(self, seconds: float) -> str:
         """Wait, keeping the lease; return early with the operator's request if one comes."""
         deadline = time.monotonic() + seconds
         while (left := deadline - time.monotonic()) > 0:
-            requested = self.beat(force=True)
+            requested = self.beat()
             if requested:
                 return requested
-            time.sleep(min(left, 1.0))
+            time.sleep(min(left, 0.25))
         return self.beat()
 
     def save_result(self) -> None:
-        StepRun.objects.filter(pk=self.step.pk).update(result=self.result)
+        """Write the step's result, only while this worker still holds the step."""
+        rows = with_database(
+            lambda: StepRun.objects.filter(
+                pk=self.step.pk, lease_owner=self.owner, state=StepState.RUNNING
+            ).update(result=self.result),
+            "saving the step's result",
+        )
+        if rows != 1:
+            self._lost.set()
+            raise LeaseLost(f"step {self.step.pk} lease lost by {self.owner}")
         self.step.result = dict(self.result)
+
+
+def credentials_refused(ctx: StepContext, exc: Exception) -> Outcome:
+    env = ctx.environment
+    return Outcome(
+        StepState.FAILED,
+        f"Atlas {env.name} refused the credentials (username {env.username!r}, password variable "
+        f"{env.password_env}): the step stopped after that request, as Atlas binds to LDAP on "
+        "every request and repeated failures can lock the account. Fix the variable, then launch "
+        "the step again",
+    )
+
+
+def unreachable(ctx: StepContext, exc: Exception) -> Outcome:
+    since = ctx.client.failing_since
+    when = clock(since) if since is not None else "now"
+    return Outcome(
+        StepState.PAUSED,
+        f"Atlas {ctx.environment.name} unreachable since {when} ({exc}); retries are exhausted. "
+        "Resume once Atlas answers: sites whose outcome is unknown are re-read before anything "
+        "is sent again",
+    )

@@ -2,6 +2,8 @@
 
 Rows are marked `dispatched` a chunk at a time before their writes are sent, and results are
 written back in bulk: the per-site loop costs a fraction of a query per site, not several.
+Every write checks that this worker still holds the step's lease: a worker that lost it writes
+nothing more (the next owner re-reads the dispatched sites from Atlas).
 """
 
 from __future__ import annotations
@@ -11,10 +13,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import islice
 
+from django.db import transaction
 from django.utils import timezone
 
+from ..db import with_database
 from ..models import SiteResult, StepRun
-from ..states import SiteState
+from ..states import SiteState, StepState
+from .context import LeaseLost
 
 FLUSH_ROWS = 100
 FLUSH_SECONDS = 1.0
@@ -31,28 +36,42 @@ class SiteOutcome:
 
 
 class ResultRecorder:
-    def __init__(self, step: StepRun) -> None:
+    def __init__(self, step: StepRun, owner: str) -> None:
         self.step = step
-        totals = step.counts()
+        self.owner = owner
+        totals = with_database(step.counts, "counting the step's sites")
         self.targeted = totals["targeted"]
         self._failed_before = totals["failed"]
         self._failed_now = 0
         self._buffer: list[SiteResult] = []
         self._last_flush = time.monotonic()
 
+    def _mine(self):
+        return StepRun.objects.filter(pk=self.step.pk, lease_owner=self.owner, state=StepState.RUNNING)
+
     def dispatch(self, rows: Iterator[SiteResult], chunk: int) -> list[SiteResult]:
         """Take the next rows and durably mark the not-yet-sent ones dispatched (one query)."""
         taken = list(islice(rows, chunk))
         fresh = [row.pk for row in taken if row.state == SiteState.PENDING]
         if fresh:
-            SiteResult.objects.filter(pk__in=fresh).update(state=SiteState.DISPATCHED)
+            marked = with_database(
+                lambda: SiteResult.objects.filter(
+                    pk__in=fresh, step__in=self._mine(), state=SiteState.PENDING
+                ).update(state=SiteState.DISPATCHED),
+                "dispatching sites",
+            )
+            if marked != len(fresh):
+                raise LeaseLost(f"step {self.step.pk}: lease lost while dispatching sites")
         return taken
 
     def undispatch(self, rows: list[SiteResult]) -> None:
         never_sent = [row.pk for row in rows if row.state == SiteState.PENDING]
         if never_sent:
-            SiteResult.objects.filter(pk__in=never_sent, state=SiteState.DISPATCHED).update(
-                state=SiteState.PENDING
+            with_database(
+                lambda: SiteResult.objects.filter(
+                    pk__in=never_sent, step__in=self._mine(), state=SiteState.DISPATCHED
+                ).update(state=SiteState.PENDING),
+                "returning unsent sites",
             )
 
     def add(self, row: SiteResult, outcome: SiteOutcome) -> None:
@@ -75,6 +94,12 @@ class ResultRecorder:
 
     def flush(self) -> None:
         if self._buffer:
-            SiteResult.objects.bulk_update(self._buffer, RESULT_FIELDS, batch_size=500)
+            with_database(self._write_buffer, "recording site results")
             self._buffer = []
         self._last_flush = time.monotonic()
+
+    def _write_buffer(self) -> None:
+        with transaction.atomic():
+            if not self._mine().select_for_update().exists():
+                raise LeaseLost(f"step {self.step.pk}: lease lost before recording results")
+            SiteResult.objects.bulk_update(self._buffer, RESULT_FIELDS, batch_size=500)

@@ -10,23 +10,34 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
-from atlas.errors import AtlasError, Conflict, NotFound
+from atlas.errors import AtlasError, AuthenticationError, NotFound, PossiblyDestroyed, Unavailable
 from atlas.selectors import exclude_profile
-from atlas.types import WriteResult
 
+from ..db import with_database
 from ..models import SiteResult
 from ..runbook import SWEEP_SELECTOR
 from ..states import FailurePolicy, SiteState, StepState
 from .code import find_release_item
-from .context import Outcome, StepContext
+from .context import LeaseLost, Outcome, StepContext, credentials_refused, unreachable
 from .recorder import ResultRecorder, SiteOutcome
 from .snapshot import NoSelectors, take_snapshot
 
 logger = logging.getLogger(__name__)
 Work = Callable[[SiteResult], SiteOutcome]
+
+
+class StopStep(Exception):
+    """Raised from a site's work when continuing the step cannot help (Atlas refuses the
+    credentials, or does not answer): the batch stops sending at once."""
+
+    def __init__(self, outcome: Outcome, *, sent: bool) -> None:
+        super().__init__(outcome.message)
+        self.outcome = outcome
+        self.sent = sent  # False: the request was refused before anything was applied
 
 
 def update_sites(ctx: StepContext) -> Outcome:
@@ -38,6 +49,7 @@ def delete_sites(ctx: StepContext) -> Outcome:
 
 
 def _run_site_step(ctx: StepContext, *, delete: bool) -> Outcome:
+    ctx.doing("finding the release's code item")
     item = find_release_item(ctx)
     if item is None:
         plan = ctx.step.plan
@@ -51,6 +63,17 @@ def _run_site_step(ctx: StepContext, *, delete: bool) -> Outcome:
             take_snapshot(ctx, item.id, only_available=delete)
         except NoSelectors as exc:
             return Outcome(StepState.FAILED, str(exc))
+        grown = _grown_batches(ctx)
+        if grown:
+            return Outcome(
+                StepState.PAUSED,
+                f"more sites than confirmed: {grown}. Nothing was written: review the targets "
+                "(release preview) and resume to go on with them, or abort",
+            )
+    # Atlas binds to LDAP on every request: prove the credentials once before the first write
+    # rather than collect a 401 per site (atlas-api.md §2).
+    ctx.doing("checking the Atlas credentials")
+    ctx.client.check_credentials()
     work = _deleter(ctx) if delete else _updater(ctx, item.id)
     stopped = _run_batches(ctx, work)
     if stopped:
@@ -60,8 +83,27 @@ def _run_site_step(ctx: StepContext, *, delete: bool) -> Outcome:
         if stopped:
             return stopped
     if ctx.step.params.get("sweep"):
+        ctx.doing("sweeping for sites still off the release profile")
         _sweep(ctx, item.id)
     return _final_outcome(ctx)
+
+
+def _grown_batches(ctx: StepContext) -> str:
+    """Batches whose snapshot holds more sites than the operator confirmed (fewer is fine)."""
+    confirmed = ctx.step.confirmed_targets or {}
+    grown, shrunk = [], []
+    for batch in ctx.result.get("batches", []):
+        seen = confirmed.get(batch["name"])
+        if seen is None:
+            continue
+        if batch["count"] > seen:
+            grown.append(f"{batch['name']} has {batch['count']} (confirmed {seen})")
+        elif batch["count"] < seen:
+            shrunk.append(f"{batch['name']} has {batch['count']} (confirmed {seen})")
+    if shrunk:
+        ctx.result["shrunk"] = "fewer sites than confirmed: " + "; ".join(shrunk)
+        ctx.save_result()
+    return "; ".join(grown)
 
 
 def _run_batches(ctx: StepContext, work: Work) -> Outcome | None:
@@ -69,18 +111,44 @@ def _run_batches(ctx: StepContext, work: Work) -> Outcome | None:
         step=ctx.step, state__in=[SiteState.PENDING, SiteState.DISPATCHED]
     ).order_by("batch_index", "id")
     batches: dict[int, list[SiteResult]] = {}
-    for row in remaining.only("id", "site_id", "path", "etag", "state", "attempts", "batch_index"):
+    fields = ("id", "site_id", "path", "etag", "state", "attempts", "batch_index")
+    for row in with_database(lambda: list(remaining.only(*fields)), "reading the step's sites"):
         batches.setdefault(row.batch_index, []).append(row)
-    recorder = ResultRecorder(ctx.step)
-    for position, rows in enumerate(batches.values()):
-        if position and ctx.environment.batch_pause_seconds:
-            requested = ctx.sleep(ctx.environment.batch_pause_seconds)
-            if requested:
-                return Outcome.stopped(requested)
+    recorder = ResultRecorder(ctx.step, ctx.owner)
+    total = len(ctx.result.get("batches", [])) or len(batches)
+    for index, rows in batches.items():
+        requested = _pause_before_batch(ctx, index)
+        if requested:
+            return Outcome.stopped(requested)
+        name = (ctx.result.get("batches") or [{}] * (index + 1))[index].get("name", "")
+        ctx.doing(f"writing batch {index + 1} of {total} ({name}): {len(rows)} sites left")
         stopped = _run_batch(ctx, rows, work, recorder)
         if stopped:
             return stopped
+        ctx.result.setdefault("batch_finished_at", {})[str(index)] = time.time()
+        ctx.save_result()
     return None
+
+
+def _pause_before_batch(ctx: StepContext, index: int) -> str:
+    """The pause between batches holds across resumes and crashes: it counts from the moment the
+    previous batch finished (recorded), not from when this worker started."""
+    started = ctx.result.setdefault("batch_started", [])
+    finished = [at for i, at in ctx.result.get("batch_finished_at", {}).items() if int(i) < index]
+    if index in started or not finished:
+        if index not in started:
+            started.append(index)
+            ctx.save_result()
+        return ""
+    left = max(finished) + ctx.environment.batch_pause_seconds - time.time()
+    if left > 0:
+        ctx.doing(f"pausing {left:.0f} s before batch {index + 1}")
+        requested = ctx.sleep(left)
+        if requested:
+            return requested
+    started.append(index)
+    ctx.save_result()
+    return ""
 
 
 def _run_batch(
@@ -88,8 +156,10 @@ def _run_batch(
 ) -> Outcome | None:
     """At most `parallelism` writes in flight; as many again queued so no thread waits for us.
 
-    A queued site is sent only if no stop (pause, abort, threshold) came meanwhile; one that is
-    not sent goes back to pending.
+    A queued site is sent only if no stop (pause, abort, threshold, lost lease, an error) came
+    meanwhile; one that is not sent goes back to pending. A write in flight when the step stops
+    cannot be called back: its row stays `dispatched` unless its answer arrives, and whoever runs
+    the step next re-reads it from Atlas before sending anything.
     """
     parallelism = max(1, ctx.environment.parallelism)
     queue = iter(rows)
@@ -100,9 +170,10 @@ def _run_batch(
     stopping = threading.Event()
 
     def guarded(row: SiteResult) -> SiteOutcome | None:
-        return None if stopping.is_set() else work(row)
+        return None if stopping.is_set() or ctx.lost else work(row)
 
-    with ThreadPoolExecutor(max_workers=parallelism, thread_name_prefix="atlas") as pool:
+    pool = ThreadPoolExecutor(max_workers=parallelism, thread_name_prefix="atlas")
+    try:
         while True:
             stop = stop or _should_stop(ctx, recorder)
             if stop:
@@ -116,20 +187,46 @@ def _run_batch(
                 in_flight[pool.submit(guarded, row)] = row
             if not in_flight:
                 break
-            done, _ = wait(in_flight, timeout=1.0, return_when=FIRST_COMPLETED)
+            done, _ = wait(in_flight, timeout=0.5, return_when=FIRST_COMPLETED)
             for future in done:
-                row, outcome = in_flight.pop(future), future.result()
+                row = in_flight.pop(future)
+                try:
+                    outcome = future.result()
+                except StopStep as exc:
+                    stop = stop or exc.outcome
+                    stopping.set()
+                    if not exc.sent:
+                        unsent.append(row)
+                    continue
                 if outcome is None:
                     unsent.append(row)
                 else:
                     recorder.add(row, outcome)
             recorder.maybe_flush()
-    # Rows marked dispatched but never sent go back to pending: nothing was sent for them.
+    except LeaseLost:
+        stopping.set()  # another worker owns the step now: write nothing more
+        raise
+    except BaseException:
+        stopping.set()
+        _keep_what_was_done(recorder, ready + unsent)
+        raise
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
     recorder.undispatch(ready + unsent)
     recorder.flush()
     if stop is not None and stop.message.startswith("failure threshold"):
         stop = _threshold_outcome(ctx, recorder)  # count the writes that were in flight too
     return stop
+
+
+def _keep_what_was_done(recorder: ResultRecorder, unsent: list[SiteResult]) -> None:
+    """After an unexpected error: record the answers already received and return the sites never
+    sent to pending, if the database lets us; the error itself is what the step reports."""
+    try:
+        recorder.undispatch(unsent)
+        recorder.flush()
+    except Exception:
+        logger.exception("step %s: could not record results after an error", recorder.step.pk)
 
 
 def _should_stop(ctx: StepContext, recorder: ResultRecorder) -> Outcome | None:
@@ -156,56 +253,72 @@ def _updater(ctx: StepContext, profile_id: str) -> Work:
         etag = row.etag
         if row.state == SiteState.DISPATCHED:
             # Sent by a worker that died: re-read before sending anything (not a no-op on Atlas).
-            site = client.get_site(row.site_id)
+            site = _stopping_on_outage(ctx, lambda: client.get_site(row.site_id))
             if site is None or site.deleted:
                 return SiteOutcome(SiteState.SKIPPED, 404, None, "the site no longer exists", 0)
             if site.profile == profile_id:
                 return SiteOutcome(SiteState.SUCCEEDED, 200, None, "already on the release profile", 0)
             etag = site.etag
-        return _attempt(lambda: client.update_site_profile(row.site_id, profile_id, etag=etag))
+        try:
+            result = _stopping_on_outage(
+                ctx, lambda: client.update_site_profile(row.site_id, profile_id, etag=etag)
+            )
+        except NotFound as exc:
+            return SiteOutcome(SiteState.SKIPPED, exc.status, exc.body, exc.message, 1)
+        except AtlasError as exc:
+            return SiteOutcome(SiteState.FAILED, exc.status, exc.body, str(exc), 1)
+        message = "already done (re-read)" if result.already else ""
+        return SiteOutcome(SiteState.SUCCEEDED, result.status, result.body or None, message, result.attempts)
 
     return work
 
 
 def _deleter(ctx: StepContext) -> Work:
+    """Every DELETE is preceded by a read of the site (the client does it): see
+    `AtlasClient.delete_available_site` for why a stale ETag does not protect a live site."""
     client = ctx.client
 
     def work(row: SiteResult) -> SiteOutcome:
-        etag = row.etag
-        if row.state == SiteState.DISPATCHED:
-            site = client.get_site(row.site_id)
-            if site is None or site.deleted:
-                return SiteOutcome(SiteState.SUCCEEDED, 204, None, "already deleted", 0)
-            if site.status != "available":
-                return SiteOutcome(
-                    SiteState.SKIPPED, 200, None, f"not deleted: status is now {site.status!r}", 0
-                )
-            etag = site.etag
-        return _attempt(lambda: client.delete_available_site(row.site_id, etag=etag))
+        try:
+            result = _stopping_on_outage(ctx, lambda: client.delete_available_site(row.site_id))
+        except PossiblyDestroyed as exc:
+            return SiteOutcome(SiteState.FAILED, exc.status, exc.body, str(exc), 1)
+        except AtlasError as exc:
+            return SiteOutcome(SiteState.FAILED, exc.status, exc.body, str(exc), 1)
+        if result.outcome == "left_pool":
+            message = f"left the pool before deletion (status {result.site_status!r}): not deleted"
+            return SiteOutcome(SiteState.SKIPPED, None, None, message, result.attempts)
+        if result.outcome == "already_deleted":
+            return SiteOutcome(SiteState.SUCCEEDED, None, None, "already deleted", result.attempts)
+        message = (
+            "deleted; the removal ran after a conflict (a DELETE was refused after Atlas had queued "
+            "the removal, so the deletion was finished with the fresh ETag)"
+            if result.after_conflict
+            else ""
+        )
+        return SiteOutcome(SiteState.SUCCEEDED, result.status, None, message, result.attempts)
 
     return work
 
 
-def _attempt(write: Callable[[], WriteResult]) -> SiteOutcome:
+def _stopping_on_outage(ctx: StepContext, call: Callable):
+    """Atlas refusing the credentials or not answering is not about one site: stop the step."""
     try:
-        result = write()
-    except (Conflict, NotFound) as exc:
-        if isinstance(exc, NotFound) or "no longer available" in exc.message:
-            return SiteOutcome(SiteState.SKIPPED, exc.status, exc.body, exc.message, 1)
-        return SiteOutcome(SiteState.FAILED, exc.status, exc.body, str(exc), 1)
-    except AtlasError as exc:
-        return SiteOutcome(SiteState.FAILED, exc.status, exc.body, str(exc), 1)
-    message = "already done (re-read)" if result.already else ""
-    return SiteOutcome(SiteState.SUCCEEDED, result.status, result.body or None, message, result.attempts)
+        return call()
+    except AuthenticationError as exc:
+        raise StopStep(credentials_refused(ctx, exc), sent=False) from None
+    except Unavailable as exc:
+        raise StopStep(unreachable(ctx, exc), sent=True) from None
 
 
 def _wait_for_pool(ctx: StepContext, profile_id: str) -> Outcome | None:
     """Atlas refills the available pool every few minutes with the current profile; wait for it."""
     target = ctx.result.get("pool_before", 0)
     where = {"status": "available", "code.profile": profile_id}
-    waited, interval = 0.0, 2.0
+    waited, interval, limit = 0.0, 2.0, ctx.environment.pool_wait_seconds
     count = ctx.client.count("sites", where)
-    while count < target and waited < ctx.environment.pool_wait_seconds:
+    while count < target and waited < limit:
+        ctx.doing(f"waiting for the pool to refill: {count} of {target}, {waited:.0f} s of {limit:.0f} s")
         requested = ctx.sleep(interval)
         if requested:
             return Outcome.stopped(requested)  # a resumed step waits again; the deletions are done
@@ -227,7 +340,7 @@ def _sweep(ctx: StepContext, profile_id: str) -> None:
 
 
 def _final_outcome(ctx: StepContext) -> Outcome:
-    counts = ctx.step.counts()
+    counts = with_database(ctx.step.counts, "counting the step's sites")
     ctx.result["counts"] = counts
     notes = []
     if "pool_after" in ctx.result and ctx.result["pool_after"] < ctx.result.get("pool_before", 0):
@@ -236,6 +349,8 @@ def _final_outcome(ctx: StepContext) -> Outcome:
         )
     if ctx.result.get("sweep"):
         notes.append(f"sweep: {len(ctx.result['sweep'])} sites still not on the release profile")
+    if ctx.result.get("shrunk"):
+        notes.append(ctx.result["shrunk"])
     summary = f"{counts['succeeded']} succeeded, {counts['failed']} failed, {counts['skipped']} skipped"
     if counts["failed"]:
         policy_fails = ctx.environment.failure_policy == FailurePolicy.FAIL

@@ -88,6 +88,15 @@ class StepRun(models.Model):
     lease_expires_at = models.DateTimeField(null=True, blank=True)
     task_ids = models.JSONField(default=list, blank=True)
     result = models.JSONField(default=dict, blank=True, help_text="What the step found and did in Atlas.")
+    activity = models.CharField(
+        max_length=300, blank=True, help_text="What the running step is doing right now (its worker says)."
+    )
+    confirmed_targets = models.JSONField(
+        null=True,
+        blank=True,
+        help_text="Sites per batch the operator saw when confirming the launch: a batch that grew "
+        "since then pauses the step before its first write.",
+    )
 
     class Meta:
         ordering = ["plan", "number"]
@@ -155,12 +164,21 @@ class StepRun(models.Model):
         self._move(SKIPPABLE, changes, f"step {self.number} cannot be skipped while {self.state}")
 
     def request(self, action: str) -> None:
-        """Pause or abort: a running step stops at site granularity; a paused one aborts at once."""
+        """Pause or abort: a running step stops at site granularity; a paused one aborts at once,
+        and so does a running one whose worker is gone (its lease lapsed): nobody would act on it."""
+        now = timezone.now()
+        aborted = dict(state=StepState.ABORTED, finished_at=now, requested="", message="aborted")
         if action == "abort" and self.state == StepState.PAUSED:
-            changes = dict(
-                state=StepState.ABORTED, finished_at=timezone.now(), requested="", message="aborted"
+            return self._move([StepState.PAUSED], aborted, "the step is no longer paused")
+        if action == "abort":
+            lapsed = Q(lease_expires_at__lt=now) | Q(lease_owner="", started_at__lt=now - lease())
+            gone = {**aborted, "message": "aborted (no live worker held the step)"}
+            rows = StepRun.objects.filter(lapsed, pk=self.pk, state=StepState.RUNNING).update(
+                **gone, lease_owner="", lease_expires_at=None
             )
-            return self._move([StepState.PAUSED], changes, "the step is no longer paused")
+            if rows == 1:
+                self.refresh_from_db()
+                return None
         self._move([StepState.RUNNING], dict(requested=action), f"step {self.number} is not running")
 
     def resume(self, *, retry_failed: bool = False) -> None:
@@ -190,28 +208,65 @@ class StepRun(models.Model):
         )
         return rows == 1
 
-    def heartbeat(self, owner: str) -> str | None:
-        """Extend the lease; return the operator's pending request ('' if none), None if the lease is lost."""
+    def heartbeat(self, owner: str, activity: str | None = None) -> str | None:
+        """Extend the lease (and say what the step is doing); return the operator's pending request
+        ('' if none), or None if the lease is lost."""
+        changes: dict = {"lease_expires_at": timezone.now() + lease()}
+        if activity is not None:
+            changes["activity"] = activity[:300]
         rows = StepRun.objects.filter(pk=self.pk, lease_owner=owner, state=StepState.RUNNING).update(
-            lease_expires_at=timezone.now() + lease()
+            **changes
         )
         if rows != 1:
             return None
         return StepRun.objects.values_list("requested", flat=True).get(pk=self.pk)
 
+    def owned_by(self, owner: str) -> bool:
+        return StepRun.objects.filter(pk=self.pk, lease_owner=owner, state=StepState.RUNNING).exists()
+
     def finish(self, owner: str, state: str, message: str = "", result: dict | None = None) -> bool:
-        changes = dict(state=state, message=message, lease_owner="", lease_expires_at=None, requested="")
+        """End the worker's hold on the step. An abort the operator asked for while the step was
+        stopping for another reason (a threshold pause, a failure) wins: it is never lost."""
+        mine = StepRun.objects.filter(pk=self.pk, lease_owner=owner, state=StepState.RUNNING)
+        if state in (StepState.PAUSED, StepState.FAILED):
+            aborted = mine.filter(requested="abort").update(
+                state=StepState.ABORTED,
+                message=f"aborted by the operator (the step was stopping: {message})"[:4000],
+                lease_owner="",
+                lease_expires_at=None,
+                requested="",
+                activity="",
+                finished_at=timezone.now(),
+                **({"result": result} if result is not None else {}),
+            )
+            if aborted:
+                self.refresh_from_db()
+                return True
+        changes = dict(
+            state=state, message=message, lease_owner="", lease_expires_at=None, requested="", activity=""
+        )
         if state != StepState.PAUSED:
             changes["finished_at"] = timezone.now()
         if result is not None:
             changes["result"] = result
-        rows = StepRun.objects.filter(pk=self.pk, lease_owner=owner, state=StepState.RUNNING).update(
-            **changes
-        )
+        rows = mine.update(**changes)
         if rows == 1:
             for key, value in changes.items():
                 setattr(self, key, value)
         return rows == 1
+
+    def liveness(self, now=None) -> str:
+        """For a running step: '' while a worker holds it, else since when none has."""
+        if self.state != StepState.RUNNING:
+            return ""
+        now = now or timezone.now()
+        if self.lease_expires_at and self.lease_expires_at < now:
+            local = timezone.localtime(self.lease_expires_at)
+            return f"no live worker since {local:%H:%M:%S}: a worker's watchdog will take the step over"
+        if not self.lease_owner and self.started_at and self.started_at < now - lease():
+            local = timezone.localtime(self.started_at)
+            return f"waiting for a worker since {local:%H:%M:%S}: is a worker running on this broker?"
+        return ""
 
     def record_manual(self, user, *, message: str = "") -> None:
         """A manual gate done outside the portal (branch created, release finalized)."""

@@ -150,9 +150,13 @@ class Command(BaseCommand):
             target = services.get_step(plan, step)
         params = {"step": target.number, "stage": bool(stage), "via": "launch"}
         services.authorize(acting, "launch", plan=plan, step=target, parameters=params)
+        confirmed = None
         if not yes:
-            self._confirm(target, acting, params, stage=bool(stage), stdin=options.get("stdin", sys.stdin))
-        services.launch(target, acting, stage=bool(stage))
+            previews = self._confirm(
+                target, acting, params, stage=bool(stage), stdin=options.get("stdin", sys.stdin)
+            )
+            confirmed = reports.confirmed_counts(previews)
+        services.launch(target, acting, stage=bool(stage), confirmed=confirmed)
         if not wait:
             return self._launched(target, stage)
         self._follow(plan, target, stage=bool(stage), timeout=timeout, action="launch")
@@ -168,7 +172,9 @@ class Command(BaseCommand):
             raise CommandError(refusal, returncode=cli.REFUSED)
         cli.require_terminal(stdin)
         steps = [s for s in cli.stage_chain(step) if s.state not in DONE] if stage else [step]
-        cli.confirm_launch(steps, [reports.preview_step(s) for s in steps], stdin, self.stderr)
+        previews = [reports.preview_step(s) for s in steps]
+        cli.confirm_launch(steps, previews, stdin, self.stderr)
+        return previews
 
     def _launched(self, step, stage) -> None:
         if self.json:

@@ -1,0 +1,540 @@
+"""Safe to trust with PROD: each behaviour judged from Atlas's side (the simulator's event log of
+side effects) wherever it concerns Atlas, not from the portal's own rows.
+
+- Deleting pool sites never destroys a site that left the pool; a DELETE that may have destroyed
+  an instance is reported, never called "not deleted".
+- One step, one worker, even during a code PATCH slower than the lease.
+- A step never hangs silently; failures that are not about one site stop it and say so.
+- What the operator confirmed is what runs.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import threading
+from collections import Counter
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from django.db import connection
+from django.utils import timezone
+from kombu.exceptions import OperationalError as BrokerError
+
+from atlas.simulator import SimulatorServer
+from releases import reports, services
+from releases.models import AuditEvent, SiteResult, StepRun, UpdateGroup
+from releases.states import SiteState, StepState
+from tests.support import (
+    R,
+    T,
+    code_items,
+    configure_environments,
+    make_user,
+    run_engine,
+    tasks_not_sent,
+    wait_until_idle,
+)
+from tests.test_engine_faults import (
+    client_updates,
+    prepare_prod,
+    release_item,
+    run_inline,
+    site_counts,
+    start_prod,
+    wait_for,
+)
+
+DEPLOY_STEPS = {"DEV": 2, "TEST": 5, "PROD": 12}
+
+
+@pytest.fixture(autouse=True)
+def fast_password_hashing(settings):
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+def start(environment: str, sites: int | None = None) -> SimulatorServer:
+    return SimulatorServer(
+        environment.lower(),
+        sites=sites,
+        password=os.environ[f"ATLAS_{environment}_PASSWORD"],
+        pool_refill_delay=0,
+    )
+
+
+@pytest.fixture
+def sims():
+    started: list[SimulatorServer] = []
+
+    def make(environment: str, sites: int | None = None) -> SimulatorServer:
+        started.append(start(environment, sites))
+        return started[-1]
+
+    yield make
+    for sim in started:
+        sim.stop()
+
+
+def reach(plan, user, number: int) -> StepRun:
+    """Make step `number` launchable: its environment's deploy step runs here (the release item
+    must exist), step 7 is recorded, everything else before it is skipped."""
+    target = services.get_step(plan, number)
+    for step in plan.steps.order_by("number").filter(number__lt=number, number__gt=1):
+        if step.number == 7:
+            services.finalize(plan, tag=plan.version, commit=T, user=user)
+        elif step.number == DEPLOY_STEPS.get(target.environment.name):
+            assert run_inline(step, user) == StepState.SUCCEEDED, step.message
+        else:
+            services.skip(step, user, "not needed by this test")
+    return services.get_step(plan, number)
+
+
+def removals(sim: SimulatorServer) -> list[dict]:
+    return sim.events.of_kind("site_remove")
+
+
+# -- 1. deleting available sites ------------------------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("number, environment", [(3, "DEV"), (10, "TEST"), (13, "PROD")])
+def test_pool_churn_during_a_delete_step_never_removes_a_site_that_left_the_pool(sims, number, environment):
+    sim = sims(environment, sites=None if environment == "DEV" else 300)
+    # One write at a time: an install can then land anywhere but between a site's own read and
+    # its DELETE (that window cannot be closed on Atlas's side: see the test after this one).
+    configure_environments({environment: sim}, parallelism=1)
+    user = make_user()
+    step = reach(services.create_plan("2.8.5", commit=R, user=user), user, number)
+    sim.set_faults(pool_take_rate=0.5)  # Atlas's installs and restores keep taking pool sites
+
+    assert run_inline(step, user) == StepState.SUCCEEDED, step.message
+
+    sim.set_faults()
+    assert removals(sim), "the step deleted nothing"
+    hit = [e for e in removals(sim) if e["status"] != "available"]
+    assert hit == [], f"Atlas destroyed {len(hit)} sites that had left the pool"
+    rows = SiteResult.objects.filter(step=step)
+    taken = set(sim.events.ids("pool_take"))
+    skipped = {r.site_id for r in rows if r.state == SiteState.SKIPPED}
+    deleted = {r.site_id for r in rows if r.state == SiteState.SUCCEEDED}
+    assert skipped, "the churn never reached a targeted site: the test shows nothing"
+    assert skipped <= taken
+    assert all("left the pool before deletion" in r.message for r in rows if r.state == SiteState.SKIPPED)
+    assert deleted == {e["id"] for e in removals(sim)} and len(removals(sim)) == len(deleted)
+    assert site_counts(step)[SiteState.FAILED] == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_delete_racing_an_install_is_recorded_failed_as_possibly_destroyed(sims):
+    sim = sims("DEV")
+    configure_environments({"DEV": sim}, parallelism=2)
+    user = make_user()
+    step = reach(services.create_plan("2.8.5", commit=R, user=user), user, 3)
+    sim.set_faults(take_before_delete_rate=1.0)  # every install lands between our read and DELETE
+
+    assert run_inline(step, user) == StepState.PAUSED
+
+    sim.set_faults()
+    step.refresh_from_db()
+    destroyed = {e["id"]: e["status"] for e in removals(sim)}
+    assert destroyed and set(destroyed.values()) == {"installed"}
+    assert max(Counter(e["id"] for e in removals(sim)).values()) == 1, "a DELETE was sent twice"
+    failed = {r.site_id: r.message for r in SiteResult.objects.filter(step=step, state=SiteState.FAILED)}
+    assert failed.keys() == destroyed.keys()
+    assert all("possibly destroyed while the site was 'installed'" in m for m in failed.values())
+    assert "retry the failed sites" in step.message
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_conflict_on_a_site_still_available_finishes_the_deletion_and_says_so(sims):
+    sim = sims("PROD", sites=300)
+    configure_environments({"PROD": sim}, parallelism=2)
+    user = make_user()
+    step = reach(services.create_plan("2.8.5", commit=R, user=user), user, 13)
+    sim.set_faults(etag_race_rate=0.5)  # another writer touches half the sites before our DELETE
+
+    state = run_inline(step, user)
+
+    sim.set_faults()
+    assert {e["status"] for e in removals(sim)} == {"available"}
+    rows = list(SiteResult.objects.filter(step=step))
+    after_conflict = [r for r in rows if "after a conflict" in r.message]
+    assert after_conflict and all(r.state == SiteState.SUCCEEDED for r in after_conflict)
+    undecided = [r for r in rows if r.state not in (SiteState.SUCCEEDED, SiteState.FAILED)]
+    assert undecided == []
+    assert state == (StepState.SUCCEEDED if site_counts(step)[SiteState.FAILED] == 0 else StepState.PAUSED)
+
+
+# -- 2. one step, one worker --------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_code_patch_slower_than_the_lease_is_sent_once_and_succeeds_after_its_cascade(sims, start_worker):
+    dev = sims("DEV")
+    configure_environments({"DEV": dev})
+    user = make_user()
+    plan = services.create_plan("2.8.5", commit=R, user=user)
+    step = reach(plan, user, 8)
+    item = release_item(dev)
+    with dev.lock:  # every DEV site already on the release item, as after steps 3 and 4
+        dev.db["sites"].update_many({"_deleted": {"$ne": True}}, {"$set": {"code.profile": item["_id"]}})
+        on_item = dev.db["sites"].count_documents({"_deleted": {"$ne": True}})
+    # The cascade takes ~150 ms a site: several times the 4 s lease of the test workers.
+    dev.set_faults(cascade_delay_ms=150)
+    start_worker("first")
+    start_worker("second")
+
+    services.launch(step, user)
+    wait_until_idle(plan, timeout=90)
+
+    step.refresh_from_db()
+    assert step.state == StepState.SUCCEEDED, step.message
+    patches = [e for e in dev.events.of_kind("code_update") if e["commit_hash"] == T]
+    assert len(patches) == 1, f"{len(patches)} PATCH /code with the final commit reached Atlas"
+    cascaded = Counter(e["id"] for e in dev.events.of_kind("cascade"))
+    assert len(cascaded) == on_item and set(cascaded.values()) == {1}
+    (end,) = dev.events.of_kind("cascade_end")
+    assert step.finished_at.timestamp() >= end["at"], "succeeded while Atlas was still cascading"
+    assert end["at"] - patches[0]["at"] > 4 * 1.5, "the cascade was not slower than the lease"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_worker_that_lost_the_lease_sends_and_records_nothing_more():
+    prod = start_prod(400)
+    try:
+        configure_environments({"PROD": prod}, parallelism=2)
+        user = make_user()
+        step = prepare_prod(services.create_plan("2.8.5", commit=R, user=user), user)
+        prod.set_faults(write_latency_ms=40)
+        with tasks_not_sent():
+            services.launch(step, user)
+        ended = []
+        runner = threading.Thread(target=lambda: ended.append(run_engine(step)))
+        runner.start()
+        wait_for(lambda: site_counts(step)[SiteState.SUCCEEDED] >= 20, what="20 updated sites")
+
+        # Another worker takes the step over (as after a lapsed lease).
+        StepRun.objects.filter(pk=step.pk).update(
+            lease_owner="another-worker", lease_expires_at=timezone.now() + timedelta(hours=1)
+        )
+        sent_at_takeover = len(client_updates(prod))
+        recorded = Counter(SiteResult.objects.filter(step=step).values_list("state", flat=True))
+        runner.join(timeout=30)
+
+        assert ended == [None], "the worker that lost the lease must not finish the step"
+        # At most one dispatched chunk and the writes in flight (2 × parallelism) follow.
+        assert len(client_updates(prod)) - sent_at_takeover <= 3 * 2
+        assert Counter(SiteResult.objects.filter(step=step).values_list("state", flat=True)) == recorded
+        step.refresh_from_db()
+        assert (step.state, step.lease_owner) == (StepState.RUNNING, "another-worker")
+    finally:
+        prod.stop()
+
+
+# -- 3. a step never hangs silently ---------------------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_unexpected_error_fails_the_step_with_the_error_and_an_audit_event(prod_sim):
+    configure_environments({"PROD": prod_sim})
+    user = make_user()
+    step = prepare_prod(services.create_plan("2.8.5", commit=R, user=user), user)
+    # A selector saved behind the admin form's validation.
+    UpdateGroup.objects.filter(environment__name="PROD", step_number=14).update(where={"$where": "1"})
+
+    assert run_inline(step, user) == StepState.FAILED
+
+    step.refresh_from_db()
+    assert "$where" in step.message and step.lease_owner == ""
+    assert AuditEvent.objects.filter(action="step_failed", step=step, message=step.message).exists()
+    assert client_updates(prod_sim) == []
+
+
+@pytest.fixture
+def prod_sim():
+    server = start_prod(400)
+    yield server
+    server.stop()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_abort_of_a_step_whose_worker_is_gone_ends_it_at_once():
+    configure_environments({})
+    user = make_user()
+    plan = services.create_plan("2.8.5", commit=R, user=user)
+    with tasks_not_sent():
+        step = services.launch(services.get_step(plan, 2), user)
+    StepRun.objects.filter(pk=step.pk).update(
+        lease_owner="dead-worker", lease_expires_at=timezone.now() - timedelta(seconds=5)
+    )
+    assert "no live worker since" in reports.step_status(StepRun.objects.get(pk=step.pk))["liveness"]
+
+    services.abort(plan, user)
+
+    step.refresh_from_db()
+    assert step.state == StepState.ABORTED and "no live worker" in step.message
+    assert step.finished_at is not None
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_abort_that_races_a_threshold_pause_is_not_lost():
+    configure_environments({})
+    user = make_user()
+    plan = services.create_plan("2.8.5", commit=R, user=user)
+    with tasks_not_sent():
+        step = services.launch(services.get_step(plan, 2), user)
+    assert step.claim("worker-1")
+    services.abort(plan, user)  # asked while the worker is already stopping on a threshold
+
+    assert step.finish("worker-1", StepState.PAUSED, "failure threshold (3 sites) reached: 3 of 9")
+
+    step.refresh_from_db()
+    assert step.state == StepState.ABORTED and "failure threshold" in step.message
+
+
+# -- 3b. failures that are not about one site ---------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_wrong_password_stops_a_site_step_after_one_request(prod_sim, monkeypatch):
+    configure_environments({"PROD": prod_sim})
+    user = make_user()
+    step = prepare_prod(services.create_plan("2.8.5", commit=R, user=user), user)
+    monkeypatch.setenv("ATLAS_PROD_PASSWORD", "changed-in-ldap-Zq7")  # the account's password moved
+
+    assert run_inline(step, user) == StepState.FAILED
+
+    step.refresh_from_db()
+    assert step.message.startswith("Atlas PROD refused the credentials (username 'release-portal'")
+    assert "password variable ATLAS_PROD_PASSWORD" in step.message
+    assert "changed-in-ldap-Zq7" not in step.message + str(step.result)
+    assert len(prod_sim.events.of_kind("auth_failed")) == 1, "one LDAP bind, not one per site"
+    assert client_updates(prod_sim) == []
+    counts = site_counts(step)
+    assert counts[SiteState.FAILED] == 0 and counts[SiteState.PENDING] == sum(counts.values()) > 300
+
+
+@pytest.mark.django_db(transaction=True)
+def test_atlas_not_answering_pauses_the_step_saying_since_when_then_resume_completes(prod_sim):
+    configure_environments({"PROD": prod_sim}, parallelism=2, max_attempts=2)
+    user = make_user()
+    step = prepare_prod(services.create_plan("2.8.5", commit=R, user=user), user)
+    prod_sim.set_faults(write_latency_ms=20)
+    with tasks_not_sent():
+        services.launch(step, user)
+    ended = []
+    runner = threading.Thread(target=lambda: ended.append(run_engine(step)))
+    runner.start()
+    wait_for(lambda: site_counts(step)[SiteState.SUCCEEDED] >= 20, what="20 updated sites")
+    prod_sim.set_faults(fail_rate=1.0)  # Atlas goes away
+    runner.join(timeout=60)
+
+    step.refresh_from_db()
+    assert ended == [StepState.PAUSED]
+    assert step.message.startswith("Atlas PROD unreachable since "), step.message
+    assert site_counts(step)[SiteState.FAILED] == 0, "an outage is not a site failure"
+
+    prod_sim.set_faults()  # Atlas is back
+    with tasks_not_sent():
+        services.resume(step.plan, user)
+    assert run_engine(step) == StepState.SUCCEEDED
+    assert set(Counter(client_updates(prod_sim)).values()) == {1}, "a site was PATCHed twice"
+    assert site_counts(step)[SiteState.SUCCEEDED] == sum(site_counts(step).values())
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_launch_the_broker_does_not_take_is_rolled_back_and_audited(monkeypatch):
+    configure_environments({})
+    user = make_user()
+    plan = services.create_plan("2.8.5", commit=R, user=user)
+    step = services.get_step(plan, 2)
+    # A broker that refuses the connection cannot be produced reliably on every broker here.
+    with tasks_not_sent() as send:
+        send.side_effect = BrokerError("Error 111 connecting to 127.0.0.1:6399. Connection refused.")
+        with pytest.raises(services.ActionRefused, match="broker unreachable.*nothing was launched"):
+            services.launch(step, user)
+
+    step.refresh_from_db()
+    assert (step.state, step.task_ids) == (StepState.PENDING, [])
+    launches = AuditEvent.objects.filter(action="launch", step=step)
+    assert list(launches.values_list("outcome", flat=True)) == ["refused"]
+    assert "broker unreachable" in launches.get().message
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="terminating backends needs PostgreSQL")
+def test_a_worker_whose_database_connections_are_terminated_carries_on(prod_sim, start_worker):
+    configure_environments({"PROD": prod_sim}, parallelism=2)
+    user = make_user()
+    plan = services.create_plan("2.8.5", commit=R, user=user)
+    step = prepare_prod(plan, user)
+    prod_sim.set_faults(write_latency_ms=30)
+    worker = start_worker("pg")
+    services.launch(step, user)
+    for done in (30, 120):
+        wait_for(lambda d=done: site_counts(step)[SiteState.SUCCEEDED] >= d, what=f"{done} updated sites")
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+    wait_until_idle(plan, timeout=90)
+
+    step.refresh_from_db()
+    assert step.state == StepState.SUCCEEDED, step.message
+    assert set(Counter(client_updates(prod_sim)).values()) == {1}
+    assert "reconnecting" in worker.output()
+    assert "lease lost" not in worker.output(), "the step stalled until another claim took it over"
+
+
+# -- 4. what the operator confirmed is what runs ------------------------------------------------
+
+
+def _confirmed_from_preview(step: StepRun, delta: int) -> dict:
+    (preview,) = reports.preview(step.plan, step.number)
+    counts = reports.confirmed_counts([preview])[step.number]
+    first = next(name for name, n in counts.items() if n > abs(delta))
+    return {step.number: {**counts, first: counts[first] + delta}}, first
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_batch_that_grew_since_the_confirmation_pauses_before_any_write(prod_sim):
+    configure_environments({"PROD": prod_sim})
+    user = make_user()
+    step = prepare_prod(services.create_plan("2.8.5", commit=R, user=user), user)
+    confirmed, grown = _confirmed_from_preview(step, -3)  # the operator saw 3 fewer sites
+
+    with tasks_not_sent():
+        services.launch(step, user, confirmed=confirmed)
+    assert run_engine(step) == StepState.PAUSED
+
+    step.refresh_from_db()
+    assert "more sites than confirmed" in step.message and grown in step.message
+    assert client_updates(prod_sim) == []
+    launch = AuditEvent.objects.get(action="launch", step=step)
+    assert launch.parameters["confirmed"][str(step.number)] == confirmed[step.number]
+    # The launch page now shows the frozen targets, not a fresh read of the selectors.
+    preview = reports.preview_step(step)
+    assert preview["frozen"] and preview["total"] == sum(site_counts(step).values())
+    # Resuming accepts the grown batch.
+    with tasks_not_sent():
+        services.resume(step.plan, user)
+    assert run_engine(step) == StepState.SUCCEEDED
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_batch_that_shrank_runs_and_says_so(prod_sim):
+    configure_environments({"PROD": prod_sim})
+    user = make_user()
+    step = prepare_prod(services.create_plan("2.8.5", commit=R, user=user), user)
+    confirmed, shrunk = _confirmed_from_preview(step, +2)
+
+    with tasks_not_sent():
+        services.launch(step, user, confirmed=confirmed)
+    assert run_engine(step) == StepState.SUCCEEDED
+
+    step.refresh_from_db()
+    assert "fewer sites than confirmed" in step.message and shrunk in step.message
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_pause_between_batches_holds_after_a_resume(prod_sim):
+    configure_environments({"PROD": prod_sim}, batch_pause_seconds=3)
+    user = make_user()
+    step = prepare_prod(services.create_plan("2.8.5", commit=R, user=user), user)
+    with tasks_not_sent():
+        services.launch(step, user)
+    runner = threading.Thread(target=run_engine, args=(step,))
+    runner.start()
+    wait_for(
+        lambda: StepRun.objects.filter(pk=step.pk, activity__startswith="pausing").exists(),
+        what="the pause after batch 1",
+    )
+    services.pause(step.plan, user)
+    runner.join(timeout=30)
+    step.refresh_from_db()
+    assert step.state == StepState.PAUSED
+    first_done = step.result["batch_finished_at"]["0"]
+    sent_before = len(client_updates(prod_sim))
+
+    with tasks_not_sent():
+        services.resume(step.plan, user)  # at once: the pause must still hold
+    assert run_engine(step) == StepState.SUCCEEDED
+
+    second_batch = [e for e in prod_sim.events.of_kind("site_update") if e["source"] == "client"][
+        sent_before:
+    ]
+    assert second_batch[0]["at"] >= first_done + 3
+
+
+@pytest.mark.django_db(transaction=True)
+def test_finalize_is_refused_once_step_8_has_run_and_a_refinalize_before_is_audited(sims):
+    dev = sims("DEV")
+    configure_environments({"DEV": dev})
+    user = make_user()
+    plan = services.create_plan("2.8.5", commit=R, user=user)
+    step8 = reach(plan, user, 8)
+    other = "c" * 40
+    services.finalize(plan, tag="2.8.5-rc", commit=other, user=user)  # corrected before step 8
+
+    refinalize = AuditEvent.objects.filter(action="finalize", outcome="ok").order_by("-id").first()
+    assert refinalize.parameters["previous"] == {"tag": plan.version, "commit": T}
+    assert refinalize.parameters["commit"] == other
+
+    assert run_inline(step8, user) == StepState.SUCCEEDED
+    with pytest.raises(services.ActionRefused, match="step 8 has already run"):
+        services.finalize(plan, tag="2.8.5", commit=T, user=user)
+    plan.refresh_from_db()
+    assert plan.final_commit == other
+    assert code_items(dev, commit_hash=other)
+
+
+# -- 7. the import graph -------------------------------------------------------------------------
+
+
+def _imported_modules(name: str, path: Path) -> set[str]:
+    """Every module (and `module.name`) the file imports, lazy imports inside functions too."""
+    package = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            base = package[: len(package) - node.level + 1] if node.level else []
+            module = ".".join([*base, *([node.module] if node.module else [])])
+            found.add(module)
+            found.update(f"{module}.{alias.name}" for alias in node.names)
+        elif isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+    return found
+
+
+def test_the_engine_never_imports_services_and_the_release_modules_have_no_import_cycle():
+    root = Path(__file__).resolve().parent.parent / "releases"
+    modules = {}
+    for path in root.rglob("*.py"):
+        if "migrations" in path.parts or "management" in path.parts:
+            continue
+        name = ".".join(path.relative_to(root.parent).with_suffix("").parts).removesuffix(".__init__")
+        modules[name] = path
+    graph = {
+        name: {m for m in _imported_modules(name, path) if m in modules and m != name}
+        for name, path in modules.items()
+    }
+    assert "releases.engine" in graph["releases.tasks"]  # the walk sees what it should
+    engine = [n for n in modules if n.startswith("releases.engine")]
+    for name in engine:
+        assert not graph[name] & {"releases.services", "releases.notify", "releases.tasks"}, name
+
+    def cycle_from(start, node, seen):
+        for nxt in graph[node]:
+            if nxt == start:
+                return [node, nxt]
+            if nxt not in seen:
+                seen.add(nxt)
+                found = cycle_from(start, nxt, seen)
+                if found:
+                    return [node, *found]
+        return None
+
+    for name in modules:
+        assert cycle_from(name, name, set()) is None, f"import cycle: {cycle_from(name, name, set())}"
