@@ -108,10 +108,15 @@ class AtlasClient:
         return int(body.get("_meta", {}).get("total", 0))
 
     def iter_documents(self, resource: str, where: dict, projection: dict | None = None) -> Iterator[dict]:
+        for page in self.iter_pages(resource, where, projection):
+            yield from page
+
+    def iter_pages(self, resource: str, where: dict, projection: dict | None = None) -> Iterator[list[dict]]:
         """Every matching document in `_id` order, a page of up to 2,000 at a time.
 
         Pages are cut by `_id` (`where` AND `_id > last seen`), not by page number: when Atlas
         changes sites between two pages, an offset would skip or repeat sites; a key never does.
+        A page is fetched only when the caller asks for it, so a caller can persist as it reads.
         """
         validate_where(where)
         params: dict = {"sort": "_id", "max_results": self.page_size}
@@ -122,7 +127,8 @@ class AtlasClient:
             page_where = where if last is None else _after(where, last)
             body = self._get(resource, {**params, "where": _dumps(page_where)})
             items = body.get("_items", [])
-            yield from items
+            if items:
+                yield items
             if not items or "next" not in body.get("_links", {}):
                 return
             last = str(items[-1]["_id"])

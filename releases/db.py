@@ -4,6 +4,7 @@ through a restarted or failed-over PostgreSQL, a terminated backend or a busy SQ
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -28,3 +29,17 @@ def with_database(operation: Callable[[], T], what: str = "database") -> T:
             connection.close()
             time.sleep(min(0.2 * 2**attempt, 5.0))
     raise AssertionError("unreachable")
+
+
+class QueryCounter:
+    """Counts the database queries of every thread it is installed in
+    (`with connection.execute_wrapper(counter)`): what a step costs the database."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._lock = threading.Lock()
+
+    def __call__(self, execute, sql, params, many, context):
+        with self._lock:
+            self.count += 1
+        return execute(sql, params, many, context)

@@ -16,7 +16,6 @@ from django.db import IntegrityError, connection, transaction
 from django.test.utils import CaptureQueriesContext
 
 from releases import services
-from releases.engine import sites as sites_engine
 from releases.models import AuditEvent, SiteResult, StepRun
 from releases.states import SiteState, StepState
 from tests.support import (
@@ -183,20 +182,17 @@ def test_a_percent_threshold_pauses_the_step_in_process(prod_sim):
     user = make_user()
     plan = services.create_plan("2.8.5", commit=R, user=user)
     step = prepare_prod(plan, user)
-    snapshot = sites_engine.take_snapshot
+    prod_sim.set_faults(etag_race_rate=1.0)  # every site write now loses a race (412 after 412)
 
-    def snapshot_then_break_atlas(*args, **kwargs):
-        snapshot(*args, **kwargs)
-        prod_sim.set_faults(etag_race_rate=1.0)
-
-    with patch.object(sites_engine, "take_snapshot", snapshot_then_break_atlas):
-        assert run_inline(step, user) == StepState.PAUSED
+    assert run_inline(step, user) == StepState.PAUSED
 
     step.refresh_from_db()
     counts = site_counts(step)
     targeted = sum(counts.values())
     assert step.message.startswith("failure threshold (1%) reached: "), step.message
-    assert targeted > 300 and 0.01 * targeted <= counts[SiteState.FAILED] < 0.05 * targeted
+    # The writes queued and in flight when the threshold was reached still end (failing): up to
+    # a window of 2 × parallelism + 8 beyond the 1%.
+    assert targeted > 300 and 0.01 * targeted <= counts[SiteState.FAILED] < 0.01 * targeted + 2 * 4 + 8 + 4
     assert counts[SiteState.SUCCEEDED] == 0 and client_updates(prod_sim) == []
 
 

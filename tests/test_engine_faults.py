@@ -160,12 +160,10 @@ def test_killed_worker_mid_batch_is_replaced_and_no_site_is_patched_twice(prod_s
     prod_sim.set_faults(write_latency_ms=40)
     workers = [start_worker("first"), start_worker("second")]
 
+    profile = release_item(prod_sim)["_id"]
+    on_release_before = {str(s["_id"]) for s in sites(prod_sim, **{"code.profile": profile})}
     services.launch(step, user)
-    targeted = wait_for(lambda: SiteResult.objects.filter(step=step).count(), what="the snapshot")
-    wait_for(
-        lambda: site_counts(step)[SiteState.SUCCEEDED] >= 0.3 * targeted,
-        what="30% of the sites",
-    )
+    wait_for(lambda: site_counts(step)[SiteState.SUCCEEDED] >= 100, what="100 updated sites")
     owner = StepRun.objects.get(pk=step.pk).lease_owner
     pid = int(owner.split(":")[1])
     (victim,) = [w for w in workers if w.pid == pid]
@@ -181,9 +179,8 @@ def test_killed_worker_mid_batch_is_replaced_and_no_site_is_patched_twice(prod_s
     assert f":{survivor.pid}:" in finished.parameters["owner"]
 
     targets = set(SiteResult.objects.filter(step=step).values_list("site_id", flat=True))
-    assert len(targets) == targeted
-    profile = release_item(prod_sim)["_id"]
-    assert targets <= {str(s["_id"]) for s in sites(prod_sim, **{"code.profile": profile})}
+    on_release_after = {str(s["_id"]) for s in sites(prod_sim, **{"code.profile": profile})}
+    assert len(targets) > 300 and targets == on_release_after - on_release_before
     # The replacement re-read the sites whose outcome was unknown instead of re-sending.
     assert SiteResult.objects.filter(step=step, message="already on the release profile").exists()
     updates = Counter(client_updates(prod_sim))

@@ -106,7 +106,7 @@ def test_pool_churn_during_a_delete_step_never_removes_a_site_that_left_the_pool
     configure_environments({environment: sim}, parallelism=1)
     user = make_user()
     step = reach(services.create_plan("2.8.5", commit=R, user=user), user, number)
-    sim.set_faults(pool_take_rate=0.5)  # Atlas's installs and restores keep taking pool sites
+    sim.set_faults(pool_take_rate=1.0)  # with every write, an install or restore takes a pool site
 
     assert run_inline(step, user) == StepState.SUCCEEDED, step.message
 

@@ -3,6 +3,7 @@
 Sleeps happen outside the simulator's lock, so N parallel clients overlap their latencies.
 """
 
+import json
 import random
 import re
 import threading
@@ -35,7 +36,7 @@ class Faults:
     - `etag_race_rate`: fraction of PATCH/DELETE of a site preceded by another writer
       touching that site, so the client's If-Match is stale (412).
     - `fail_next`: the next N requests (any method) are answered 503, whatever the rate.
-    - `pool_take_rate`: fraction of requests on whose arrival Atlas takes one random pool site
+    - `pool_take_rate`: fraction of writes on whose arrival Atlas takes one random pool site
       other than the one the request names (status → `installed`, as an install or a restore
       does): the churn that makes a snapshot of available sites go stale.
     - `take_before_delete_rate`: fraction of site DELETEs on whose arrival Atlas takes that very
@@ -69,6 +70,11 @@ class FaultInjector:
         # Writes being handled right now, and the most seen at once (for parallelism checks).
         self.writes_in_flight = 0
         self.max_writes_in_flight = 0
+        # Atlas's own clock for benchmarks: [method, path, arrived, answered, status] per request,
+        # kept only when asked for (`record=True`), served at /_simulator/requests.
+        self.record = False
+        self.requests: list[list] = []
+        self._log_path = f"{normalize_prefix(prefix)}/_simulator/requests"
 
     def set(self, faults: Faults) -> None:
         with self._lock:
@@ -90,6 +96,27 @@ class FaultInjector:
         return self._roll(self.faults.fail_rate)
 
     def __call__(self, environ: dict, start_response: StartResponse) -> Iterable[bytes]:
+        if environ.get("PATH_INFO") == self._log_path:
+            return self._serve_log(environ, start_response)
+        arrived = time.time()
+        response = self._handle(environ, start_response)
+        if self.record:
+            status = int(response.status.split()[0])
+            entry = [environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"), arrived, time.time(), status]
+            with self._lock:
+                self.requests.append(entry)
+        return response.send(start_response)
+
+    def _serve_log(self, environ: dict, start_response: StartResponse) -> Iterable[bytes]:
+        """GET: the requests recorded so far; DELETE: forget them (simulator only, not Atlas)."""
+        with self._lock:
+            body = json.dumps(self.requests).encode()
+            if environ.get("REQUEST_METHOD") == "DELETE":
+                self.requests = []
+        headers = [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
+        return BufferedResponse("200 OK", headers, body).send(start_response)
+
+    def _handle(self, environ: dict, start_response: StartResponse) -> BufferedResponse:
         faults = self.faults
         method = environ.get("REQUEST_METHOD", "GET")
         write = method not in READ_METHODS
@@ -99,7 +126,7 @@ class FaultInjector:
             if write and faults.write_latency_ms > 0:
                 time.sleep(faults.write_latency_ms / 1000)
             if self._should_fail():
-                return self._unavailable().send(start_response)
+                return self._unavailable()
             self._maybe_churn(environ, method, faults)
             self._maybe_race(environ, method, faults)
             response = BufferedResponse.of(self.app, environ)
@@ -108,7 +135,7 @@ class FaultInjector:
                 self._count_write(-1)
         if faults.slow_ms > 0 and self._roll(faults.slow_rate):
             time.sleep(faults.slow_ms / 1000)
-        return response.send(start_response)
+        return response
 
     def _count_write(self, delta: int) -> None:
         with self._lock:
@@ -123,7 +150,7 @@ class FaultInjector:
         target = self._site_id(environ)
         if method == "DELETE" and target and self._roll(faults.take_before_delete_rate):
             self.state.take_pool_site(target)
-        elif self._roll(faults.pool_take_rate):
+        elif method not in READ_METHODS and self._roll(faults.pool_take_rate):
             self.state.take_pool_site(exclude=target)
 
     def _maybe_race(self, environ: dict, method: str, faults: Faults) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import time
 
-from django.db import close_old_connections
+from django.db import close_old_connections, connection
 
 from atlas.errors import AtlasError, AuthenticationError, Unavailable
 
@@ -69,11 +69,12 @@ def _run(step: StepRun, owner: str) -> Outcome:
     except EnvironmentMisconfigured as exc:
         return Outcome(StepState.FAILED, str(exc))
     try:
-        ctx.start()
-        requested = ctx.beat()
-        if requested:
-            return Outcome.stopped(requested)
-        return KINDS[step.kind](ctx)
+        with connection.execute_wrapper(ctx.queries):
+            ctx.start()
+            requested = ctx.beat()
+            if requested:
+                return Outcome.stopped(requested)
+            return KINDS[step.kind](ctx)
     except LeaseLost:
         raise
     except EnvironmentMisconfigured as exc:

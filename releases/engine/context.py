@@ -20,7 +20,7 @@ from django.utils import timezone
 
 from atlas.client import AtlasClient
 
-from ..db import with_database
+from ..db import QueryCounter, with_database
 from ..models import StepRun
 from ..states import StepState
 
@@ -57,6 +57,7 @@ class StepContext:
         self.client = client or step.environment.client()
         self.result: dict = dict(step.result or {})
         self.activity = ""
+        self.queries = QueryCounter()  # installed in each of the step's threads
         self._requested = ""
         self._lost = threading.Event()
         self._stop = threading.Event()
@@ -81,15 +82,19 @@ class StepContext:
 
     def _beat_forever(self) -> None:
         try:
-            while not self._stop.wait(self._interval()):
-                try:
-                    self._renew()
-                except LeaseLost:
-                    return
-                except Exception:  # keep beating: the lease lapses only if the database stays away
-                    logger.exception("step %s: lease renewal failed", self.step.pk)
+            with connection.execute_wrapper(self.queries):
+                self._beat_until_stopped()
         finally:
             connection.close()  # this thread's own connection
+
+    def _beat_until_stopped(self) -> None:
+        while not self._stop.wait(self._interval()):
+            try:
+                self._renew()
+            except LeaseLost:
+                return
+            except Exception:  # keep beating: the lease lapses only if the database stays away
+                logger.exception("step %s: lease renewal failed", self.step.pk)
 
     def _renew(self) -> None:
         requested = with_database(

@@ -40,7 +40,7 @@ class ResultRecorder:
         self.step = step
         self.owner = owner
         totals = with_database(step.counts, "counting the step's sites")
-        self.targeted = totals["targeted"]
+        self._targeted = lambda: totals["targeted"]
         self._failed_before = totals["failed"]
         self._failed_now = 0
         self._buffer: list[SiteResult] = []
@@ -84,6 +84,14 @@ class ResultRecorder:
         if outcome.state == SiteState.FAILED:
             self._failed_now += 1
         self._buffer.append(row)
+
+    @property
+    def targeted(self) -> int:
+        """The step's sites known so far (its snapshot may still be reading later batches)."""
+        return self._targeted()
+
+    def targets(self, count) -> None:
+        self._targeted = count
 
     def failed_total(self) -> int:
         return self._failed_before + self._failed_now

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
 from atlas.errors import AtlasError, AuthenticationError, NotFound, PossiblyDestroyed, Unavailable
@@ -24,7 +24,7 @@ from ..states import FailurePolicy, SiteState, StepState
 from .code import find_release_item
 from .context import LeaseLost, Outcome, StepContext, credentials_refused, unreachable
 from .recorder import ResultRecorder, SiteOutcome
-from .snapshot import NoSelectors, take_snapshot
+from .snapshot import NoSelectors, Snapshot
 
 logger = logging.getLogger(__name__)
 Work = Callable[[SiteResult], SiteOutcome]
@@ -56,26 +56,30 @@ def _run_site_step(ctx: StepContext, *, delete: bool) -> Outcome:
         return Outcome(
             StepState.FAILED, f"no {plan.profile_name} {plan.version} profile item on {ctx.environment}"
         )
+    snapshot = None
     if not ctx.result.get("snapshot"):
         if delete:
             ctx.result["pool_before"] = ctx.client.count("sites", {"status": "available"})
         try:
-            take_snapshot(ctx, item.id, only_available=delete)
+            snapshot = Snapshot(ctx, item.id, only_available=delete).start()
         except NoSelectors as exc:
             return Outcome(StepState.FAILED, str(exc))
-        grown = _grown_batches(ctx)
-        if grown:
-            return Outcome(
-                StepState.PAUSED,
-                f"more sites than confirmed: {grown}. Nothing was written: review the targets "
-                "(release preview) and resume to go on with them, or abort",
-            )
-    # Atlas binds to LDAP on every request: prove the credentials once before the first write
-    # rather than collect a 401 per site (atlas-api.md §2).
-    ctx.doing("checking the Atlas credentials")
-    ctx.client.check_credentials()
-    work = _deleter(ctx) if delete else _updater(ctx, item.id)
-    stopped = _run_batches(ctx, work)
+    try:
+        # Atlas binds to LDAP on every request: prove the credentials once before the first
+        # write rather than collect a 401 per site (atlas-api.md §2).
+        ctx.doing("checking the Atlas credentials")
+        ctx.client.check_credentials()
+        work = _deleter(ctx) if delete else _updater(ctx, item.id)
+        stopped = _run_batches(ctx, work, snapshot)
+    except LeaseLost:
+        if snapshot is not None:
+            snapshot.close()  # another worker owns the step: store nothing more
+        raise
+    finally:
+        if snapshot is not None and not ctx.lost:
+            _complete_snapshot(ctx, snapshot)
+    if stopped is not None and stopped.message.startswith("failure threshold"):
+        stopped = _threshold_outcome(ctx)  # counted now that every target is frozen
     if stopped:
         return stopped
     if delete:
@@ -88,46 +92,94 @@ def _run_site_step(ctx: StepContext, *, delete: bool) -> Outcome:
     return _final_outcome(ctx)
 
 
-def _grown_batches(ctx: StepContext) -> str:
-    """Batches whose snapshot holds more sites than the operator confirmed (fewer is fine)."""
-    confirmed = ctx.step.confirmed_targets or {}
-    grown, shrunk = [], []
-    for batch in ctx.result.get("batches", []):
-        seen = confirmed.get(batch["name"])
-        if seen is None:
-            continue
-        if batch["count"] > seen:
-            grown.append(f"{batch['name']} has {batch['count']} (confirmed {seen})")
-        elif batch["count"] < seen:
-            shrunk.append(f"{batch['name']} has {batch['count']} (confirmed {seen})")
-    if shrunk:
-        ctx.result["shrunk"] = "fewer sites than confirmed: " + "; ".join(shrunk)
-        ctx.save_result()
-    return "; ".join(grown)
+def _complete_snapshot(ctx: StepContext, snapshot: Snapshot) -> None:
+    """However the step stops (but for a lost lease), its targets end frozen: the rest of the
+    snapshot is read (reads only) so a relaunch, and the launch page, see all of them."""
+    if ctx.result.get("snapshot"):
+        return
+    try:
+        batches = snapshot.finish()
+    except Exception:  # Atlas went away too: the next run reads the snapshot again
+        logger.warning("step %s: snapshot left incomplete", ctx.step.pk, exc_info=True)
+        return
+    ctx.result.update(batches=batches, snapshot=True, profile_id=snapshot.profile_id)
+    ctx.save_result()
 
 
-def _run_batches(ctx: StepContext, work: Work) -> Outcome | None:
-    remaining = SiteResult.objects.filter(
-        step=ctx.step, state__in=[SiteState.PENDING, SiteState.DISPATCHED]
-    ).order_by("batch_index", "id")
-    batches: dict[int, list[SiteResult]] = {}
-    fields = ("id", "site_id", "path", "etag", "state", "attempts", "batch_index")
-    for row in with_database(lambda: list(remaining.only(*fields)), "reading the step's sites"):
-        batches.setdefault(row.batch_index, []).append(row)
+def _grown(ctx: StepContext, batch: dict) -> str:
+    """Whether the batch's snapshot holds more sites than the operator confirmed (fewer is fine,
+    and is said in the step's message)."""
+    seen = (ctx.step.confirmed_targets or {}).get(batch["name"])
+    if seen is None or batch["count"] == seen:
+        return ""
+    if batch["count"] < seen:
+        ctx.result.setdefault("shrunk", []).append(f"{batch['name']} has {batch['count']} (confirmed {seen})")
+        return ""
+    return f"{batch['name']} has {batch['count']} (confirmed {seen})"
+
+
+def _freeze(ctx: StepContext, snapshot: Snapshot | None, index: int) -> str:
+    """Wait until batch `index` is frozen and record it; return what grew past the confirmation."""
+    if snapshot is None:
+        return ""
+    ctx.doing(f"reading batch {index + 1} of {snapshot.batch_count} from Atlas")
+    batch = snapshot.wait_frozen(index)
+    ctx.result.setdefault("batches", []).append(batch)
+    if index == snapshot.batch_count - 1:
+        ctx.result.update(snapshot=True, profile_id=snapshot.profile_id)
+    grown = _grown(ctx, batch)
+    if grown:
+        # Freeze the rest too (reads only), so a resume goes on with these targets as they are.
+        ctx.result["batches"] = snapshot.finish()
+        ctx.result.update(snapshot=True, profile_id=snapshot.profile_id)
+    ctx.save_result()
+    return grown
+
+
+def _run_batches(ctx: StepContext, work: Work, snapshot: Snapshot | None) -> Outcome | None:
+    total = snapshot.batch_count if snapshot else len(ctx.result.get("batches", []))
     recorder = ResultRecorder(ctx.step, ctx.owner)
-    total = len(ctx.result.get("batches", [])) or len(batches)
-    for index, rows in batches.items():
+    for index in range(total):
+        grown = _freeze(ctx, snapshot, index)
+        if grown:
+            return Outcome(
+                StepState.PAUSED,
+                f"more sites than confirmed: {grown}. Nothing of that batch was written: review the "
+                "targets (release preview) and resume to go on with them, or abort",
+            )
+        if snapshot is not None:
+            # Percent thresholds count against the sites frozen so far: while later batches are
+            # still being read, that can only pause the step sooner, never later.
+            recorder.targets(snapshot.frozen_sites)
         requested = _pause_before_batch(ctx, index)
         if requested:
             return Outcome.stopped(requested)
-        name = (ctx.result.get("batches") or [{}] * (index + 1))[index].get("name", "")
-        ctx.doing(f"writing batch {index + 1} of {total} ({name}): {len(rows)} sites left")
-        stopped = _run_batch(ctx, rows, work, recorder)
+        name = ctx.result["batches"][index]["name"]
+        ctx.doing(f"writing batch {index + 1} of {total} ({name})")
+        stopped = _run_batch(ctx, _remaining(ctx, index), work, recorder)
         if stopped:
             return stopped
         ctx.result.setdefault("batch_finished_at", {})[str(index)] = time.time()
         ctx.save_result()
     return None
+
+
+def _remaining(ctx: StepContext, index: int, chunk: int = 500) -> Iterator[SiteResult]:
+    """The batch's sites still to send, read from the database a chunk at a time (by id, so
+    marking rows dispatched meanwhile does not shift the pages)."""
+    fields = ("id", "site_id", "path", "etag", "state", "attempts", "batch_index")
+    todo = SiteResult.objects.filter(
+        step=ctx.step, batch_index=index, state__in=[SiteState.PENDING, SiteState.DISPATCHED]
+    ).only(*fields)
+    last = 0
+    while True:
+        page = with_database(
+            lambda last=last: list(todo.filter(id__gt=last).order_by("id")[:chunk]), "reading the batch"
+        )
+        if not page:
+            return
+        yield from page
+        last = page[-1].id
 
 
 def _pause_before_batch(ctx: StepContext, index: int) -> str:
@@ -152,7 +204,7 @@ def _pause_before_batch(ctx: StepContext, index: int) -> str:
 
 
 def _run_batch(
-    ctx: StepContext, rows: list[SiteResult], work: Work, recorder: ResultRecorder
+    ctx: StepContext, rows: Iterator[SiteResult], work: Work, recorder: ResultRecorder
 ) -> Outcome | None:
     """At most `parallelism` writes in flight; as many again queued so no thread waits for us.
 
@@ -162,6 +214,9 @@ def _run_batch(
     the step next re-reads it from Atlas before sending anything.
     """
     parallelism = max(1, ctx.environment.parallelism)
+    # Writes queued behind the threads, so a thread never waits for this loop to hand it work
+    # (recording results, renewing nothing: the heartbeat has its own thread).
+    window = parallelism * 2 + 8
     queue = iter(rows)
     ready: list[SiteResult] = []
     unsent: list[SiteResult] = []
@@ -178,9 +233,9 @@ def _run_batch(
             stop = stop or _should_stop(ctx, recorder)
             if stop:
                 stopping.set()
-            while stop is None and len(in_flight) < parallelism * 2:
+            while stop is None and len(in_flight) < window:
                 if not ready:
-                    ready = recorder.dispatch(queue, chunk=parallelism * 2)
+                    ready = recorder.dispatch(queue, chunk=window)
                     if not ready:
                         break
                 row = ready.pop(0)
@@ -238,8 +293,12 @@ def _should_stop(ctx: StepContext, recorder: ResultRecorder) -> Outcome | None:
     return None
 
 
-def _threshold_outcome(ctx: StepContext, recorder: ResultRecorder) -> Outcome:
-    failed, targeted = recorder.failed_total(), recorder.targeted
+def _threshold_outcome(ctx: StepContext, recorder: ResultRecorder | None = None) -> Outcome:
+    if recorder is not None and recorder.targeted:
+        failed, targeted = recorder.failed_total(), recorder.targeted
+    else:
+        counts = with_database(ctx.step.counts, "counting the step's sites")
+        failed, targeted = counts["failed"], counts["targeted"]
     limit = ctx.environment.threshold_description()
     return Outcome(
         StepState.PAUSED, f"failure threshold ({limit}) reached: {failed} of {targeted} sites failed"
@@ -342,6 +401,7 @@ def _sweep(ctx: StepContext, profile_id: str) -> None:
 def _final_outcome(ctx: StepContext) -> Outcome:
     counts = with_database(ctx.step.counts, "counting the step's sites")
     ctx.result["counts"] = counts
+    ctx.result["db_queries"] = ctx.queries.count  # this run's, all of its threads
     notes = []
     if "pool_after" in ctx.result and ctx.result["pool_after"] < ctx.result.get("pool_before", 0):
         notes.append(
@@ -350,7 +410,7 @@ def _final_outcome(ctx: StepContext) -> Outcome:
     if ctx.result.get("sweep"):
         notes.append(f"sweep: {len(ctx.result['sweep'])} sites still not on the release profile")
     if ctx.result.get("shrunk"):
-        notes.append(ctx.result["shrunk"])
+        notes.append("fewer sites than confirmed: " + "; ".join(ctx.result["shrunk"]))
     summary = f"{counts['succeeded']} succeeded, {counts['failed']} failed, {counts['skipped']} skipped"
     if counts["failed"]:
         policy_fails = ctx.environment.failure_policy == FailurePolicy.FAIL

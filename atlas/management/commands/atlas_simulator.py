@@ -33,6 +33,12 @@ class Command(BaseCommand):
         )
         parser.add_argument("--prefix", default="", help="Serve under /PREFIX/ (e.g. atlas).")
         parser.add_argument(
+            "--request-log",
+            action="store_true",
+            help="Record every request's arrival and answer times (Atlas's clock, for benchmarks) "
+            "at /_simulator/requests (GET to read, DELETE to clear).",
+        )
+        parser.add_argument(
             "--pool-refill-delay", type=float, default=2.0, help="Seconds before the pool refills."
         )
 
@@ -56,6 +62,7 @@ class Command(BaseCommand):
         except OSError as error:
             raise CommandError(f"Cannot listen on port {options['port']}: {error}") from error
         server.set_faults(write_latency_ms=options["latency_ms"], fail_rate=options["fail_rate"])
+        server.injector.record = options["request_log"]
         self._announce(server, options["username"])
         stopped = threading.Event()
         # Supervisors (runportal) stop simulators with SIGTERM: shut down as cleanly as on Ctrl-C.
