@@ -12,6 +12,10 @@ class AuditEventQuerySet(models.QuerySet):
     def update(self, **kwargs):
         raise AppendOnly("audit events are append-only: they cannot be updated")
 
+    def bulk_update(self, objs, fields, batch_size=None):
+        # Refused before Django opens its transaction, so the caller's stays usable.
+        raise AppendOnly("audit events are append-only: they cannot be updated")
+
     def delete(self):
         raise AppendOnly("audit events are append-only: they cannot be deleted")
 
