@@ -172,7 +172,9 @@ ATLAS_SLACK_VARIABLES = env.list("ATLAS_SLACK_VARIABLES", default=[])
 for _setting in ("ATLAS_PASSWORD_VARIABLES", "ATLAS_SLACK_VARIABLES"):
     _refused = sorted(set(globals()[_setting]) & _PROCESS_SECRETS)
     if _refused:
-        raise ImproperlyConfigured(f"{_setting} must not list the portal's own secrets: {', '.join(_refused)}")
+        raise ImproperlyConfigured(
+            f"{_setting} must not list the portal's own secrets: {', '.join(_refused)}"
+        )
 # Defaults for new Environment rows (then edited per environment in the admin or `environment set`).
 ATLAS_DEPLOY_WAIT_SECONDS = env.float("ATLAS_DEPLOY_WAIT_SECONDS", default=60.0)
 ATLAS_POOL_WAIT_SECONDS = env.float("ATLAS_POOL_WAIT_SECONDS", default=600.0)
