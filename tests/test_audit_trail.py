@@ -248,3 +248,37 @@ def test_audit_list_shows_the_copied_names_after_the_plan_is_gone(admin_client, 
     event = AuditEvent.objects.get(action="create_plan")
     detail = admin_client.get(reverse("admin:releases_auditevent_change", args=[event.pk]))
     assert detail.status_code == 200 and "2.8.5" in detail.content.decode()
+
+
+def _inline_edit(client, user, moved: UpdateGroup):
+    """The changelist's list_editable POST, moving one group down by five positions."""
+    groups = list(UpdateGroup.objects.all())
+    data = {"form-TOTAL_FORMS": len(groups), "form-INITIAL_FORMS": len(groups), "_save": "Save"}
+    for i, group in enumerate(groups):
+        data[f"form-{i}-id"] = group.pk
+        data[f"form-{i}-position"] = group.position + (5 if group.pk == moved.pk else 0)
+        if group.enabled:
+            data[f"form-{i}-enabled"] = "on"
+    client.force_login(user)
+    return client.post(reverse("admin:releases_updategroup_changelist"), data)
+
+
+def test_changelist_inline_edit_of_a_prod_update_group_needs_the_protected_permission(client, editor):
+    prod = _prod_groups().first()
+
+    response = _inline_edit(client, editor, prod)
+
+    assert response.status_code == 200  # the changelist again, with the row's error
+    assert "lacks the permission releases.launch_protected" in response.content.decode()
+    assert UpdateGroup.objects.get(pk=prod.pk).position == prod.position
+
+
+def test_changelist_inline_edit_of_a_dev_update_group_is_saved_and_audited(client, editor):
+    dev = UpdateGroup.objects.filter(environment__name="DEV").first()
+
+    response = _inline_edit(client, editor, dev)
+
+    assert response.status_code == 302
+    assert UpdateGroup.objects.get(pk=dev.pk).position == dev.position + 5
+    event = AuditEvent.objects.get(action="updategroup_change", outcome="ok")
+    assert event.parameters["changes"] == {"position": [dev.position, dev.position + 5]}

@@ -121,6 +121,8 @@ class UpdateGroupAdmin(admin.ModelAdmin):
         return _with_user(super().get_form(request, obj, **kwargs), request)
 
     def get_changelist_form(self, request, **kwargs):
+        # The changelist's inline edits (list_editable) are checked by the same form.
+        kwargs.setdefault("form", self.form)
         return _with_user(super().get_changelist_form(request, **kwargs), request)
 
     def has_delete_permission(self, request, obj=None):
