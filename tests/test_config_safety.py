@@ -8,10 +8,14 @@ import base64
 import io
 import json
 import logging
+import os
+import subprocess
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.management import call_command
 from django.core.management.base import CommandError
@@ -178,6 +182,7 @@ def test_admin_refuses_another_environments_password_variable_even_for_a_trusted
     assert "DEV: the password variable ATLAS_PROD_PASSWORD belongs to environment PROD" in errors
     assert Environment.objects.get(name="DEV").password_env == "ATLAS_DEV_PASSWORD"
     (event,) = _refusals(environment_name="DEV")
+    assert event.parameters == {"requested": {"password_env": "ATLAS_PROD_PASSWORD"}}
     assert "ATLAS_PROD_PASSWORD" in event.message and PROD_PASSWORD not in event.message
 
 
@@ -341,3 +346,18 @@ def test_loadrunbook_rows_pass_validation_and_read_their_own_password():
         env.full_clean()
         assert env.password_env == f"ATLAS_{env.name}_PASSWORD"
     assert Environment.objects.get(name="PROD").password() == PROD_PASSWORD
+
+
+def test_allow_list_setting_cannot_name_the_portals_own_secrets():
+    environment = {**os.environ, "ATLAS_PASSWORD_VARIABLES": "ATLAS_SHARED_PASSWORD,SECRET_KEY"}
+    result = subprocess.run(
+        [sys.executable, "manage.py", "check"],
+        cwd=settings.BASE_DIR,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert result.returncode != 0
+    assert "ATLAS_PASSWORD_VARIABLES must not list the portal's own secrets: SECRET_KEY" in result.stderr

@@ -46,7 +46,7 @@ class EnvironmentForm(forms.ModelForm):
                 user=self.user,
                 environment=Environment.objects.get(pk=self.instance.pk),
                 outcome=AuditEvent.Outcome.REFUSED,
-                parameters={"requested": sorted(self.changed_data)},
+                parameters={"requested": {f: self.data.get(f) for f in self.changed_data}},
                 message=f"{self.instance.name}: {'; '.join(messages)} (via admin)",
             )
 
