@@ -163,6 +163,18 @@ ATLAS_DEFAULTS = {
     }
     for name, port in (("DEV", 5101), ("TEST", 5102), ("PROD", 5103))
 }
+# An environment reads its password from ATLAS_<NAME>_PASSWORD and its Slack webhook from
+# ATLAS_<NAME>_SLACK_WEBHOOK; these list the other variable names a row may name instead (e.g. a
+# shared service account). Never another environment's variable, nor the process's own secrets.
+_PROCESS_SECRETS = {"SECRET_KEY", "DATABASE_URL", "CELERY_BROKER_URL", "PORTAL_ADMIN_PASSWORD"}
+ATLAS_PASSWORD_VARIABLES = env.list("ATLAS_PASSWORD_VARIABLES", default=[])
+ATLAS_SLACK_VARIABLES = env.list("ATLAS_SLACK_VARIABLES", default=[])
+for _setting in ("ATLAS_PASSWORD_VARIABLES", "ATLAS_SLACK_VARIABLES"):
+    _refused = sorted(set(globals()[_setting]) & _PROCESS_SECRETS)
+    if _refused:
+        raise ImproperlyConfigured(
+            f"{_setting} must not list the portal's own secrets: {', '.join(_refused)}"
+        )
 # Defaults for new Environment rows (then edited per environment in the admin or `environment set`).
 ATLAS_DEPLOY_WAIT_SECONDS = env.float("ATLAS_DEPLOY_WAIT_SECONDS", default=60.0)
 ATLAS_POOL_WAIT_SECONDS = env.float("ATLAS_POOL_WAIT_SECONDS", default=600.0)

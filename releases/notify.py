@@ -4,10 +4,11 @@ environment names; it is never logged. A failed post never affects the step."""
 from __future__ import annotations
 
 import logging
-import os
 
 import requests
 from django.conf import settings
+
+from .models import EnvironmentMisconfigured
 
 logger = logging.getLogger(__name__)
 
@@ -16,9 +17,11 @@ def step_event(step, event: str) -> None:
     env = step.environment
     if env is None or not env.slack_webhook_env:
         return
-    url = os.environ.get(env.slack_webhook_env)
-    if not url:
-        logger.warning("%s: Slack variable %s is not set; no message sent", env.name, env.slack_webhook_env)
+    try:
+        # Checks the row may read that variable: never another environment's, nor another secret.
+        url = env.slack_webhook_url()
+    except EnvironmentMisconfigured as exc:
+        logger.warning("%s; no Slack message sent", exc)
         return
     link = f"{settings.PORTAL_BASE_URL}/admin/releases/steprun/{step.pk}/change/"
     text = f"Release {step.plan.version} step {step.number} on {env.name} ({step.title}): {event}. {link}"

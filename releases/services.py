@@ -374,3 +374,184 @@ def _enqueue(step: StepRun, *, strict: bool = True) -> None:
         if strict:
             raise BrokerUnavailable(f"{type(exc).__name__}: {exc}") from None
         logger.warning("step %s: could not enqueue (%s); the watchdog will", step.pk, type(exc).__name__)
+
+
+# -- configuration ---------------------------------------------------------------------------------
+
+# Changing any of these on any environment needs the protected permission too: they decide where
+# the portal sends which credentials, and whether PROD's protection applies at all. The name is
+# one of them because it decides the environment's own variables (ATLAS_<NAME>_PASSWORD).
+PROTECTED_SETTINGS = (
+    "name",
+    "api_url",
+    "username",
+    "password_env",
+    "verify_tls",
+    "protected",
+    "slack_webhook_env",
+)
+
+
+def environment_change_refusal(user, env: Environment, requested: dict) -> str:
+    """Why `user` may not make the `requested` changes to `env` as it is now ('' if they may)."""
+    missing = [] if user.has_perm(PERMISSIONS["environment_set"]) else [PERMISSIONS["environment_set"]]
+    why = []
+    if env.protected or requested.get("protected"):
+        why.append(f"{env.name} is protected" if env.protected else f"it would protect {env.name}")
+    touched = [f for f in PROTECTED_SETTINGS if f in requested and requested[f] != getattr(env, f)]
+    if touched:
+        why.append(f"it changes {', '.join(touched)}")
+    if why and not user.has_perm("releases.launch_protected"):
+        missing.append("releases.launch_protected")
+    if not missing:
+        return ""
+    because = f" ({'; '.join(why)})" if why and "releases.launch_protected" in missing else ""
+    return f"{user.get_username()} lacks the permission {', '.join(missing)}{because}"
+
+
+def check_environment_change(user, env: Environment, requested: dict, *, via: str) -> None:
+    """Raise ActionRefused (audited) unless `user` may make the `requested` changes to `env`."""
+    refusal = environment_change_refusal(user, env, requested)
+    if refusal:
+        _refuse_environment(refusal, user, env, requested, via)
+
+
+def change_environment(env: Environment, user, requested: dict, *, via: str) -> dict:
+    """The one way an environment's settings change: `manage.py environment set` and the admin.
+
+    `requested` maps model fields to new values; `failure_threshold` may be given as text
+    (`5`, `10%`, `none`) instead of the two threshold fields. Checks the permissions (against the
+    row as it is, under a lock), validates the row (its secret variables included), saves and
+    audits what changed; returns {field: [old, new]}. Refusals are audited and raise ActionRefused
+    with nothing saved.
+    """
+    values = dict(requested)
+    try:
+        if "failure_threshold" in values:
+            count, percent = parse_threshold(values.pop("failure_threshold"))
+            values.update(failure_threshold_count=count, failure_threshold_percent=percent)
+        with transaction.atomic():
+            row = Environment.objects.select_for_update().get(pk=env.pk)
+            refusal = environment_change_refusal(user, row, values)
+            if refusal:
+                raise ActionRefused(refusal)
+            before = {field: getattr(row, field) for field in values}
+            for field, value in values.items():
+                setattr(row, field, value)
+            row.full_clean()
+            # full_clean leaves the cleaned values on the row: compare those.
+            changes = {f: [before[f], getattr(row, f)] for f in values if before[f] != getattr(row, f)}
+            if changes:
+                row.save(update_fields=list(changes))
+                AuditEvent.record(
+                    "environment_set", user=user, environment=row, parameters=changes, message=f"via {via}"
+                )
+    except ValidationError as exc:
+        _refuse_environment(f"{env.name}: {'; '.join(validation_messages(exc))}", user, env, requested, via)
+    except ActionRefused as exc:
+        _refuse_environment(str(exc), user, env, requested, via)
+    return changes
+
+
+def _refuse_environment(message: str, user, env: Environment, requested: dict, via: str) -> None:
+    AuditEvent.record(
+        "environment_set",
+        user=user,
+        environment=env,
+        outcome=AuditEvent.Outcome.REFUSED,
+        parameters={"requested": {k: _plain(v) for k, v in requested.items()}},
+        message=f"{message} (via {via})",
+    )
+    raise ActionRefused(message)
+
+
+def parse_threshold(text: str) -> tuple[int | None, float | None]:
+    """`5` -> 5 sites, `10%` -> 10 percent, `none` -> no limit. Returns (count, percent)."""
+    value = text.strip().lower()
+    if value in ("none", ""):
+        return None, None
+    try:
+        if value.endswith("%"):
+            percent = float(value[:-1])
+            if not 0 < percent <= 100:
+                raise ValueError
+            return None, percent
+        count = int(value)
+        if count < 1:
+            raise ValueError
+        return count, None
+    except ValueError:
+        raise ValidationError(
+            {"failure_threshold": f"{text!r} is not a count ≥ 1, a percentage in (0, 100]% or `none`"}
+        ) from None
+
+
+def validation_messages(exc: ValidationError) -> list[str]:
+    if hasattr(exc, "error_dict"):
+        return [f"{field}: {' '.join(errors)}" for field, errors in exc.message_dict.items()]
+    return exc.messages
+
+
+def _plain(value):
+    return value if isinstance(value, str | int | float | bool | dict | list | type(None)) else str(value)
+
+
+# -- update groups ---------------------------------------------------------------------------------
+
+
+def update_group_refusal(user, environments, action: str) -> str:
+    """Why `user` may not `action` (add, change, delete) update groups of these environments."""
+    protected = sorted({env.name for env in environments if env is not None and env.protected})
+    if protected and not user.has_perm("releases.launch_protected"):
+        return (
+            f"{user.get_username()} lacks the permission releases.launch_protected "
+            f"(to {action} update groups of the protected environment {', '.join(protected)})"
+        )
+    return ""
+
+
+def check_update_group_change(user, environments, action: str, *, parameters=None) -> None:
+    """Raise ActionRefused (audited) unless `user` may `action` update groups of `environments`."""
+    refusal = update_group_refusal(user, environments, action)
+    if refusal:
+        envs = [e for e in environments if e is not None]
+        _refuse(
+            refusal,
+            f"updategroup_{action}",
+            user=user,
+            environment=envs[0] if len(envs) == 1 else None,
+            parameters=parameters,
+        )
+
+
+def delete_update_groups(user, groups, *, via: str) -> int:
+    """Delete update groups, one audit event per group with a copy of its fields."""
+    groups = list(groups)
+    check_update_group_change(
+        user, [g.environment for g in groups], "delete", parameters={"objects": [str(g) for g in groups]}
+    )
+    with transaction.atomic():
+        for group in groups:
+            AuditEvent.record(
+                "updategroup_delete",
+                user=user,
+                environment=group.environment,
+                parameters={"object": str(group), "fields": copied_fields(group)},
+                message=f"via {via}",
+            )
+            group.delete()
+    return len(groups)
+
+
+def copied_fields(obj) -> dict:
+    """The row's fields as plain values (a related row by its name), for an audit record."""
+    fields = {}
+    for field in obj._meta.concrete_fields:
+        if field.primary_key:
+            fields[field.name] = obj.pk
+        elif field.is_relation:
+            related = getattr(obj, field.name)
+            fields[field.name] = None if related is None else str(related)
+        else:
+            fields[field.name] = _plain(field.value_from_object(obj))
+    return fields

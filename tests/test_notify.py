@@ -44,8 +44,8 @@ def step(db):
 
 def test_step_event_posts_to_the_webhook_named_by_the_environment(step, webhook, monkeypatch):
     url, received = webhook
-    monkeypatch.setenv("SLACK_DEV_WEBHOOK", url)
-    Environment.objects.filter(name="DEV").update(slack_webhook_env="SLACK_DEV_WEBHOOK")
+    monkeypatch.setenv("ATLAS_DEV_SLACK_WEBHOOK", url)
+    Environment.objects.filter(name="DEV").update(slack_webhook_env="ATLAS_DEV_SLACK_WEBHOOK")
     step.refresh_from_db()
     notify.step_event(step, "succeeded")
     assert len(received) == 1
@@ -58,8 +58,8 @@ def test_step_event_without_a_webhook_sends_nothing(step, webhook):
 
 
 def test_unreachable_webhook_is_logged_without_its_url(step, monkeypatch, caplog):
-    monkeypatch.setenv("SLACK_DEV_WEBHOOK", "http://127.0.0.1:9/hooks/secret-path")
-    Environment.objects.filter(name="DEV").update(slack_webhook_env="SLACK_DEV_WEBHOOK")
+    monkeypatch.setenv("ATLAS_DEV_SLACK_WEBHOOK", "http://127.0.0.1:9/hooks/secret-path")
+    Environment.objects.filter(name="DEV").update(slack_webhook_env="ATLAS_DEV_SLACK_WEBHOOK")
     step.refresh_from_db()
     notify.step_event(step, "failed")
     assert "Slack message not sent" in caplog.text

@@ -2,8 +2,44 @@ from django.conf import settings
 from django.db import models
 
 
+class AppendOnly(ValueError):
+    """An attempt to change or delete an audit event."""
+
+
+class AuditEventQuerySet(models.QuerySet):
+    """Queryset writes bypass `save`/`delete`: refuse them too (PostgreSQL also has a trigger)."""
+
+    def update(self, **kwargs):
+        raise AppendOnly("audit events are append-only: they cannot be updated")
+
+    def bulk_update(self, objs, fields, batch_size=None):
+        # Refused before Django opens its transaction, so the caller's stays usable.
+        raise AppendOnly("audit events are append-only: they cannot be updated")
+
+    def delete(self):
+        raise AppendOnly("audit events are append-only: they cannot be deleted")
+
+
+def _reference(to: str, **kwargs):
+    """A link to the row an event concerns that the database never follows on delete.
+
+    Deleting a plan, step, environment or user must not rewrite audit rows (SET_NULL would, and the
+    PostgreSQL trigger refuses any UPDATE), so there is no constraint and no cascade: the id stays,
+    and the names it referred to are copied into the event when it is recorded.
+    """
+    return models.ForeignKey(
+        to,
+        null=True,
+        blank=True,
+        on_delete=models.DO_NOTHING,
+        db_constraint=False,
+        **kwargs,
+    )
+
+
 class AuditEvent(models.Model):
-    """One thing that happened or was refused. Append-only: the admin shows it read-only."""
+    """One thing that happened or was refused. Append-only: the admin shows it read-only, the ORM
+    refuses updates and deletes, and on PostgreSQL a trigger refuses them (migration 0002)."""
 
     class Outcome(models.TextChoices):
         OK = "ok", "Done"
@@ -11,17 +47,23 @@ class AuditEvent(models.Model):
         ERROR = "error", "Error"
 
     at = models.DateTimeField(auto_now_add=True, db_index=True)
-    user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    user = _reference(settings.AUTH_USER_MODEL)
     # Copied so the record survives the user's deletion or rename.
     username = models.CharField(max_length=150)
     action = models.CharField(max_length=64)
     outcome = models.CharField(max_length=16, choices=Outcome.choices, default=Outcome.OK)
-    plan = models.ForeignKey("releases.ReleasePlan", null=True, blank=True, on_delete=models.SET_NULL)
-    step = models.ForeignKey("releases.StepRun", null=True, blank=True, on_delete=models.SET_NULL)
-    environment = models.ForeignKey("releases.Environment", null=True, blank=True, on_delete=models.SET_NULL)
+    plan = _reference("releases.ReleasePlan")
+    step = _reference("releases.StepRun")
+    environment = _reference("releases.Environment")
+    # Copied too: the plan, step or environment may be deleted (or renamed) later.
+    plan_version = models.CharField("release", max_length=40, blank=True)
+    step_number = models.PositiveSmallIntegerField("step", null=True, blank=True)
+    environment_name = models.CharField("environment", max_length=16, blank=True)
     parameters = models.JSONField(default=dict, blank=True)
     reason = models.TextField(blank=True)
     message = models.TextField(blank=True)
+
+    objects = AuditEventQuerySet.as_manager()
 
     class Meta:
         ordering = ["-at", "-id"]
@@ -35,8 +77,11 @@ class AuditEvent(models.Model):
 
     def save(self, *args, **kwargs):
         if self.pk is not None:
-            raise ValueError("audit events are append-only")
+            raise AppendOnly("audit events are append-only")
         super().save(*args, **kwargs)
+
+    def delete(self, *args, **kwargs):
+        raise AppendOnly("audit events are append-only: they cannot be deleted")
 
     @classmethod
     def record(
@@ -66,6 +111,9 @@ class AuditEvent(models.Model):
             plan=plan,
             step=step,
             environment=environment,
+            plan_version=plan.version if plan is not None else "",
+            step_number=step.number if step is not None else None,
+            environment_name=environment.name if environment is not None else "",
             parameters=parameters or {},
             reason=reason,
             message=message[:4000],

@@ -1,6 +1,7 @@
 import os
 import re
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import MinValueValidator
 from django.db import models
@@ -12,6 +13,25 @@ from atlas.selectors import validate_where
 from ..states import FailurePolicy
 
 _ENV_VAR = re.compile(r"^[A-Z_][A-Z0-9_]*$")
+_NAME = re.compile(r"^[A-Z][A-Z0-9_]*$")
+
+# The secret variables a row names: field -> (suffix of its own variable, allow-list setting, label).
+# A row may read only its own variable or one the process's operator listed explicitly, so a row
+# edited by someone (or changed behind the validation) can never make the portal send another
+# environment's password, or any other secret of the process, to the URL the row names.
+SECRET_VARIABLES = {
+    "password_env": ("PASSWORD", "ATLAS_PASSWORD_VARIABLES", "password variable"),
+    "slack_webhook_env": ("SLACK_WEBHOOK", "ATLAS_SLACK_VARIABLES", "Slack webhook variable"),
+}
+
+
+def variable_key(name: str) -> str:
+    """The part of ATLAS_<KEY>_PASSWORD an environment name gives (`prod` and `PROD` give the same)."""
+    return re.sub(r"[^A-Z0-9]", "_", name.upper())
+
+
+def own_variable(name: str, field: str) -> str:
+    return f"ATLAS_{variable_key(name)}_{SECRET_VARIABLES[field][0]}"
 
 
 class EnvironmentMisconfigured(Exception):
@@ -89,20 +109,57 @@ class Environment(models.Model):
         return self.name
 
     def clean(self) -> None:
-        for field in ("password_env", "slack_webhook_env"):
+        if self.name and not _NAME.match(self.name):
+            raise ValidationError({"name": "must be upper case letters, digits and _, such as PROD"})
+        errors = {}
+        for field in SECRET_VARIABLES:
             value = getattr(self, field)
             if value and not _ENV_VAR.match(value):
-                raise ValidationError(
-                    {field: "must be an environment variable name such as ATLAS_PROD_PASSWORD"}
-                )
+                errors[field] = "must be an environment variable name such as ATLAS_PROD_PASSWORD"
+            elif value:
+                refusal = self.variable_refusal(field)
+                if refusal:
+                    errors[field] = refusal
+        if errors:
+            raise ValidationError(errors)
+
+    def variable_refusal(self, field: str) -> str:
+        """Why this row may not read the variable its `field` names ('' when it may).
+
+        Its own ATLAS_<NAME>_<SUFFIX>, or one in the allow-list setting; never a variable that
+        belongs to another environment (its own password or Slack variable), even if listed.
+        """
+        value = getattr(self, field)
+        _, setting, label = SECRET_VARIABLES[field]
+        others = Environment.objects.exclude(pk=self.pk).values_list("name", flat=True)
+        for other in others:
+            if value in (own_variable(other, f) for f in SECRET_VARIABLES):
+                return f"{self.name}: the {label} {value} belongs to environment {other}"
+        if value == own_variable(self.name, field) or value in getattr(settings, setting, []):
+            return ""
+        return (
+            f"{self.name}: the {label} {value} is not allowed: use {own_variable(self.name, field)} "
+            f"or a variable listed in the {setting} setting"
+        )
+
+    def _secret(self, field: str) -> str:
+        """The value of the secret variable `field` names, after checking the row may read it."""
+        name = getattr(self, field)
+        refusal = self.variable_refusal(field)
+        if refusal:
+            raise EnvironmentMisconfigured(refusal)
+        value = os.environ.get(name)
+        if not value:
+            label = SECRET_VARIABLES[field][2]
+            raise EnvironmentMisconfigured(f"{self.name}: the {label} {name} is not set in the environment")
+        return value
+
+    def slack_webhook_url(self) -> str:
+        """The webhook URL (never log it); raises EnvironmentMisconfigured like `password`."""
+        return self._secret("slack_webhook_env")
 
     def password(self) -> str:
-        value = os.environ.get(self.password_env)
-        if not value:
-            raise EnvironmentMisconfigured(
-                f"{self.name}: the password variable {self.password_env} is not set in the environment"
-            )
-        return value
+        return self._secret("password_env")
 
     def client(self) -> AtlasClient:
         return AtlasClient(

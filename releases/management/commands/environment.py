@@ -9,12 +9,10 @@ from __future__ import annotations
 import argparse
 import os
 
-from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
-from django.db import transaction
 
 from releases import cli, services
-from releases.models import AuditEvent, Environment
+from releases.models import Environment
 from releases.states import FailurePolicy
 
 # option dest -> model field, for the settings `set` copies as given.
@@ -104,24 +102,10 @@ class Command(BaseCommand):
             requested["failure_threshold"] = options["failure_threshold"]
         if not requested:
             raise CommandError("nothing to change: give at least one setting", returncode=cli.REFUSED)
-        services.authorize(user, "environment_set", environment=env, parameters={"requested": requested})
-        try:
-            changes = _apply(env, requested)
-        except ValidationError as exc:
-            message = "; ".join(_messages(exc))
-            AuditEvent.record(
-                "environment_set",
-                user=user,
-                environment=env,
-                outcome=AuditEvent.Outcome.REFUSED,
-                parameters={"requested": requested},
-                message=message,
-            )
-            raise CommandError(f"{env.name}: {message}", returncode=cli.REFUSED) from None
+        changes = services.change_environment(env, user, requested, via="manage.py environment set")
         if not changes:
             self.stdout.write(f"{env.name}: no change")
             return
-        AuditEvent.record("environment_set", user=user, environment=env, parameters=changes)
         for field, (old, new) in changes.items():
             self.stdout.write(f"{env.name} {field}: {old} -> {new}")
 
@@ -140,49 +124,3 @@ def _get_environment(name: str) -> Environment:
         known = ", ".join(Environment.objects.values_list("name", flat=True)) or "none: run loadrunbook"
         raise CommandError(f"no environment {name!r} (known: {known})", returncode=cli.REFUSED)
     return env
-
-
-def _apply(env: Environment, requested: dict) -> dict:
-    """Validate and save the requested settings; return {field: [old, new]} for what changed."""
-    values = {k: v for k, v in requested.items() if k != "failure_threshold"}
-    if "failure_threshold" in requested:
-        count, percent = parse_threshold(requested["failure_threshold"])
-        values.update(failure_threshold_count=count, failure_threshold_percent=percent)
-    with transaction.atomic():
-        row = Environment.objects.select_for_update().get(pk=env.pk)
-        before = {field: getattr(row, field) for field in values}
-        for field, value in values.items():
-            setattr(row, field, value)
-        row.full_clean()
-        # full_clean leaves the cleaned values on the row: compare those.
-        changes = {f: [before[f], getattr(row, f)] for f in values if before[f] != getattr(row, f)}
-        if changes:
-            row.save(update_fields=list(changes))
-    return changes
-
-
-def parse_threshold(text: str) -> tuple[int | None, float | None]:
-    """`5` -> 5 sites, `10%` -> 10 percent, `none` -> no limit. Returns (count, percent)."""
-    value = text.strip().lower()
-    if value in ("none", ""):
-        return None, None
-    try:
-        if value.endswith("%"):
-            percent = float(value[:-1])
-            if not 0 < percent <= 100:
-                raise ValueError
-            return None, percent
-        count = int(value)
-        if count < 1:
-            raise ValueError
-        return count, None
-    except ValueError:
-        raise ValidationError(
-            {"failure_threshold": f"{text!r} is not a count ≥ 1, a percentage in (0, 100]% or `none`"}
-        ) from None
-
-
-def _messages(exc: ValidationError) -> list[str]:
-    if hasattr(exc, "error_dict"):
-        return [f"{field}: {' '.join(errors)}" for field, errors in exc.message_dict.items()]
-    return exc.messages
