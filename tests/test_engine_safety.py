@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import ast
 import os
+import subprocess
+import sys
 import threading
 from collections import Counter
 from datetime import timedelta
@@ -23,6 +25,7 @@ from django.utils import timezone
 from kombu.exceptions import OperationalError as BrokerError
 
 from atlas.simulator import SimulatorServer
+from conftest import _database_url
 from releases import reports, services
 from releases.models import AuditEvent, SiteResult, StepRun, UpdateGroup
 from releases.states import SiteState, StepState
@@ -364,23 +367,30 @@ def test_a_launch_the_broker_does_not_take_is_rolled_back_and_audited(monkeypatc
 
 @pytest.mark.slow
 @pytest.mark.skipif(connection.vendor != "postgresql", reason="terminating backends needs PostgreSQL")
-def test_a_worker_whose_database_connections_are_terminated_carries_on(prod_sim, start_worker):
+def test_a_worker_and_release_wait_whose_database_connections_are_terminated_carry_on(prod_sim, start_worker):
     configure_environments({"PROD": prod_sim}, parallelism=2)
     user = make_user()
     plan = services.create_plan("2.8.5", commit=R, user=user)
     step = prepare_prod(plan, user)
     prod_sim.set_faults(write_latency_ms=30)
     worker = start_worker("pg")
-    services.launch(step, user)
+    env = {**os.environ, "DATABASE_URL": _database_url()}
+    waiting = subprocess.Popen(
+        [sys.executable, "manage.py", "release", "launch", "2.8.5", "--step", "14", "--user", user.username,
+         "--yes", "--wait"],
+        cwd=Path(__file__).resolve().parent.parent, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True,
+    )  # fmt: skip
     for done in (30, 120):
         wait_for(lambda d=done: site_counts(step)[SiteState.SUCCEEDED] >= d, what=f"{done} updated sites")
-        with connection.cursor() as cursor:
+        with connection.cursor() as cursor:  # the worker's and `release --wait`'s connections
             cursor.execute(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
                 "WHERE datname = current_database() AND pid <> pg_backend_pid()"
             )
-    wait_until_idle(plan, timeout=90)
+    output, _ = waiting.communicate(timeout=120)
 
+    assert waiting.returncode == 0, output[-3000:]
     step.refresh_from_db()
     assert step.state == StepState.SUCCEEDED, step.message
     assert set(Counter(client_updates(prod_sim)).values()) == {1}

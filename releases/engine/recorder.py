@@ -21,7 +21,7 @@ from ..models import SiteResult, StepRun
 from ..states import SiteState, StepState
 from .context import LeaseLost
 
-FLUSH_ROWS = 100
+FLUSH_ROWS = 250
 FLUSH_SECONDS = 1.0
 RESULT_FIELDS = ["state", "attempts", "http_status", "response", "message", "finished_at"]
 

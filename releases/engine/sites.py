@@ -121,6 +121,7 @@ def _grown(ctx: StepContext, batch: dict) -> str:
 def _freeze(ctx: StepContext, snapshot: Snapshot | None, index: int) -> str:
     """Wait until batch `index` is frozen and record it; return what grew past the confirmation."""
     if snapshot is None:
+        ctx.save_result()
         return ""
     ctx.doing(f"reading batch {index + 1} of {snapshot.batch_count} from Atlas")
     batch = snapshot.wait_frozen(index)
@@ -140,7 +141,10 @@ def _run_batches(ctx: StepContext, work: Work, snapshot: Snapshot | None) -> Out
     total = snapshot.batch_count if snapshot else len(ctx.result.get("batches", []))
     recorder = ResultRecorder(ctx.step, ctx.owner)
     for index in range(total):
-        grown = _freeze(ctx, snapshot, index)
+        requested = _pause_before_batch(ctx, index)
+        if requested:
+            return Outcome.stopped(requested)
+        grown = _freeze(ctx, snapshot, index)  # saves the result, the batch's start included
         if grown:
             return Outcome(
                 StepState.PAUSED,
@@ -151,9 +155,6 @@ def _run_batches(ctx: StepContext, work: Work, snapshot: Snapshot | None) -> Out
             # Percent thresholds count against the sites frozen so far: while later batches are
             # still being read, that can only pause the step sooner, never later.
             recorder.targets(snapshot.frozen_sites)
-        requested = _pause_before_batch(ctx, index)
-        if requested:
-            return Outcome.stopped(requested)
         name = ctx.result["batches"][index]["name"]
         ctx.doing(f"writing batch {index + 1} of {total} ({name})")
         stopped = _run_batch(ctx, _remaining(ctx, index), work, recorder)
@@ -184,22 +185,19 @@ def _remaining(ctx: StepContext, index: int, chunk: int = 500) -> Iterator[SiteR
 
 def _pause_before_batch(ctx: StepContext, index: int) -> str:
     """The pause between batches holds across resumes and crashes: it counts from the moment the
-    previous batch finished (recorded), not from when this worker started."""
+    previous batch finished (recorded), not from when this worker started. A batch already begun
+    (a resume in its middle) goes on at once. Marks the batch begun (saved with the next result)."""
     started = ctx.result.setdefault("batch_started", [])
-    finished = [at for i, at in ctx.result.get("batch_finished_at", {}).items() if int(i) < index]
-    if index in started or not finished:
-        if index not in started:
-            started.append(index)
-            ctx.save_result()
+    if index in started:
         return ""
-    left = max(finished) + ctx.environment.batch_pause_seconds - time.time()
+    finished = [at for i, at in ctx.result.get("batch_finished_at", {}).items() if int(i) < index]
+    left = max(finished) + ctx.environment.batch_pause_seconds - time.time() if finished else 0
     if left > 0:
         ctx.doing(f"pausing {left:.0f} s before batch {index + 1}")
         requested = ctx.sleep(left)
         if requested:
             return requested
     started.append(index)
-    ctx.save_result()
     return ""
 
 
@@ -235,7 +233,8 @@ def _run_batch(
                 stopping.set()
             while stop is None and len(in_flight) < window:
                 if not ready:
-                    ready = recorder.dispatch(queue, chunk=window)
+                    # Marked dispatched a chunk at a time (one query): a fraction of a query a site.
+                    ready = recorder.dispatch(queue, chunk=max(window, 100))
                     if not ready:
                         break
                 row = ready.pop(0)
