@@ -23,6 +23,7 @@ from .errors import (
     AtlasError,
     AuthenticationError,
     BadRequest,
+    Cancelled,
     Conflict,
     NotFound,
     OutcomeUnknown,
@@ -90,6 +91,9 @@ class AtlasClient:
         # a caller shows while the client is still retrying.
         self.failing_since: float | None = None
         self.last_failure = ""
+        # Asked before every write is sent, retries included: a caller that decided to stop (a
+        # pause, an abort, a lost lease) sends nothing more, even from a retry loop under way.
+        self.proceed: Callable[[], bool] = lambda: True
 
     def close(self) -> None:
         self.session.close()
@@ -154,10 +158,14 @@ class AtlasClient:
         `PATCH /code/<null id>` with `If-Match: x`: a bad login answers 401; a good one gets past
         authentication and fails on the lookup (404) or the precondition (412).
         """
-        try:
-            self._send("PATCH", f"code/{NULL_ID}", payload={}, etag="x", timeout=self.timeout)
-        except (NotFound, PreconditionFailed):
-            return
+
+        def probe() -> None:
+            try:
+                self._send("PATCH", f"code/{NULL_ID}", payload={}, etag="x", timeout=self.timeout)
+            except (NotFound, PreconditionFailed):
+                return
+
+        self._retry_reads(probe)  # nothing to apply: a 5xx or no answer is simply asked again
 
     # -- writes --------------------------------------------------------------------------------
 
@@ -192,7 +200,11 @@ class AtlasClient:
                 "PATCH", f"code/{code_id}", payload=changes, etag=fresh, timeout=self.code_write_timeout
             )
 
-        return self._write(resend, reread, etag=etag)
+        # A PATCH that changes the commit makes Atlas re-deploy every site on the item inside the
+        # request (§3.2). One that may still be running on Atlas (no answer, or a gateway that gave
+        # up on it) is never sent again: a second one would run the cascade twice.
+        cascading = "commit_hash" in changes or "git_url" in changes
+        return self._write(resend, reread, etag=etag, resend_unknown=not cascading)
 
     def update_site_profile(self, site_id: str, profile_id: str, *, etag: str) -> WriteResult:
         """PATCH a site onto a profile. A site already on it is never PATCHed again (not a no-op)."""
@@ -270,7 +282,18 @@ class AtlasClient:
 
     # -- machinery -----------------------------------------------------------------------------
 
-    def _write(self, send: Callable[[str], requests.Response], reread: Reread, *, etag: str) -> WriteResult:
+    def _write(
+        self,
+        send: Callable[[str], requests.Response],
+        reread: Reread,
+        *,
+        etag: str,
+        resend_unknown: bool = True,
+    ) -> WriteResult:
+        """Send a write; after a 412, a 5xx or no answer, re-read before sending it again (and
+        not at all when the re-read shows it applied). With `resend_unknown=False`, a write that
+        may still be running on Atlas is not sent again: `OutcomeUnknown` when the re-read does
+        not show it applied."""
         attempts = 0
         while True:
             attempts += 1
@@ -287,6 +310,14 @@ class AtlasClient:
                 applied, etag = self._retry_reads(reread)
                 if applied:
                     return WriteResult("", etag, 200, attempts, already=True)
+                if not resend_unknown and _maybe_running(exc):
+                    raise OutcomeUnknown(
+                        f"{exc.message}; the write is not applied yet and may still be running on Atlas, "
+                        "so it was not sent again",
+                        environment=self.environment,
+                        url=exc.url,
+                        status=exc.status,
+                    ) from None
                 continue
             body = _json_or_empty(response)
             return WriteResult(
@@ -341,12 +372,14 @@ class AtlasClient:
         url = self._url(path)  # what errors show
         target = urljoin(self.base_url, path)
         headers = {"If-Match": etag} if etag else {}
+        if method != "GET" and not self.proceed():
+            raise Cancelled(f"{method} not sent: the step is stopping", environment=self.environment, url=url)
         self.requests_sent += 1
         try:
             response = self.session.request(
                 method, target, params=params, json=payload, headers=headers, timeout=timeout
             )
-        except (requests.ConnectionError, requests.Timeout) as exc:
+        except requests.RequestException as exc:
             raise self._failing(self._transport_error(method, url, exc)) from None
         if response.status_code >= 400:
             error = self._http_error(response, url)
@@ -364,14 +397,23 @@ class AtlasClient:
         return error
 
     def _transport_error(self, method: str, url: str, exc: Exception) -> AtlasError:
-        sent = isinstance(exc, requests.ReadTimeout) or (
-            isinstance(exc, requests.ConnectionError) and "RemoteDisconnected" in repr(exc)
+        """Only a connection that was never made proves a request was not sent. Anything else (no
+        answer in time, a reset or a closed connection, a broken response) may have reached Atlas:
+        a write is then of unknown outcome and must be re-read, never simply sent again."""
+        if _never_sent(exc):
+            reason = "timed out connecting" if isinstance(exc, requests.Timeout) else "could not connect"
+            return Unavailable(
+                f"{method} {reason} ({type(exc).__name__})", environment=self.environment, url=url
+            )
+        if method == "GET":  # a read changes nothing: it is simply read again
+            reason = "timed out" if isinstance(exc, requests.Timeout) else "got no usable answer"
+            return Unavailable(
+                f"{method} {reason} ({type(exc).__name__})", environment=self.environment, url=url
+            )
+        message = (
+            f"no usable answer to {method} ({type(exc).__name__}); the write may or may not have been applied"
         )
-        if sent and method != "GET":
-            message = f"no answer to {method} within the timeout; the write may or may not have been applied"
-            return OutcomeUnknown(message, environment=self.environment, url=url)
-        reason = "timed out" if isinstance(exc, requests.Timeout) else "could not connect"
-        return Unavailable(f"{method} {reason} ({type(exc).__name__})", environment=self.environment, url=url)
+        return OutcomeUnknown(message, environment=self.environment, url=url)
 
     def _http_error(self, response: requests.Response, url: str) -> AtlasError:
         body = _json_or_empty(response)
@@ -417,6 +459,23 @@ def _after(where: dict, last_id: str) -> dict:
     """`where` AND `_id > last_id` (Eve casts the ObjectId-shaped string)."""
     term = {"_id": {"$gt": last_id}}
     return {**where, **term} if "_id" not in where else {"$and": [where, term]}
+
+
+def _maybe_running(exc: AtlasError) -> bool:
+    """Whether a write answered with `exc` may still be running on Atlas: no answer came, or a
+    gateway gave up waiting for Atlas (502, 504). A 412, a 503 or 429 (refused at the door) and a
+    refused connection mean it is not."""
+    return isinstance(exc, OutcomeUnknown) or exc.status in (502, 504)
+
+
+def _never_sent(exc: Exception) -> bool:
+    """A connection refused or not made in time: the request never left this machine."""
+    if isinstance(exc, requests.ConnectTimeout):
+        return True
+    text = repr(exc)
+    return isinstance(exc, requests.ConnectionError) and (
+        "NewConnectionError" in text or "ConnectionRefusedError" in text or "Connection refused" in text
+    )
 
 
 def _gone(doc: dict | None) -> bool:

@@ -11,7 +11,7 @@ import time
 
 from django.db import close_old_connections, connection
 
-from atlas.errors import AtlasError, AuthenticationError, Unavailable
+from atlas.errors import AtlasError, AuthenticationError, Cancelled, Unavailable
 
 from ..db import with_database
 from ..models import EnvironmentMisconfigured, StepRun
@@ -77,6 +77,8 @@ def _run(step: StepRun, owner: str) -> Outcome:
             return KINDS[step.kind](ctx)
     except LeaseLost:
         raise
+    except Cancelled as exc:  # the client refused to send: the lease is gone
+        raise LeaseLost(str(exc)) from None
     except EnvironmentMisconfigured as exc:
         return Outcome(StepState.FAILED, str(exc))
     except AuthenticationError as exc:

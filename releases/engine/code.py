@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import time
 
+from atlas.errors import OutcomeUnknown
 from atlas.types import CodeItem
 
 from ..states import StepState
 from .context import Outcome, StepContext
 
+# How long a PATCH /code whose answer never came may take to show in Atlas before the step stops
+# (Atlas stores the item first thing, before its cascade, so this is short).
+STORE_GRACE_SECONDS = 20.0
 DEPLOY_FLAGS = {"registry_rebuild": False, "cache_clear": True, "update_database": True}
 
 
@@ -66,14 +70,35 @@ def update_code(ctx: StepContext) -> Outcome:
         )
     ctx.result.update(code_id=item.id, commit=commit)
     ctx.result.setdefault("previous_commit", item.commit_hash)
+    if item.commit_hash != commit and ctx.result.get("commit_patch") == "sent":
+        # An earlier run sent the PATCH and never saw its answer: give a PATCH still on its way
+        # time to show before a second one could run the cascade twice.
+        item = _wait_for_commit(ctx, item.id, commit, STORE_GRACE_SECONDS)
+        if item is None:
+            return Outcome(
+                StepState.FAILED, f"code item {ctx.result['code_id']} disappeared from {ctx.environment}"
+            )
     if item.commit_hash != commit:
         ctx.result["cascaded_sites"] = ctx.client.count("sites", {"code.profile": item.id})
         ctx.result["commit_patch"] = "sent"  # durable before sending: a takeover knows to check
         ctx.save_result()
         ctx.doing(f"PATCH /code: Atlas re-deploys the {ctx.result['cascaded_sites']} sites on the item")
-        # Alone in its PATCH: with `meta` beside it Atlas would skip the cascade to the sites.
-        written = ctx.client.patch_code(item.id, {"commit_hash": commit}, etag=item.etag)
-        if not written.already:
+        try:
+            # Alone in its PATCH: with `meta` beside it Atlas would skip the cascade to the sites.
+            written = ctx.client.patch_code(item.id, {"commit_hash": commit}, etag=item.etag)
+        except OutcomeUnknown as exc:
+            # Not sent again by the client: it may still be running on Atlas. Wait for it.
+            stored = _wait_for_commit(ctx, item.id, commit, STORE_GRACE_SECONDS)
+            if stored is None or stored.commit_hash != commit:
+                return Outcome(
+                    StepState.PAUSED,
+                    f"the PATCH of code item {item.id} to {commit[:12]} has an unknown outcome ({exc}) and "
+                    f"the commit is not stored after {STORE_GRACE_SECONDS:g} s. It was not sent again, "
+                    "as a second one would re-deploy every site twice: check the item in Atlas, then "
+                    "resume (the item is read again first)",
+                )
+            written = None
+        if written is not None and not written.already:
             ctx.result["commit_patch"] = "answered"
             ctx.save_result()
     if ctx.result.get("commit_patch") != "answered":
@@ -89,6 +114,19 @@ def update_code(ctx: StepContext) -> Outcome:
     return _wait_for_deploy(ctx, f"code item {item.id} now on {commit[:12]}")
 
 
+def _wait_for_commit(ctx: StepContext, code_id: str, commit: str, seconds: float) -> CodeItem | None:
+    """Read the item until it shows `commit` or `seconds` pass; the last read (None if gone)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        item = ctx.client.get_code(code_id)
+        if item is None or item.commit_hash == commit or time.monotonic() >= deadline:
+            return item
+        ctx.doing(f"waiting for a PATCH of code item {code_id} with no answer yet to show in Atlas")
+        requested = ctx.sleep(2.0)
+        if requested:
+            return item
+
+
 def _confirm_cascade(ctx: StepContext, code_id: str) -> Outcome | None:
     """Wait until no site on the item was last written before the item itself (Eve stamps
     `_updated` to the second): the cascade has then reached every site (atlas-api.md §3.2)."""
@@ -101,8 +139,9 @@ def _confirm_cascade(ctx: StepContext, code_id: str) -> Outcome | None:
         if time.monotonic() > deadline:
             return Outcome(
                 StepState.PAUSED,
-                f"the commit is stored on code item {code_id}, but {behind} sites on it show no write "
-                "since: Atlas's cascade may have stopped. Check those sites, then resume",
+                f"the commit is stored on code item {code_id}, but after "
+                f"{ctx.client.code_write_timeout[1]:g} s {behind} sites on it still show no write since: "
+                "Atlas's cascade is still running or stopped. Check those sites, then resume",
             )
         ctx.doing(f"waiting for Atlas's cascade (a call we did not see answered): {behind} sites to go")
         requested = ctx.sleep(2.0)

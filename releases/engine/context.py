@@ -62,6 +62,13 @@ class StepContext:
         self._lost = threading.Event()
         self._stop = threading.Event()
         self._heart: threading.Thread | None = None
+        # Set while a batch is stopping (pause, abort, threshold, an error): with a lost lease,
+        # it keeps the client from sending anything more, retries under way included.
+        self.halt = threading.Event()
+        self.client.proceed = lambda: not (self._lost.is_set() or self.halt.is_set())
+        # When the step's own thread last showed progress, and when the lease was last renewed.
+        self._progress = time.monotonic()
+        self._renewed = time.monotonic()
 
     # -- the heartbeat -------------------------------------------------------------------------
 
@@ -87,8 +94,29 @@ class StepContext:
         finally:
             connection.close()  # this thread's own connection
 
+    def stall_limit(self) -> float:
+        """How long the step's own thread may show no progress before the heartbeat stops
+        renewing the lease: the longest single Atlas call (a code PATCH with its cascade) plus
+        two leases. A thread stuck past that lets the watchdog hand the step to another worker."""
+        connect, read = self.client.code_write_timeout
+        return connect + read + 2 * settings.STEP_LEASE_SECONDS
+
     def _beat_until_stopped(self) -> None:
         while not self._stop.wait(self._interval()):
+            now = time.monotonic()
+            if now - self._progress > self.stall_limit():
+                logger.error(
+                    "step %s: no progress for %.0f s; the lease is left to lapse",
+                    self.step.pk,
+                    now - self._progress,
+                )
+                self._lost.set()
+                return
+            if now - self._renewed > settings.STEP_LEASE_SECONDS:
+                # Not renewed for a whole lease: another worker may hold the step by now.
+                logger.error("step %s: lease not renewed for a lease period; stopping", self.step.pk)
+                self._lost.set()
+                return
             try:
                 self._renew()
             except LeaseLost:
@@ -104,9 +132,13 @@ class StepContext:
             self._lost.set()
             raise LeaseLost(f"step {self.step.pk} lease lost by {self.owner}")
         self._requested = requested
+        self._renewed = time.monotonic()
 
     def _activity_line(self) -> str:
         since = self.client.failing_since
+        quiet = time.monotonic() - self._progress
+        if since is None and quiet > max(60.0, 3 * settings.STEP_LEASE_SECONDS):
+            return f"{self.activity} (no progress for {quiet:.0f} s)"
         if since is None:
             return self.activity
         return (
@@ -123,6 +155,7 @@ class StepContext:
     def beat(self, force: bool = False) -> str:
         """Return '', 'pause' or 'abort' (the operator's request); raise LeaseLost when the lease is
         gone. `force` renews the lease now instead of relying on the heartbeat thread."""
+        self._progress = time.monotonic()
         if force:
             self._renew()
         if self._lost.is_set():
@@ -132,6 +165,7 @@ class StepContext:
     def doing(self, activity: str) -> None:
         """Say what the step is doing (shown in the admin and `release status`)."""
         self.activity = activity
+        self._progress = time.monotonic()
 
     def sleep(self, seconds: float) -> str:
         """Wait, keeping the lease; return early with the operator's request if one comes."""

@@ -23,7 +23,7 @@ from .context import LeaseLost
 
 FLUSH_ROWS = 250
 FLUSH_SECONDS = 1.0
-RESULT_FIELDS = ["state", "attempts", "http_status", "response", "message", "finished_at"]
+RESULT_FIELDS = ["state", "attempts", "http_status", "response", "message", "finished_at", "needs_check"]
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,7 @@ class SiteOutcome:
     response: object
     message: str
     attempts: int
+    needs_check: bool = False  # an operator must look at the site in Atlas (never retried)
 
 
 class ResultRecorder:
@@ -81,6 +82,7 @@ class ResultRecorder:
         row.response = outcome.response
         row.message = outcome.message[:2000]
         row.finished_at = timezone.now()
+        row.needs_check = outcome.needs_check
         if outcome.state == SiteState.FAILED:
             self._failed_now += 1
         self._buffer.append(row)

@@ -197,7 +197,10 @@ class StepRun(models.Model):
                 f"step {self.number} cannot resume",
             )
             if retry_failed:
-                self.sites.filter(state=SiteState.FAILED).update(state=SiteState.PENDING, message="")
+                # A site whose instance may be destroyed is never sent again: an operator looks.
+                self.sites.filter(state=SiteState.FAILED, needs_check=False).update(
+                    state=SiteState.PENDING, message=""
+                )
 
     def claim(self, owner: str) -> bool:
         """Take the execution lease: only one worker executes a running step at a time."""
@@ -206,6 +209,8 @@ class StepRun(models.Model):
         rows = StepRun.objects.filter(free, pk=self.pk, state=StepState.RUNNING).update(
             lease_owner=owner, lease_expires_at=now + lease()
         )
+        if rows == 1:
+            self.refresh_from_db()  # what the previous holder left (its result, the request)
         return rows == 1
 
     def heartbeat(self, owner: str, activity: str | None = None) -> str | None:
@@ -326,6 +331,11 @@ class SiteResult(models.Model):
     response = models.JSONField(null=True, blank=True, help_text="Atlas's answer to the last attempt.")
     message = models.TextField(blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
+    needs_check = models.BooleanField(
+        default=False,
+        verbose_name="check in Atlas",
+        help_text="Its instance may have been destroyed: an operator must look at it. Never retried.",
+    )
 
     class Meta:
         ordering = ["step", "batch_index", "id"]
