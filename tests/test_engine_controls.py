@@ -168,10 +168,11 @@ def test_failures_past_the_threshold_pause_the_step_with_a_message_naming_it(sma
     assert match, step.message
     counts = site_counts(step)
     failed, targeted = int(match[1]), int(match[2])
-    # Writes already in flight when the threshold was reached finish, and the message counts them.
+    # Answers already on their way when the threshold was reached are recorded and counted; a
+    # write between two attempts (two at a time) is not sent again and stays dispatched, for a re-read.
     assert failed >= 3 and failed == counts[SiteState.FAILED]
     assert targeted == sum(counts.values())
-    assert counts[SiteState.PENDING] > 0 and counts[SiteState.DISPATCHED] == 0
+    assert counts[SiteState.PENDING] > 0 and counts[SiteState.DISPATCHED] <= 2
     failing = SiteResult.objects.filter(step=step, state=SiteState.FAILED)
     assert {r.http_status for r in failing} == {412}
 
@@ -200,7 +201,7 @@ def test_a_percent_threshold_pauses_the_step_in_process(prod_sim):
 def test_retry_failed_sends_only_the_failed_and_unstarted_sites(small_prod, start_worker):
     _, step, user = _past_threshold(small_prod, start_worker)
     rows = SiteResult.objects.filter(step=step).count()
-    owed = _ids(step, SiteState.FAILED, SiteState.PENDING)
+    owed = _ids(step, SiteState.FAILED, SiteState.PENDING, SiteState.DISPATCHED)
     done = _ids(step, SiteState.SUCCEEDED)
     before = len(small_prod.events.of_kind("site_update"))
 

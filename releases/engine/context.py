@@ -196,7 +196,8 @@ def credentials_refused(ctx: StepContext, exc: Exception) -> Outcome:
     return Outcome(
         StepState.FAILED,
         f"Atlas {env.name} refused the credentials (username {env.username!r}, password variable "
-        f"{env.password_env}): the step stopped after that request, as Atlas binds to LDAP on "
+        f"{env.password_env}): the step stopped at once, sending nothing more (requests already in "
+        f"flight, at most {max(1, env.parallelism)}, were refused too), as Atlas binds to LDAP on "
         "every request and repeated failures can lock the account. Fix the variable, then launch "
         "the step again",
     )
