@@ -44,9 +44,10 @@ def worker_argv(args: list[str]) -> list[str]:
 
 def main(args: list[str] | None = None) -> None:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portal.settings")
-    from portal.startup import configured_or_exit
+    from portal.startup import configured_or_exit, database_answers_or_exit
 
     configured_or_exit()
+    database_answers_or_exit()
     from portal.celery import app
 
     app.worker_main(worker_argv(sys.argv[1:] if args is None else args))
