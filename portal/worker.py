@@ -48,6 +48,9 @@ def main(args: list[str] | None = None) -> None:
 
     configured_or_exit()
     database_answers_or_exit()
+    from django.core.management import call_command
+
+    call_command("check", tags=["atlas"])  # prints the Atlas configuration warnings, if any
     from portal.celery import app
 
     app.worker_main(worker_argv(sys.argv[1:] if args is None else args))
