@@ -148,17 +148,18 @@ class WorkerProcess:
             time.sleep(0.2)
         return False
 
-    def stop(self) -> None:
+    def stop(self, graceful: bool = True) -> None:
+        """SIGTERM (a warm shutdown that waits for running tasks), then SIGKILL to the group.
+        Teardown is not graceful: the test is over, and its database rows are about to go."""
         self.thaw()
-        if self.alive():
+        if graceful and self.alive():
             self.process.terminate()
             try:
                 self.process.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 pass
-        self._signal_group(signal.SIGKILL)  # prefork children left behind, if any
-        if self.alive():
-            self.process.wait(timeout=10)
+        self._signal_group(signal.SIGKILL)  # the pool children too, and a worker still running
+        self.process.wait(timeout=10)
         self._log_file.close()
 
     def output(self) -> str:
@@ -178,7 +179,7 @@ def start_worker(transactional_db):
 
     yield start
     for worker in workers:
-        worker.stop()
+        worker.stop(graceful=False)
 
 
 class SharedWorker:
@@ -202,7 +203,8 @@ class SharedWorker:
         if worker is None:
             return
         if restart or not worker.alive() or not worker.idle(timeout=20):
-            worker.stop()  # still busy with the last test's step: the next test gets a fresh one
+            # Still busy with the last test's step: the next test gets a fresh worker.
+            worker.stop(graceful=False)
             self.worker = None
         else:
             worker.freeze()
