@@ -18,6 +18,7 @@ import time
 import uuid
 from pathlib import Path
 
+import psutil
 import pytest
 
 ROOT = Path(__file__).resolve().parent
@@ -84,13 +85,24 @@ _TASK_RECEIVED = re.compile(r"Task \S+\[([0-9a-f-]+)\] received")
 _TASK_ENDED = re.compile(r"Task \S+\[([0-9a-f-]+)\] (?:succeeded|raised|failed|retry)")
 
 
+def process_environment(**overrides: str) -> dict:
+    """The environment of a portal process (manage.py, the worker) on the test database."""
+    return {**os.environ, "DATABASE_URL": _database_url(), "PYTHONUNBUFFERED": "1", **overrides}
+
+
+@pytest.fixture
+def process_env(transactional_db):
+    """`process_env(CELERY_BROKER_URL=...)`: the environment for a `manage.py` subprocess."""
+    return process_environment
+
+
 class WorkerProcess:
     """A real worker process, started with the worker command (`python -m portal.worker`) on the
     test database and broker, in its own process group so its prefork children go with it."""
 
     def __init__(self, name: str, concurrency: int = 3, env: dict | None = None) -> None:
         self.name = f"{name}-{uuid.uuid4().hex[:6]}@localhost"
-        env = {**os.environ, "DATABASE_URL": _database_url(), "PYTHONUNBUFFERED": "1", **(env or {})}
+        env = process_environment(**(env or {}))
         self.log = _TMP / f"{self.name}.log"
         self._log_file = open(self.log, "w")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(
@@ -106,6 +118,15 @@ class WorkerProcess:
 
     def alive(self) -> bool:
         return self.process.poll() is None
+
+    def owns(self, owner: str) -> bool:
+        """Whether a step lease owner (`host:pid:task`) is this worker or one of its pool
+        processes (prefork runs tasks in children)."""
+        pid = int(owner.split(":")[1])
+        try:
+            return pid == self.pid or psutil.Process(pid).ppid() == self.pid
+        except psutil.NoSuchProcess:
+            return False
 
     def _wait_ready(self, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
