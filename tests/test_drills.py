@@ -144,3 +144,35 @@ def test_a_worker_outlives_a_redis_restart_during_step_14_and_takes_the_next_ste
     assert worker.owns(AuditEvent.objects.get(step=second, action="step_succeeded").parameters["owner"])
     assert sorted(client_updates(small_prod, since=before)) == sorted(targets)
     assert worker.alive()
+
+
+@pytest.mark.slow
+def test_two_workers_share_steps_within_the_environments_parallelism_one_step_at_a_time(
+    small_prod, start_worker
+):
+    from celery import current_app
+
+    configure_environments({"PROD": small_prod}, parallelism=3)
+    user = make_user()
+    first = prepare_prod(services.create_plan("2.8.5", commit=R, user=user), user, commit="b" * 40)
+    second = prepare_prod(services.create_plan("2.8.6", commit="c" * 40, user=user), user, commit="d" * 40)
+    workers = [start_worker("left"), start_worker("right")]  # two hosts' worth: distinct -n names
+    small_prod.set_faults(write_latency_ms=50)
+    small_prod.injector.max_writes_in_flight = 0
+
+    services.launch(first, user)
+    for _ in range(6):  # what several watchdogs do for a step they think is stalled
+        current_app.send_task("releases.tasks.run_step", args=(first.pk,))
+    wait_for(lambda: site_counts(first)[SiteState.SUCCEEDED] >= 10, what="10 updated sites")
+    with pytest.raises(services.ActionRefused, match="PROD"):
+        services.launch(second, user)  # one step per environment, whichever worker would take it
+
+    wait_succeeded(first, workers[0])
+    # Both workers were handed the step; the lease let one of them run it.
+    assert all("releases.tasks.run_step" in w.output() and "received" in w.output() for w in workers)
+    assert 2 <= small_prod.injector.max_writes_in_flight <= 3
+    targets = set(SiteResult.objects.filter(step=first).values_list("site_id", flat=True))
+    updates = Counter(client_updates(small_prod))
+    assert set(updates) == targets and max(updates.values()) == 1
+    assert AuditEvent.objects.filter(step=first, action="step_succeeded").count() == 1
+    assert StepRun.objects.get(pk=second.pk).state == StepState.PENDING
