@@ -191,13 +191,14 @@ def _broker_settings(url: str | None, *, embedded_allowed: bool = False) -> tupl
         }
         return "filesystem://", options, f"embedded filesystem broker in {folder}"
     if scheme in {"redis", "rediss"}:
-        # No ack emulation: a delivered task leaves Redis at once. With it on, kombu keeps
-        # delivered tasks in an "unacked" hash, and a worker whose Redis restarted while a task
-        # ran exits with AttributeError('NoneType' ... 'hostname') from the transport's
-        # `_connparams` when it restores that hash (kombu 5.7.0). What it gave us, redelivering a
-        # dead worker's task after the visibility timeout, is done here by the step lease and the
-        # watchdog (releases.watchdog), which re-enqueue a step whose worker is gone within a
-        # minute; without it a step longer than the visibility timeout is not run twice either.
+        # No ack emulation: a delivered task leaves Redis at once. With it on (kombu 5.7.0, the
+        # newest), a worker whose Redis restarted while an acks_late task ran exits when that
+        # task ends: its ack goes to the channel of the lost connection, whose `_connparams`
+        # raises AttributeError('NoneType' ... 'hostname'), and the fleet is left without a
+        # worker or a watchdog (tests/test_drills.py). What emulation gave us, redelivering a
+        # dead worker's task after the visibility timeout, the step lease and the watchdog
+        # (releases.watchdog) do within a minute; and a step that runs longer than the
+        # visibility timeout is no longer handed to a second worker meanwhile.
         options = {"ack_emulation": False}
         parts = urlsplit(url)
         netloc = f"{parts.hostname}:{parts.port or 6379}"  # never log a password in the URL
