@@ -51,6 +51,9 @@ def main(args: list[str] | None = None) -> None:
     from django.core.management import call_command
 
     call_command("check", tags=["atlas"])  # prints the Atlas configuration warnings, if any
+    from django.db import connections
+
+    connections.close_all()  # opened by the checks; the pool's children open their own
     from portal.celery import app
 
     app.worker_main(worker_argv(sys.argv[1:] if args is None else args))
