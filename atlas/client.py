@@ -235,19 +235,47 @@ class AtlasClient:
             return DeleteResult(site_id, "already_deleted", 0)
         if doc.get("status") != "available":
             return DeleteResult(site_id, "left_pool", 0, site_status=str(doc.get("status")))
+        sent = _Deletion()
+        try:
+            return self._delete_loop(site_id, path, doc, sent)
+        except PossiblyDestroyed:
+            raise
+        except AtlasError as exc:
+            if not sent.reached:
+                raise  # no DELETE of ours reached Atlas: nothing was destroyed by us
+            # An earlier DELETE reached Atlas (its removal may be queued) and the deletion could
+            # not be finished or read back: whatever the site is now, an operator must look.
+            raise PossiblyDestroyed(
+                f"instance possibly destroyed: a DELETE reached Atlas ({sent.answer}) and the deletion "
+                f"could not be finished or read back ({exc.message}); check the site in Atlas",
+                environment=self.environment,
+                url=self._url(path),
+                status=exc.status,
+            ) from None
+
+    def _delete_loop(self, site_id: str, path: str, doc: dict, sent: _Deletion) -> DeleteResult:
         attempts, conflicted = 0, False
         while True:
             attempts += 1
             try:
-                response = self._send("DELETE", path, payload=None, etag=doc["_etag"], timeout=self.timeout)
+                # Once a DELETE reached Atlas, finishing the deletion is the safe way out even if
+                # the caller is stopping: the record is left as Atlas's own pool logic expects.
+                response = self._send(
+                    "DELETE", path, payload=None, etag=doc["_etag"], timeout=self.timeout, force=sent.reached
+                )
             except Conflict:
-                # 409 "launched or launching": refused before anything was queued.
-                fresh = self._get_item(path)
-                if _gone(fresh) or fresh.get("status") == "available":
+                # 409 "launched or launching": this DELETE was refused before anything was queued.
+                doc = self._retry_reads(lambda: self._get_item(path))
+                if _gone(doc) or doc.get("status") == "available":
                     raise
-                return DeleteResult(site_id, "left_pool", attempts, site_status=str(fresh.get("status")))
+                return self._left_pool(site_id, path, doc, attempts, sent)
             except (PreconditionFailed, Unavailable) as exc:
-                reached = not (type(exc) is Unavailable and exc.status is None)  # refused connection
+                reached = not (type(exc) is Unavailable and exc.status is None)  # else never connected
+                if reached:
+                    sent.reached, sent.answer = (
+                        True,
+                        f"answered {exc.status or 'with no answer'}: {exc.message}",
+                    )
                 if not reached and attempts >= self.max_attempts:
                     raise
                 if isinstance(exc, Unavailable):
@@ -255,19 +283,8 @@ class AtlasClient:
                 doc = self._retry_reads(lambda: self._get_item(path))
                 if _gone(doc):
                     return DeleteResult(site_id, "deleted", attempts, 204, after_conflict=conflicted)
-                status = str(doc.get("status"))
-                if status != "available":
-                    if not reached:
-                        return DeleteResult(site_id, "left_pool", attempts, site_status=status)
-                    raise PossiblyDestroyed(
-                        f"instance possibly destroyed while the site was {status!r}: the DELETE was "
-                        f"answered {exc.status or 'with no answer'} ({exc.message}) and Atlas removes the "
-                        "instance before it checks If-Match; check the site in Atlas",
-                        environment=self.environment,
-                        url=self._url(path),
-                        status=exc.status,
-                        body={"site_status": status, "path": doc.get("path"), "sid": doc.get("sid")},
-                    ) from None
+                if doc.get("status") != "available":
+                    return self._left_pool(site_id, path, doc, attempts, sent)
                 if attempts >= self.max_attempts:
                     raise PossiblyDestroyed(
                         f"{attempts} DELETEs were refused ({exc.message}) while the record stayed "
@@ -276,9 +293,22 @@ class AtlasClient:
                         url=self._url(path),
                         status=exc.status,
                     ) from None
-                conflicted = conflicted or reached
+                conflicted = conflicted or isinstance(exc, PreconditionFailed)
                 continue
             return DeleteResult(site_id, "deleted", attempts, response.status_code, after_conflict=conflicted)
+
+    def _left_pool(self, site_id: str, path: str, doc: dict, attempts: int, sent: _Deletion) -> DeleteResult:
+        status = str(doc.get("status"))
+        if not sent.reached:
+            return DeleteResult(site_id, "left_pool", attempts, site_status=status)
+        raise PossiblyDestroyed(
+            f"instance possibly destroyed while the site was {status!r}: a DELETE reached Atlas "
+            f"({sent.answer}) and Atlas removes the instance before it checks If-Match; check the "
+            "site in Atlas",
+            environment=self.environment,
+            url=self._url(path),
+            body={"site_status": status, "path": doc.get("path"), "sid": doc.get("sid")},
+        )
 
     # -- machinery -----------------------------------------------------------------------------
 
@@ -368,11 +398,12 @@ class AtlasClient:
         payload: dict | None = None,
         etag: str | None = None,
         timeout: tuple[float, float],
+        force: bool = False,
     ) -> requests.Response:
         url = self._url(path)  # what errors show
         target = urljoin(self.base_url, path)
         headers = {"If-Match": etag} if etag else {}
-        if method != "GET" and not self.proceed():
+        if method != "GET" and not force and not self.proceed():
             raise Cancelled(f"{method} not sent: the step is stopping", environment=self.environment, url=url)
         self.requests_sent += 1
         try:
@@ -459,6 +490,13 @@ def _after(where: dict, last_id: str) -> dict:
     """`where` AND `_id > last_id` (Eve casts the ObjectId-shaped string)."""
     term = {"_id": {"$gt": last_id}}
     return {**where, **term} if "_id" not in where else {"$and": [where, term]}
+
+
+class _Deletion:
+    """Whether any DELETE of one site reached Atlas, and what it was answered."""
+
+    reached = False
+    answer = ""
 
 
 def _maybe_running(exc: AtlasError) -> bool:

@@ -59,28 +59,6 @@ def fast_password_hashing(settings):
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
-def start(environment: str, sites: int | None = None) -> SimulatorServer:
-    return SimulatorServer(
-        environment.lower(),
-        sites=sites,
-        password=os.environ[f"ATLAS_{environment}_PASSWORD"],
-        pool_refill_delay=0,
-    )
-
-
-@pytest.fixture
-def sims():
-    started: list[SimulatorServer] = []
-
-    def make(environment: str, sites: int | None = None) -> SimulatorServer:
-        started.append(start(environment, sites))
-        return started[-1]
-
-    yield make
-    for sim in started:
-        sim.stop()
-
-
 def reach(plan, user, number: int) -> StepRun:
     """Make step `number` launchable: its environment's deploy step runs here (the release item
     must exist), step 7 is recorded, everything else before it is skipped."""

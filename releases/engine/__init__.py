@@ -68,6 +68,9 @@ def _run(step: StepRun, owner: str) -> Outcome:
         ctx = StepContext(step, owner)
     except EnvironmentMisconfigured as exc:
         return Outcome(StepState.FAILED, str(exc))
+    except Exception as exc:  # e.g. a URL saved outside the admin's validation: never left running
+        logger.exception("step %s could not start", step.pk)
+        return Outcome(StepState.FAILED, f"the step could not start: {type(exc).__name__}: {exc}")
     try:
         with connection.execute_wrapper(ctx.queries):
             ctx.start()

@@ -65,10 +65,12 @@ class StepContext:
         # Set while a batch is stopping (pause, abort, threshold, an error): with a lost lease,
         # it keeps the client from sending anything more, retries under way included.
         self.halt = threading.Event()
-        self.client.proceed = lambda: not (self._lost.is_set() or self.halt.is_set())
-        # When the step's own thread last showed progress, and when the lease was last renewed.
+        self.client.proceed = lambda: not (self.lost or self.halt.is_set())
+        # When the step's own thread last showed progress, and until when the lease is surely ours:
+        # a lease period after the last successful renewal *started*, less a heartbeat and a
+        # second for clocks between hosts.
         self._progress = time.monotonic()
-        self._renewed = time.monotonic()
+        self._valid_until = time.monotonic()
 
     # -- the heartbeat -------------------------------------------------------------------------
 
@@ -112,9 +114,9 @@ class StepContext:
                 )
                 self._lost.set()
                 return
-            if now - self._renewed > settings.STEP_LEASE_SECONDS:
-                # Not renewed for a whole lease: another worker may hold the step by now.
-                logger.error("step %s: lease not renewed for a lease period; stopping", self.step.pk)
+            if now > self._valid_until:
+                # Not renewed in time: another worker may hold the step by now.
+                logger.error("step %s: lease not renewed in time; stopping", self.step.pk)
                 self._lost.set()
                 return
             try:
@@ -125,6 +127,7 @@ class StepContext:
                 logger.exception("step %s: lease renewal failed", self.step.pk)
 
     def _renew(self) -> None:
+        started = time.monotonic()
         requested = with_database(
             lambda: self.step.heartbeat(self.owner, self._activity_line()), "lease renewal"
         )
@@ -132,7 +135,8 @@ class StepContext:
             self._lost.set()
             raise LeaseLost(f"step {self.step.pk} lease lost by {self.owner}")
         self._requested = requested
-        self._renewed = time.monotonic()
+        lease = settings.STEP_LEASE_SECONDS
+        self._valid_until = started + lease - self._interval() - min(1.0, lease / 10)
 
     def _activity_line(self) -> str:
         since = self.client.failing_since
@@ -150,6 +154,9 @@ class StepContext:
 
     @property
     def lost(self) -> bool:
+        """The lease is gone, or no longer surely ours (a renewal blocked past its validity)."""
+        if not self._lost.is_set() and self._heart is not None and time.monotonic() > self._valid_until:
+            self._lost.set()
         return self._lost.is_set()
 
     def beat(self, force: bool = False) -> str:
@@ -158,7 +165,7 @@ class StepContext:
         self._progress = time.monotonic()
         if force:
             self._renew()
-        if self._lost.is_set():
+        if self.lost:
             raise LeaseLost(f"step {self.step.pk} lease lost by {self.owner}")
         return self._requested
 

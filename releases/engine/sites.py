@@ -44,7 +44,11 @@ def update_sites(ctx: StepContext) -> Outcome:
 
 
 def delete_sites(ctx: StepContext) -> Outcome:
-    return _run_site_step(ctx, delete=True)
+    outcome = _run_site_step(ctx, delete=True)
+    check = "" if ctx.lost else _needs_check(ctx)
+    if check and check not in outcome.message:  # a pause, an outage or an abort names them too
+        outcome.message = f"{outcome.message}; {check}"
+    return outcome
 
 
 def _run_site_step(ctx: StepContext, *, delete: bool) -> Outcome:

@@ -169,7 +169,9 @@ class StepRun(models.Model):
         now = timezone.now()
         aborted = dict(state=StepState.ABORTED, finished_at=now, requested="", message="aborted")
         if action == "abort" and self.state == StepState.PAUSED:
-            return self._move([StepState.PAUSED], aborted, "the step is no longer paused")
+            self._move([StepState.PAUSED], aborted, "the step is no longer paused")
+            self.flag_unanswered_deletes()
+            return None
         if action == "abort":
             lapsed = Q(lease_expires_at__lt=now) | Q(lease_owner="", started_at__lt=now - lease())
             gone = {**aborted, "message": "aborted (no live worker held the step)"}
@@ -178,8 +180,23 @@ class StepRun(models.Model):
             )
             if rows == 1:
                 self.refresh_from_db()
+                self.flag_unanswered_deletes()
                 return None
         self._move([StepState.RUNNING], dict(requested=action), f"step {self.number} is not running")
+
+    def flag_unanswered_deletes(self) -> int:
+        """When a delete step ends without finishing: a site still `dispatched` may have had its
+        DELETE sent with no answer recorded, and nobody will re-read it now. Its instance may be
+        destroyed (atlas-api.md §3.4): it is failed and flagged for a check, never left silent."""
+        if self.kind != StepKind.DELETE_SITES:
+            return 0
+        return self.sites.filter(state=SiteState.DISPATCHED).update(
+            state=SiteState.FAILED,
+            needs_check=True,
+            finished_at=timezone.now(),
+            message="a DELETE of this site may have been sent (no answer was recorded) when the step "
+            "ended: its instance may be destroyed; check the site in Atlas",
+        )
 
     def resume(self, *, retry_failed: bool = False) -> None:
         allowed = [StepState.PAUSED, StepState.FAILED] if retry_failed else [StepState.PAUSED]
@@ -246,6 +263,7 @@ class StepRun(models.Model):
             )
             if aborted:
                 self.refresh_from_db()
+                self.flag_unanswered_deletes()
                 return True
         changes = dict(
             state=state, message=message, lease_owner="", lease_expires_at=None, requested="", activity=""
@@ -258,6 +276,8 @@ class StepRun(models.Model):
         if rows == 1:
             for key, value in changes.items():
                 setattr(self, key, value)
+            if state in (StepState.ABORTED, StepState.FAILED):
+                self.flag_unanswered_deletes()
         return rows == 1
 
     def liveness(self, now=None) -> str:
