@@ -272,10 +272,8 @@ class AtlasClient:
             except (PreconditionFailed, Unavailable) as exc:
                 reached = not (type(exc) is Unavailable and exc.status is None)  # else never connected
                 if reached:
-                    sent.reached, sent.answer = (
-                        True,
-                        f"answered {exc.status or 'with no answer'}: {exc.message}",
-                    )
+                    sent.reached, sent.status = True, exc.status
+                    sent.answer = f"answered {exc.status or 'with no answer'}: {exc.message}"
                 if not reached and attempts >= self.max_attempts:
                     raise
                 if isinstance(exc, Unavailable):
@@ -307,6 +305,7 @@ class AtlasClient:
             "site in Atlas",
             environment=self.environment,
             url=self._url(path),
+            status=sent.status,
             body={"site_status": status, "path": doc.get("path"), "sid": doc.get("sid")},
         )
 
@@ -496,6 +495,7 @@ class _Deletion:
     """Whether any DELETE of one site reached Atlas, and what it was answered."""
 
     reached = False
+    status: int | None = None
     answer = ""
 
 
