@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import threading
 import time
+from io import StringIO
 
 import pytest
 from bson import ObjectId
+from django.core.management import call_command
 
 from atlas.client import AtlasClient
 from atlas.errors import AuthenticationError, Unavailable
@@ -138,6 +140,11 @@ def test_a_dispatched_delete_found_out_of_the_pool_on_resume_is_flagged(sims):
     row.refresh_from_db()
     assert (row.state, row.needs_check) == (SiteState.FAILED, True)
     assert "possibly destroyed" in row.message
+    out = StringIO()
+    call_command("release", "status", "2.8.5", stdout=out)  # what the operator reads
+    assert "CHECK IN ATLAS: 1 site(s)" in out.getvalue() and row.site_id in out.getvalue()
+    (listed,) = [s for s in reports.status(step.plan)["steps"] if s["number"] == 3]
+    assert [site["site_id"] for site in listed["to_check"]] == [row.site_id]
     assert row.site_id not in {e["id"] for e in removals(sim)}  # and nothing more was sent for it
 
 

@@ -44,11 +44,18 @@ def update_sites(ctx: StepContext) -> Outcome:
 
 
 def delete_sites(ctx: StepContext) -> Outcome:
-    outcome = _run_site_step(ctx, delete=True)
-    check = "" if ctx.lost else _needs_check(ctx)
-    if check and check not in outcome.message:  # a pause, an outage or an abort names them too
-        outcome.message = f"{outcome.message}; {check}"
-    return outcome
+    return _run_site_step(ctx, delete=True)
+
+
+def with_checks(ctx: StepContext, message: str) -> str:
+    """`message`, naming the sites to check in Atlas if there are any (a pause, an outage, an
+    abort or a failure of a delete step names them too)."""
+    try:
+        check = _needs_check(ctx)
+    except Exception:  # the database is away too: the rows still carry the flag
+        logger.exception("step %s: could not list the sites to check", ctx.step.pk)
+        return message
+    return f"{message}; {check}" if check and check not in message else message
 
 
 def _run_site_step(ctx: StepContext, *, delete: bool) -> Outcome:
