@@ -108,12 +108,17 @@ class Command(BaseCommand):
     def _stop(self, children: list[subprocess.Popen]) -> None:
         for child in children:
             if child.poll() is None:
-                os.killpg(child.pid, signal.SIGTERM)
+                # The process itself, not its group: the worker stops its pool children cleanly.
+                child.terminate()
         for child in children:
             try:
                 child.wait(timeout=10)
             except subprocess.TimeoutExpired:
-                os.killpg(child.pid, signal.SIGKILL)
+                pass
+            try:
+                os.killpg(child.pid, signal.SIGKILL)  # whatever is left of its group
+            except ProcessLookupError:
+                pass
 
 
 def _interrupt(signum, frame):
