@@ -139,7 +139,7 @@ class Gunicorn:
         self.url = f"http://127.0.0.1:{self.port}"
         self.process = subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "portal.wsgi:application", "--bind", f"127.0.0.1:{self.port}",
-             "--workers", "1", "--access-logfile", "-"],
+             "--workers", "1", "--access-logfile", "-", "--no-control-socket"],
             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
         )  # fmt: skip
         deadline = time.monotonic() + 30
@@ -163,6 +163,19 @@ class Gunicorn:
         except subprocess.TimeoutExpired:
             os.killpg(self.process.pid, signal.SIGKILL)
             return self.process.communicate()[0]
+
+
+def test_gunicorn_with_a_bad_configuration_stops_with_one_line_instead_of_rebooting_workers(tmp_path):
+    result = run(
+        [sys.executable, "-m", "gunicorn", "portal.wsgi:application", "--bind", f"127.0.0.1:{free_port()}",
+         "--no-control-socket"],
+        production_env(tmp_path, SECRET_KEY=None),
+        timeout=30,
+    )  # fmt: skip
+
+    assert result.returncode == 4, result.stderr  # gunicorn: "App failed to load"
+    assert result.stderr.count("portal: configuration error: SECRET_KEY must be set") == 1
+    assert "Traceback" not in result.stderr
 
 
 @pytest.fixture(scope="module")
