@@ -57,6 +57,9 @@ def pytest_report_header(config):
 
 
 def pytest_unconfigure(config):
+    for worker in _STARTED:  # after an interrupted run, too: no worker outlives the suite
+        if worker.alive():
+            worker.stop(graceful=False)
     shutil.rmtree(_TMP, ignore_errors=True)
 
 
@@ -81,6 +84,7 @@ def _database_url() -> str:
 
 
 SHARED_QUEUE = "portal-tests-shared"
+_STARTED: list[WorkerProcess] = []
 _TASK_RECEIVED = re.compile(r"Task \S+\[([0-9a-f-]+)\] received")
 _TASK_ENDED = re.compile(r"Task \S+\[([0-9a-f-]+)\] (?:succeeded|raised|failed|retry)")
 
@@ -110,6 +114,7 @@ class WorkerProcess:
              "--without-heartbeat"],
             cwd=ROOT, env=env, stdout=self._log_file, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
+        _STARTED.append(self)
         self._wait_ready()
 
     @property
