@@ -105,6 +105,27 @@ def test_without_a_broker_url_and_debug_off_the_start_fails_with_one_line(tmp_pa
     assert_one_line(result, "CELERY_BROKER_URL must be set when DEBUG is off")
 
 
+def test_the_broker_is_the_one_named_or_with_debug_on_the_embedded_one_never_a_probed_redis(tmp_path):
+    show = [
+        "shell",
+        "-v",
+        "0",
+        "-c",
+        "from django.conf import settings; print(settings.CELERY_BROKER_DESCRIPTION)",
+    ]
+    # With DEBUG on and no CELERY_BROKER_URL: the embedded broker, even where a Redis answers on
+    # localhost:6379 (as on CI), which the portal used to pick for some processes and not others.
+    embedded = manage(*show, env=production_env(tmp_path, DEBUG="true", CELERY_BROKER_URL=None))
+    named = manage(
+        *show, env=production_env(tmp_path, CELERY_BROKER_URL="redis://:pw-Zq7@redis.internal:6380/3")
+    )
+
+    assert embedded.stdout.strip() == f"embedded filesystem broker in {ROOT / 'var' / 'broker'}", (
+        embedded.stderr
+    )
+    assert named.stdout.strip() == "Redis at redis://redis.internal:6380/3"
+
+
 @pytest.mark.parametrize("url", ["nonsense", "postgres//host/db", "mongodb://h/db"])
 def test_a_malformed_database_url_fails_with_one_line_that_does_not_echo_it(tmp_path, url):
     result = manage("migrate", env=production_env(tmp_path, DATABASE_URL=url))
