@@ -3,6 +3,15 @@ that worker processes can open, and real Celery worker processes.
 
 Without CELERY_BROKER_URL the suite uses the embedded filesystem broker in a temporary folder;
 CI sets a Redis URL (and DATABASE_URL for PostgreSQL) and the same fixtures run against those.
+
+Workers are started with the production worker command (`python -m portal.worker`: prefork,
+three pool processes), each in its own process group. Two fixtures:
+- `celery_worker`: one worker shared by the session, on its own queue, frozen between the tests
+  that use it. For tests that only need steps to run.
+- `start_worker`: the test's own workers, for tests that kill, stop or reconfigure a worker, or
+  need several. Do not combine it with `celery_worker` in one test (tasks would go to the
+  shared worker's queue).
+A lease owner names the pool process that ran the step: `worker.owns(owner)` matches it.
 """
 
 from __future__ import annotations
