@@ -56,6 +56,12 @@ def pytest_configure(config):
     settings.CELERY_BROKER_URL, settings.CELERY_BROKER_TRANSPORT_OPTIONS = url, options
     celery_app.conf.update(broker_url=url, broker_transport_options=options)
     config._portal_broker = description
+    if url.startswith(("redis://", "rediss://")):
+        # A Redis database outlives the run: tasks a previous run left queued would name step
+        # ids that this run's fresh test database hands out again.
+        with celery_app.connection_for_write() as connection:
+            for queue in (celery_app.conf.task_default_queue, SHARED_QUEUE):
+                connection.default_channel.queue_purge(queue)
 
 
 def pytest_report_header(config):
