@@ -3,6 +3,15 @@ that worker processes can open, and real Celery worker processes.
 
 Without CELERY_BROKER_URL the suite uses the embedded filesystem broker in a temporary folder;
 CI sets a Redis URL (and DATABASE_URL for PostgreSQL) and the same fixtures run against those.
+
+Workers are started with the production worker command (`python -m portal.worker`: prefork,
+three pool processes), each in its own process group. Two fixtures:
+- `celery_worker`: one worker shared by the session, on its own queue, frozen between the tests
+  that use it. For tests that only need steps to run.
+- `start_worker`: the test's own workers, for tests that kill, stop or reconfigure a worker, or
+  need several. Do not combine it with `celery_worker` in one test (tasks would go to the
+  shared worker's queue).
+A lease owner names the pool process that ran the step: `worker.owns(owner)` matches it.
 """
 
 from __future__ import annotations
@@ -47,6 +56,12 @@ def pytest_configure(config):
     settings.CELERY_BROKER_URL, settings.CELERY_BROKER_TRANSPORT_OPTIONS = url, options
     celery_app.conf.update(broker_url=url, broker_transport_options=options)
     config._portal_broker = description
+    if url.startswith(("redis://", "rediss://")):
+        # A Redis database outlives the run: tasks a previous run left queued would name step
+        # ids that this run's fresh test database hands out again.
+        with celery_app.connection_for_write() as connection:
+            for queue in (celery_app.conf.task_default_queue, SHARED_QUEUE):
+                connection.default_channel.queue_purge(queue)
 
 
 def pytest_report_header(config):
@@ -57,6 +72,9 @@ def pytest_report_header(config):
 
 
 def pytest_unconfigure(config):
+    for worker in _STARTED:  # after an interrupted run, too: no worker outlives the suite
+        if worker.alive():
+            worker.stop(graceful=False)
     shutil.rmtree(_TMP, ignore_errors=True)
 
 
@@ -81,6 +99,7 @@ def _database_url() -> str:
 
 
 SHARED_QUEUE = "portal-tests-shared"
+_STARTED: list[WorkerProcess] = []
 _TASK_RECEIVED = re.compile(r"Task \S+\[([0-9a-f-]+)\] received")
 _TASK_ENDED = re.compile(r"Task \S+\[([0-9a-f-]+)\] (?:succeeded|raised|failed|retry)")
 
@@ -110,6 +129,7 @@ class WorkerProcess:
              "--without-heartbeat"],
             cwd=ROOT, env=env, stdout=self._log_file, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
+        _STARTED.append(self)
         self._wait_ready()
 
     @property

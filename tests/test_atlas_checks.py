@@ -138,7 +138,7 @@ def test_connection_reports_accepted_credentials_and_changes_nothing(client, dev
 
 
 def test_connection_reports_refused_credentials_per_environment_without_the_password(
-    client, dev_atlas, monkeypatch
+    client, dev_atlas, monkeypatch, caplog
 ):
     monkeypatch.setenv("ATLAS_DEV_PASSWORD", "wrong-secret-Zq7")
     Environment.objects.filter(name="TEST").update(api_url=f"http://127.0.0.1:{_closed_port()}/")
@@ -150,7 +150,7 @@ def test_connection_reports_refused_credentials_per_environment_without_the_pass
     dev = next(text for _, text in messages if text.startswith("DEV"))
     assert "HTTP 401" in dev and len(dev_atlas.events.of_kind(AUTH_FAILED)) == 1
     for secret in ("wrong-secret-Zq7", DEV_PASSWORD, "test-secret-Zq7"):
-        assert secret not in page
+        assert secret not in page and secret not in caplog.text
         assert not AuditEvent.objects.filter(message__contains=secret).exists()
     assert AuditEvent.objects.filter(action="environment_test_connection", outcome="error").count() == 2
 

@@ -105,6 +105,27 @@ def test_without_a_broker_url_and_debug_off_the_start_fails_with_one_line(tmp_pa
     assert_one_line(result, "CELERY_BROKER_URL must be set when DEBUG is off")
 
 
+def test_the_broker_is_the_one_named_or_with_debug_on_the_embedded_one_never_a_probed_redis(tmp_path):
+    show = [
+        "shell",
+        "-v",
+        "0",
+        "-c",
+        "from django.conf import settings; print(settings.CELERY_BROKER_DESCRIPTION)",
+    ]
+    # With DEBUG on and no CELERY_BROKER_URL: the embedded broker, even where a Redis answers on
+    # localhost:6379 (as on CI), which the portal used to pick for some processes and not others.
+    embedded = manage(*show, env=production_env(tmp_path, DEBUG="true", CELERY_BROKER_URL=None))
+    named = manage(
+        *show, env=production_env(tmp_path, CELERY_BROKER_URL="redis://:pw-Zq7@redis.internal:6380/3")
+    )
+
+    assert embedded.stdout.strip() == f"embedded filesystem broker in {ROOT / 'var' / 'broker'}", (
+        embedded.stderr
+    )
+    assert named.stdout.strip() == "Redis at redis://redis.internal:6380/3"
+
+
 @pytest.mark.parametrize("url", ["nonsense", "postgres//host/db", "mongodb://h/db"])
 def test_a_malformed_database_url_fails_with_one_line_that_does_not_echo_it(tmp_path, url):
     result = manage("migrate", env=production_env(tmp_path, DATABASE_URL=url))
@@ -139,7 +160,7 @@ class Gunicorn:
         self.url = f"http://127.0.0.1:{self.port}"
         self.process = subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "portal.wsgi:application", "--bind", f"127.0.0.1:{self.port}",
-             "--workers", "1", "--access-logfile", "-"],
+             "--workers", "1", "--access-logfile", "-", "--no-control-socket"],
             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
         )  # fmt: skip
         deadline = time.monotonic() + 30
@@ -163,6 +184,19 @@ class Gunicorn:
         except subprocess.TimeoutExpired:
             os.killpg(self.process.pid, signal.SIGKILL)
             return self.process.communicate()[0]
+
+
+def test_gunicorn_with_a_bad_configuration_stops_with_one_line_instead_of_rebooting_workers(tmp_path):
+    result = run(
+        [sys.executable, "-m", "gunicorn", "portal.wsgi:application", "--bind", f"127.0.0.1:{free_port()}",
+         "--no-control-socket"],
+        production_env(tmp_path, SECRET_KEY=None),
+        timeout=30,
+    )  # fmt: skip
+
+    assert result.returncode == 4, result.stderr  # gunicorn: "App failed to load"
+    assert result.stderr.count("portal: configuration error: SECRET_KEY must be set") == 1
+    assert "Traceback" not in result.stderr
 
 
 @pytest.fixture(scope="module")

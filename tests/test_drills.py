@@ -131,7 +131,7 @@ def test_a_worker_outlives_a_redis_restart_during_step_14_and_takes_the_next_ste
 
     wait_succeeded(first, worker)
     small_prod.set_faults()
-    time.sleep(5)  # the worker's reconnection and restore of its unacknowledged task happen here
+    time.sleep(3)  # the crash came as the step ended (its late ack); give it time to show
     assert worker.alive(), f"the worker exited:\n{worker.output()[-3000:]}"
     targets = set(SiteResult.objects.filter(step=first).values_list("site_id", flat=True))
     assert len(targets) > 150 and Counter(client_updates(small_prod)) == Counter(targets)

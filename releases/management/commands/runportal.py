@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from urllib.request import urlopen
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
@@ -55,6 +56,7 @@ class Command(BaseCommand):
                 children += self._start_simulators(prod_sites)
             children.append(self._spawn("worker", "-m", "portal.worker"))
             children.append(self._spawn("web", "manage.py", "runserver", addr, "--noreload"))
+            self._wait_until_ready(addr, children)
             self.stdout.write(
                 self.style.SUCCESS(
                     f"Portal at http://{addr}/admin/ — user 'admin', password from PORTAL_ADMIN_PASSWORD "
@@ -98,22 +100,44 @@ class Command(BaseCommand):
         self.stdout.write(f"starting {label}")
         return subprocess.Popen([sys.executable, *args], cwd=ROOT, start_new_session=True)
 
+    def _wait_until_ready(self, addr: str, children: list[subprocess.Popen], timeout: float = 60) -> None:
+        """Until the web process answers /healthz (its database and broker answer too)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self._check_alive(children)
+            try:
+                with urlopen(f"http://{addr}/healthz", timeout=2) as response:
+                    if response.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.5)
+        raise CommandError(f"the web process did not answer http://{addr}/healthz within {timeout:.0f}s")
+
+    def _check_alive(self, children: list[subprocess.Popen]) -> None:
+        for child in children:
+            if child.poll() is not None:
+                raise CommandError(f"{' '.join(child.args[1:4])} exited with {child.returncode}")
+
     def _supervise(self, children: list[subprocess.Popen]) -> None:
         while True:
-            for child in children:
-                if child.poll() is not None:
-                    raise CommandError(f"{' '.join(child.args[1:4])} exited with {child.returncode}")
+            self._check_alive(children)
             time.sleep(1)
 
     def _stop(self, children: list[subprocess.Popen]) -> None:
         for child in children:
             if child.poll() is None:
-                os.killpg(child.pid, signal.SIGTERM)
+                # The process itself, not its group: the worker stops its pool children cleanly.
+                child.terminate()
         for child in children:
             try:
                 child.wait(timeout=10)
             except subprocess.TimeoutExpired:
-                os.killpg(child.pid, signal.SIGKILL)
+                pass
+            try:
+                os.killpg(child.pid, signal.SIGKILL)  # whatever is left of its group
+            except ProcessLookupError:
+                pass
 
 
 def _interrupt(signum, frame):
