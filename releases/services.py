@@ -34,6 +34,8 @@ PERMISSIONS = {
     "skip": "releases.launch_step",
     "finalize": "releases.finalize_release",
     "environment_set": "releases.change_environment",
+    # The second person of the two-person rule holds the protected permission.
+    "approve": "releases.launch_protected",
 }
 
 
@@ -173,6 +175,10 @@ def launch(
     if confirmed:
         params["confirmed"] = {str(number): counts for number, counts in confirmed.items()}
     authorize(user, "launch", plan=step.plan, step=step, parameters=params)
+    if via == "launch" and step.environment is not None and step.environment.two_person:
+        from .approvals import request_launch  # the two-person rule: recorded, run on approval
+
+        return request_launch(step, user, stage=stage, confirmed=confirmed)
     try:
         with transaction.atomic():
             step.launch(user, continue_stage=stage)
@@ -389,6 +395,7 @@ PROTECTED_SETTINGS = (
     "verify_tls",
     "protected",
     "slack_webhook_env",
+    "two_person",
 )
 
 
