@@ -64,7 +64,7 @@ class StepPagesMixin:
 
     def _site_rows(self, request, step) -> dict:
         rows = step.sites.order_by("batch_index", "id").only(
-            "id", "path", "sid", "site_id", "batch_index", "batch_name", "state", "status", "update_group",
+            "id", "step_id", "path", "sid", "site_id", "batch_index", "batch_name", "state", "status", "update_group",
             "attempts", "http_status", "message", "finished_at",
         )  # fmt: skip
         batch, state = request.GET.get("batch", ""), request.GET.get("state", "")
