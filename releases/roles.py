@@ -46,3 +46,25 @@ DESCRIPTIONS = {
     "edit DEV and TEST update groups",
     PROD_RELEASE_MANAGERS: "all of that on PROD too, approve two-person launches, change environments",
 }
+
+# `make run` (runportal with simulators) creates one demo account per role, and a second PROD
+# release manager so the two-person rule can be tried: (username, role).
+DEMO_ACCOUNTS = (
+    ("viewer", VIEWERS),
+    ("release-manager", RELEASE_MANAGERS),
+    ("prod-manager", PROD_RELEASE_MANAGERS),
+    ("prod-approver", PROD_RELEASE_MANAGERS),
+)
+
+
+def ensure_demo_accounts(password: str) -> list[tuple[str, str]]:
+    """Create the missing demo accounts (staff, in their role's group); return all of them."""
+    from django.contrib.auth import get_user_model
+    from django.contrib.auth.models import Group
+
+    users = get_user_model().objects
+    for username, role in DEMO_ACCOUNTS:
+        if not users.filter(username=username).exists():
+            user = users.create_user(username, password=password, is_staff=True)
+            user.groups.add(Group.objects.get(name=role))
+    return list(DEMO_ACCOUNTS)

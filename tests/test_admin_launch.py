@@ -3,6 +3,7 @@
 import json
 
 import pytest
+from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from django.core.management import call_command
 from django.urls import reverse
@@ -174,3 +175,16 @@ def test_a_prod_release_manager_opens_the_prod_confirmation(client, plan, prod):
     client.force_login(boss)
     response = client.get(url("launch", plan, 12))
     assert response.status_code == 200 and 'name="confirm_environment"' in response.content.decode()
+
+
+def test_demo_accounts_are_one_per_role_and_created_once():
+    first = roles.ensure_demo_accounts("pw")
+    assert roles.ensure_demo_accounts("other") == first
+    for username, role in first:
+        user = get_user_model().objects.get(username=username)
+        assert (
+            user.is_staff
+            and user.check_password("pw")
+            and list(user.groups.values_list("name", flat=True)) == [role]
+        )
+    assert {role for _, role in first} == set(roles.ROLES)

@@ -21,11 +21,20 @@ CHROMIUM = Path("/usr/bin/chromium")
 SHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
 WIDTH = 1400
 
+# CI (`.ci/run`) installs both and sets PORTAL_REQUIRE_BROWSER: there a missing browser fails.
+REQUIRED = os.environ.get("PORTAL_REQUIRE_BROWSER") == "1"
+if not CHROMIUM.exists() and REQUIRED:
+    raise RuntimeError("PORTAL_REQUIRE_BROWSER=1 but /usr/bin/chromium is missing")
 pytestmark = [
     pytest.mark.skipif(not CHROMIUM.exists(), reason="no /usr/bin/chromium (apt-get install chromium)"),
     pytest.mark.django_db(transaction=True),
 ]
-sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (requirements.txt)")
+if REQUIRED:
+    from playwright import sync_api
+else:
+    sync_api = pytest.importorskip(
+        "playwright.sync_api", reason="playwright is not installed (requirements.txt)"
+    )
 
 
 @pytest.fixture
