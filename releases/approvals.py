@@ -1,5 +1,5 @@
 """The two-person rule: on an environment with `two_person` set, a launch is requested by one user
-(`services.launch` records it here instead of running it) and approved by another who holds the
+(`services.launch` records a request instead of running it: `services.request_launch`) and approved by another who holds the
 protected permission, never the requester. Requests, approvals and refusals are audited."""
 
 from __future__ import annotations
@@ -8,57 +8,13 @@ from django.db import transaction
 from django.utils import timezone
 
 from .models import AuditEvent, LaunchRequest, StepRun
-from .services import ActionRefused, _refuse, authorize, launch
-from .states import LAUNCHABLE, MANUAL_KINDS
+from .services import ActionRefused, _refuse, authorize, launch, request_launch
+
+__all__ = ["approve", "pending_request", "request_launch", "withdraw_request"]
 
 
 def pending_request(step: StepRun) -> LaunchRequest | None:
     return step.launch_requests.filter(state=LaunchRequest.State.PENDING).first()
-
-
-def request_launch(step: StepRun, user, *, stage: bool = False, confirmed: dict | None = None) -> StepRun:
-    """The first half of a launch under the two-person rule: recorded (audited), nothing runs
-    until another user with the protected permission approves (`approve`)."""
-    params = {"step": step.number, "stage": stage}
-    if confirmed:
-        params["confirmed"] = {str(number): counts for number, counts in confirmed.items()}
-    refusal = _launch_refusal(step)
-    if refusal:
-        _refuse(refusal, "launch_request", user=user, step=step, parameters=params)
-    with transaction.atomic():
-        if pending_request(step) is not None:
-            _refuse(
-                f"step {step.number} already waits for an approval",
-                "launch_request",
-                user=user,
-                step=step,
-                parameters=params,
-            )
-        LaunchRequest.objects.create(
-            step=step,
-            stage=stage,
-            confirmed=params.get("confirmed"),
-            requested_by=user,
-            requested_by_username=user.get_username(),
-        )
-        AuditEvent.record(
-            "launch_request",
-            user=user,
-            step=step,
-            parameters=params,
-            message=f"{step.environment} requires two people: waiting for another user's approval",
-        )
-    return step
-
-
-def _launch_refusal(step: StepRun) -> str:
-    """Why a launch would be refused now ('' if it would not): asked before recording a request."""
-    if step.kind in MANUAL_KINDS:
-        return f"step {step.number} is a manual gate: record it with `release finalize`"
-    if step.state not in LAUNCHABLE:
-        return f"step {step.number} is no longer launchable (it is {step.state})"
-    blockers = step.blockers()
-    return f"step {step.number} cannot start: " + "; ".join(blockers) if blockers else ""
 
 
 def approve(step: StepRun, user) -> StepRun:

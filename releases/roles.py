@@ -57,11 +57,24 @@ DEMO_ACCOUNTS = (
 )
 
 
+def ensure_groups() -> None:
+    """Create (or restore) the role groups with their permissions, as migration 0005 does: for a
+    database whose groups were removed since (a flushed test database, a deleted group)."""
+    from django.contrib.auth.models import Group, Permission
+
+    for name, codenames in ROLES.items():
+        group, _ = Group.objects.get_or_create(name=name)
+        group.permissions.set(
+            Permission.objects.filter(content_type__app_label="releases", codename__in=codenames)
+        )
+
+
 def ensure_demo_accounts(password: str) -> list[tuple[str, str]]:
     """Create the missing demo accounts (staff, in their role's group); return all of them."""
     from django.contrib.auth import get_user_model
     from django.contrib.auth.models import Group
 
+    ensure_groups()
     users = get_user_model().objects
     for username, role in DEMO_ACCOUNTS:
         if not users.filter(username=username).exists():

@@ -16,10 +16,10 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 
 from . import notify
-from .models import AuditEvent, Environment, ReleasePlan, StepRun, TransitionRefused
+from .models import AuditEvent, Environment, LaunchRequest, ReleasePlan, StepRun, TransitionRefused
 from .models.plan import SHA_VALIDATOR, VERSION_VALIDATOR
 from .runbook import STEPS
-from .states import ACTIVE, DONE, MANUAL_KINDS, StepState
+from .states import ACTIVE, DONE, LAUNCHABLE, MANUAL_KINDS, StepState
 
 logger = logging.getLogger(__name__)
 RUN_STEP_TASK = "releases.tasks.run_step"
@@ -176,9 +176,7 @@ def launch(
         params["confirmed"] = {str(number): counts for number, counts in confirmed.items()}
     authorize(user, "launch", plan=step.plan, step=step, parameters=params)
     if via == "launch" and step.environment is not None and step.environment.two_person:
-        from .approvals import request_launch  # the two-person rule: recorded, run on approval
-
-        return request_launch(step, user, stage=stage, confirmed=confirmed)
+        return request_launch(step, user, stage=stage, confirmed=confirmed)  # run on approval
     try:
         with transaction.atomic():
             step.launch(user, continue_stage=stage)
@@ -198,6 +196,51 @@ def launch(
             parameters=params,
         )
     return step
+
+
+def request_launch(step: StepRun, user, *, stage: bool = False, confirmed: dict | None = None) -> StepRun:
+    """The first half of a launch under the two-person rule: recorded (audited), nothing runs
+    until another user with the protected permission approves (`approve`)."""
+    params = {"step": step.number, "stage": stage}
+    if confirmed:
+        params["confirmed"] = {str(number): counts for number, counts in confirmed.items()}
+    refusal = _launch_refusal(step)
+    if refusal:
+        _refuse(refusal, "launch_request", user=user, step=step, parameters=params)
+    with transaction.atomic():
+        if step.launch_requests.filter(state=LaunchRequest.State.PENDING).exists():
+            _refuse(
+                f"step {step.number} already waits for an approval",
+                "launch_request",
+                user=user,
+                step=step,
+                parameters=params,
+            )
+        LaunchRequest.objects.create(
+            step=step,
+            stage=stage,
+            confirmed=params.get("confirmed"),
+            requested_by=user,
+            requested_by_username=user.get_username(),
+        )
+        AuditEvent.record(
+            "launch_request",
+            user=user,
+            step=step,
+            parameters=params,
+            message=f"{step.environment} requires two people: waiting for another user's approval",
+        )
+    return step
+
+
+def _launch_refusal(step: StepRun) -> str:
+    """Why a launch would be refused now ('' if it would not): asked before recording a request."""
+    if step.kind in MANUAL_KINDS:
+        return f"step {step.number} is a manual gate: record it with `release finalize`"
+    if step.state not in LAUNCHABLE:
+        return f"step {step.number} is no longer launchable (it is {step.state})"
+    blockers = step.blockers()
+    return f"step {step.number} cannot start: " + "; ".join(blockers) if blockers else ""
 
 
 def _record_confirmed(step: StepRun, confirmed: dict) -> None:

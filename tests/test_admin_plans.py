@@ -181,3 +181,10 @@ def test_secrets_are_never_rendered(client, operator, plan, monkeypatch):
         client.get(url("change", plan)).content.decode() + client.get(url("step", plan, 3)).content.decode()
     )
     assert "dev-secret-Zq7" not in html and "prod-secret-Zq7" not in html
+
+
+def test_fragments_and_step_pages_need_the_view_permission(client, plan):
+    stranger = make_user("stranger", permissions=())
+    client.force_login(stranger)
+    for name, args in (("live", ()), ("step", (3,)), ("step_live", (3,))):
+        assert client.get(url(name, plan, *args)).status_code == 403

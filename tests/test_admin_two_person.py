@@ -43,6 +43,7 @@ def plan(requester, simulator):
 
 def member(username, role=roles.PROD_RELEASE_MANAGERS):
     user = make_user(username, permissions=())
+    roles.ensure_groups()  # a transactional test before may have flushed them
     user.groups.add(Group.objects.get(name=role))
     return type(user).objects.get(pk=user.pk)
 
@@ -152,3 +153,33 @@ def test_launch_wait_waits_through_the_approval(requester, approver, plan):
     assert "approved by bob" in err.getvalue()
     assert "still running" in str(raised.value)
     assert StepRun.objects.get(pk=step.pk).state == "running"
+
+
+@pytest.mark.django_db
+def test_the_environment_page_sets_the_rule_through_the_audited_service(client, requester, plan):
+    from django.urls import reverse
+
+    from releases.admin.config import EnvironmentForm
+
+    env = Environment.objects.get(name="TEST")
+    manager = member("carol", roles.RELEASE_MANAGERS)
+    manager.user_permissions.add(Permission.objects.get(codename="change_environment"))
+    for user, allowed in ((type(manager).objects.get(pk=manager.pk), False), (requester, True)):
+        form_class = type(
+            "F",
+            (EnvironmentForm,),
+            {"user": user, "Meta": type("Meta", (), {"model": Environment, "fields": "__all__"})},
+        )
+        data = {
+            **{f: v for f, v in form_class(instance=env).initial.items() if v is not None},
+            "two_person": True,
+        }
+        client.force_login(user)
+        client.post(reverse("admin:releases_environment_change", args=[env.pk]), data)
+        assert Environment.objects.get(pk=env.pk).two_person is allowed
+    outcomes = list(
+        AuditEvent.objects.filter(action="environment_set", environment_name="TEST").values_list(
+            "outcome", flat=True
+        )
+    )
+    assert sorted(outcomes) == ["ok", "refused"]

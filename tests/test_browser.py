@@ -50,6 +50,7 @@ def browser(monkeypatch):
 
 def _member(username: str, role: str):
     user = make_user(username, permissions=())
+    roles.ensure_groups()  # a transactional test before may have flushed them
     user.groups.add(Group.objects.get(name=role))
     return user
 
@@ -121,6 +122,19 @@ def test_a_release_manager_runs_the_dev_stage_in_the_browser(browser, live_serve
     page.wait_for_selector('[data-step="7"][data-state="succeeded"]')
     assert _no_horizontal_scroll(page)
     page.screenshot(path=str(SHOTS / "plan.png"), full_page=True)
+
+    # A half-typed form survives the fragment refreshes around it.
+    row = page.locator('[data-step="8"]')
+    row.locator("summary").click()
+    row.locator("input[name=reason]").fill("half-typed")
+    for _ in range(2):
+        before = page.get_attribute("#plan-live-root", "data-live-updated")
+        page.wait_for_function(
+            "b => document.querySelector('#plan-live-root').getAttribute('data-live-updated') !== b",
+            arg=before,
+            timeout=15_000,
+        )
+    assert row.locator("input[name=reason]").input_value() == "half-typed"
 
     page.goto(f"{live_server.url}/admin/releases/auditevent/")
     trail = page.inner_text("#result_list")

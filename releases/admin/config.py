@@ -204,7 +204,16 @@ class ReadOnlyAdmin(admin.ModelAdmin):
 
 @admin.register(StepRun)
 class StepRunAdmin(ReadOnlyAdmin):
-    list_display = ("plan", "number", "environment", "title", "state", "progress", "launched_by_username")
+    list_display = (
+        "plan",
+        "number",
+        "environment",
+        "title",
+        "state",
+        "progress",
+        "launched_by_username",
+        "step_page",
+    )
     list_filter = ("state", "environment", "plan")
     list_select_related = ("plan", "environment")
 
@@ -222,6 +231,13 @@ class StepRunAdmin(ReadOnlyAdmin):
     @admin.display(description="done / failed / targeted")
     def progress(self, obj):
         return f"{obj.n_done} / {obj.n_failed} / {obj.n_sites}"
+
+    @admin.display(description="page")
+    def step_page(self, obj):
+        return format_html(
+            '<a href="{}">progress and sites</a>',
+            reverse("admin:releases_releaseplan_step", args=[obj.plan_id, obj.number]),
+        )
 
 
 @admin.register(SiteResult)

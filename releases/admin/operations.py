@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from django.contrib import messages
 from django.contrib.admin.utils import quote, unquote
+from django.core.exceptions import PermissionDenied
 from django.http import HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
@@ -60,6 +61,8 @@ class ReleaseOperationsMixin:
         plan = self.get_object(request, unquote(object_id))
         if plan is None:
             return self._get_obj_does_not_exist_redirect(request, self.opts, object_id)
+        if not self.has_view_permission(request, plan):
+            raise PermissionDenied
         context = {"opts": self.opts, "original": plan, **self.steps_context(request, plan)}
         return TemplateResponse(request, "admin/releases/releaseplan/plan_live.html", context)
 
@@ -201,6 +204,8 @@ class ReleaseOperationsMixin:
         plan = self.get_object(request, unquote(object_id))
         if plan is None:
             return None, None, self._get_obj_does_not_exist_redirect(request, self.opts, object_id)
+        if not self.has_view_permission(request, plan):
+            raise PermissionDenied
         try:
             step = services.get_step(plan, number)
         except services.ActionRefused as exc:

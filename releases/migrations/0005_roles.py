@@ -28,9 +28,12 @@ def create_roles(apps, schema_editor):
 
     # Permissions are normally created after all migrations ran (post_migrate): create them now.
     config = apps.get_app_config("releases")
+    original = getattr(config, "models_module", None)  # historical app configs have none
     config.models_module = True
-    create_permissions(config, apps=apps, verbosity=0)
-    config.models_module = None
+    try:
+        create_permissions(config, apps=apps, verbosity=0)
+    finally:
+        config.models_module = original
     Group = apps.get_model("auth", "Group")
     Permission = apps.get_model("auth", "Permission")
     for name, codenames in ROLES.items():
