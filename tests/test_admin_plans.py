@@ -141,6 +141,8 @@ def test_launch_stage_is_offered_only_on_the_environments_next_step(client, oper
     client.force_login(operator)
     html = client.get(url("change", plan)).content.decode()
     assert html.count("Launch stage DEV") == 1
+    row = html.split('id="step-2"')[1].split('id="step-3"')[0]
+    assert ">Preview</a>" in row and ">Launch step 2</a>" in row
     assert url("launch", plan, 2, query="?stage=1") in html
     assert url("launch", plan, 3, query="?stage=1") not in html
 
