@@ -135,3 +135,13 @@ def test_the_sweep_is_grouped_and_linked_to_atlas(client, operator, plan, big_st
     assert groups == [("installed", 2, 1), ("launched", 7, 2)]
     api = big_step.environment.api_url.rstrip("/")
     assert f'href="{api}/sites/{"a" * 24}"' in response.content.decode()
+
+
+def test_the_step_fragment_refreshes_the_filtered_site_rows_too(client, operator, plan, big_step):
+    client.force_login(operator)
+    page = client.get(url("step", plan, 14), {"batch": "4", "state": "dispatched"}).content.decode()
+    assert url("step_live", plan, 14) + "?batch=4&amp;state=dispatched" in page
+    assert page.count('id="step-site-rows"') == 1
+    SiteResult.objects.filter(step=big_step, batch_index=4, state="dispatched").update(state="succeeded")
+    fragment = client.get(url("step_live", plan, 14), {"batch": "4", "state": "dispatched"}).content.decode()
+    assert 'id="step-site-rows" data-live' in fragment and "No site rows match" in fragment

@@ -71,7 +71,7 @@ def _no_horizontal_scroll(page) -> bool:
 
 
 def test_a_release_manager_runs_the_dev_stage_in_the_browser(browser, live_server, simulator, celery_worker):
-    sim = simulator("dev", password=os.environ["ATLAS_DEV_PASSWORD"], pool_refill_delay=4)
+    sim = simulator("dev", password=os.environ["ATLAS_DEV_PASSWORD"], pool_refill_delay=8)
     configure_environments({"DEV": sim}, deploy_wait_seconds=2, pool_wait_seconds=30)
     _member("manager", roles.RELEASE_MANAGERS)
     _member("viewer", roles.VIEWERS)
@@ -101,6 +101,8 @@ def test_a_release_manager_runs_the_dev_stage_in_the_browser(browser, live_serve
     step_page = page.context.new_page()
     step_page.goto(f"{live_server.url}/admin/releases/releaseplan/{plan.pk}/step/3/")
     step_page.wait_for_selector("#step-progress")
+    # What the worker says it is doing, brought in by a fragment refresh (the pool refills in 8 s).
+    step_page.wait_for_selector("#step-activity:has-text('waiting for the pool to refill')", timeout=20_000)
     assert _no_horizontal_scroll(step_page)
     step_page.screenshot(path=str(SHOTS / "step-running.png"), full_page=True)
     step_page.close()

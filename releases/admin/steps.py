@@ -49,7 +49,12 @@ class StepPagesMixin:
         plan, step, redirect = self.plan_and_step(request, object_id, number)
         if redirect:
             return redirect
-        context = {**self._step_context(plan, step), "failures": progress.failure_groups(step)}
+        context = {
+            **self._step_context(plan, step),
+            "failures": progress.failure_groups(step),
+            "sites": self._site_rows(request, step),  # the page's filter and page, from its query
+            "fragment": True,
+        }
         return TemplateResponse(request, "admin/releases/releaseplan/step_live.html", context)
 
     def _step_context(self, plan, step) -> dict:
