@@ -183,3 +183,14 @@ def test_the_environment_page_sets_the_rule_through_the_audited_service(client, 
         )
     )
     assert sorted(outcomes) == ["ok", "refused"]
+
+
+@pytest.mark.django_db
+def test_launch_wait_gives_up_at_its_timeout_leaving_the_request_open(requester, plan):
+    with pytest.raises(CommandError, match="waiting for the approval of step 12") as raised:
+        call_command(
+            "release", "launch", "2.8.5", "--step", "12", "--yes", "--wait", "--timeout", "1",
+            "--user", "alice", stdout=StringIO(), stderr=StringIO(),
+        )  # fmt: skip
+    assert raised.value.returncode == 3
+    assert LaunchRequest.objects.filter(step__number=12, state="pending").count() == 1

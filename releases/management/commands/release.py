@@ -167,8 +167,17 @@ class Command(BaseCommand):
             return self._done(target, "launch", "launch requested: another user must approve it")
         if waiting is not None:
             report = lambda line: cli.note(self.stderr, line)  # noqa: E731
-            if not cli.wait_for_approval(target, waiting, report, timeout=timeout):
-                raise CommandError(f"step {target.number} was not approved", returncode=cli.REFUSED)
+            decided = cli.wait_for_approval(target, waiting, report, timeout=timeout)
+            if decided == "timeout":
+                raise CommandError(
+                    f"timed out after {timeout:g}s waiting for the approval of step {target.number} "
+                    "(the request stays open)",
+                    returncode=cli.TIMED_OUT,
+                )
+            if decided != "approved":
+                raise CommandError(
+                    f"step {target.number} was not approved ({decided})", returncode=cli.REFUSED
+                )
         if not wait:
             return self._launched(target, stage)
         self._follow(plan, target, stage=bool(stage), timeout=timeout, action="launch")
