@@ -8,6 +8,7 @@ import pytest
 from django.contrib.auth.models import Group, Permission
 from django.core.management import call_command
 from django.core.management.base import CommandError
+from django.db import connection
 
 from releases import approvals, roles, services
 from releases.models import AuditEvent, Environment, LaunchRequest, StepRun
@@ -134,11 +135,14 @@ def test_launch_wait_waits_through_the_approval(requester, approver, plan):
     step = services.get_step(plan, 12)
 
     def approve_later():
-        deadline = time.monotonic() + 20
-        while not LaunchRequest.objects.filter(step=step, state="pending").exists():
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
-        approvals.approve(step, approver)
+        try:
+            deadline = time.monotonic() + 20
+            while not LaunchRequest.objects.filter(step=step, state="pending").exists():
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+            approvals.approve(step, approver)
+        finally:
+            connection.close()  # this thread's own connection: the test database is dropped later
 
     thread = threading.Thread(target=approve_later)
     thread.start()
