@@ -13,7 +13,7 @@ import uuid
 from celery import current_app
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
-from django.db import transaction
+from django.db import IntegrityError, transaction
 
 from . import notify
 from .models import AuditEvent, Environment, LaunchRequest, ReleasePlan, StepRun, TransitionRefused
@@ -207,29 +207,27 @@ def request_launch(step: StepRun, user, *, stage: bool = False, confirmed: dict 
     refusal = _launch_refusal(step)
     if refusal:
         _refuse(refusal, "launch_request", user=user, step=step, parameters=params)
-    with transaction.atomic():
-        if step.launch_requests.filter(state=LaunchRequest.State.PENDING).exists():
-            _refuse(
-                f"step {step.number} already waits for an approval",
+    waiting = f"step {step.number} already waits for an approval"
+    if step.launch_requests.filter(state=LaunchRequest.State.PENDING).exists():
+        _refuse(waiting, "launch_request", user=user, step=step, parameters=params)
+    try:
+        with transaction.atomic():
+            LaunchRequest.objects.create(
+                step=step,
+                stage=stage,
+                confirmed=params.get("confirmed"),
+                requested_by=user,
+                requested_by_username=user.get_username(),
+            )
+            AuditEvent.record(
                 "launch_request",
                 user=user,
                 step=step,
                 parameters=params,
+                message=f"{step.environment} requires two people: waiting for another user's approval",
             )
-        LaunchRequest.objects.create(
-            step=step,
-            stage=stage,
-            confirmed=params.get("confirmed"),
-            requested_by=user,
-            requested_by_username=user.get_username(),
-        )
-        AuditEvent.record(
-            "launch_request",
-            user=user,
-            step=step,
-            parameters=params,
-            message=f"{step.environment} requires two people: waiting for another user's approval",
-        )
+    except IntegrityError:  # another request got there first (one pending request per step)
+        _refuse(waiting, "launch_request", user=user, step=step, parameters=params)
     return step
 
 

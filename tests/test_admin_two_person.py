@@ -198,3 +198,13 @@ def test_launch_wait_gives_up_at_its_timeout_leaving_the_request_open(requester,
         )  # fmt: skip
     assert raised.value.returncode == 3
     assert LaunchRequest.objects.filter(step__number=12, state="pending").count() == 1
+
+
+@pytest.mark.django_db
+def test_a_second_request_for_the_same_step_is_refused_and_audited(requester, approver, plan):
+    step = services.get_step(plan, 12)
+    services.launch(step, requester)
+    with pytest.raises(services.ActionRefused, match="already waits for an approval"):
+        services.launch(step, approver)
+    assert LaunchRequest.objects.filter(step=step).count() == 1
+    assert AuditEvent.objects.filter(action="launch_request", outcome="refused", username="bob").count() == 1
