@@ -89,3 +89,33 @@ def test_the_requester_withdraws_a_launch_waiting_for_approval(client, operator,
     client.post(url("withdraw", plan, 2))
     assert not plan.steps.get(number=2).launch_requests.filter(state="pending").exists()
     assert _audited("withdraw") == 1 and _audited("launch_request") == 1
+
+
+@pytest.mark.parametrize(
+    ("name", "args", "data", "action"),
+    [
+        ("pause", (), {}, "pause"),
+        ("resume", (), {}, "resume"),
+        ("abort", (), {}, "abort"),
+        ("retry", (3,), {}, "retry_failed"),
+        ("skip", (3,), {"reason": "because"}, "skip"),
+        ("finalize", (), {"tag": "2.8.5", "commit": T}, "finalize"),
+    ],
+)
+def test_a_viewer_is_refused_every_control_and_the_refusal_is_audited(client, plan, name, args, data, action):
+    mark_done(plan, 2)
+    StepRun.objects.filter(plan=plan, number=3).update(state="paused")
+    client.force_login(make_user("viewer", permissions=("view_releaseplan",)))
+    before = dict(plan.steps.values_list("number", "state"))
+    client.post(url(name, plan, *args), data)
+    assert dict(plan.steps.values_list("number", "state")) == before
+    refused = AuditEvent.objects.get(action=action, outcome="refused")
+    assert refused.username == "viewer" and "lacks the permission" in refused.message
+
+
+def test_the_plan_list_answers_in_bounded_queries(client, operator, django_assert_max_num_queries):
+    for n in range(8):
+        services.create_plan(f"2.8.{n}", commit=R, user=operator)
+    with django_assert_max_num_queries(12):
+        response = client.get("/admin/releases/releaseplan/")
+    assert response.content.decode().count("DEV 0/4 · TEST 0/5 · PROD 0/3") == 8
