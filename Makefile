@@ -11,9 +11,10 @@ $(BIN)/.installed: requirements.txt
 	$(BIN)/pip install --quiet -r requirements.txt
 	touch $@
 
-# The portal with its embedded defaults: SQLite, three simulated Atlas environments, a worker.
+# The portal with its embedded defaults: SQLite, three simulated Atlas environments, a worker,
+# the embedded broker (unless CELERY_BROKER_URL is set) and DEBUG on: a demo, not a deployment.
 run: $(BIN)/.installed
-	$(BIN)/python manage.py runportal
+	DEBUG=$${DEBUG:-true} $(BIN)/python manage.py runportal
 
 # The test suite. Without CELERY_BROKER_URL / DATABASE_URL it uses SQLite and an embedded broker.
 test: $(BIN)/.installed

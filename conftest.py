@@ -8,6 +8,7 @@ CI sets a Redis URL (and DATABASE_URL for PostgreSQL) and the same fixtures run 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -17,6 +18,7 @@ import time
 import uuid
 from pathlib import Path
 
+import psutil
 import pytest
 
 ROOT = Path(__file__).resolve().parent
@@ -78,19 +80,35 @@ def _database_url() -> str:
     return f"postgres://{auth}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
 
 
-class WorkerProcess:
-    """A real `celery -A portal worker` process on the test database and broker."""
+SHARED_QUEUE = "portal-tests-shared"
+_TASK_RECEIVED = re.compile(r"Task \S+\[([0-9a-f-]+)\] received")
+_TASK_ENDED = re.compile(r"Task \S+\[([0-9a-f-]+)\] (?:succeeded|raised|failed|retry)")
 
-    def __init__(self, name: str, concurrency: int = 3) -> None:
+
+def process_environment(**overrides: str) -> dict:
+    """The environment of a portal process (manage.py, the worker) on the test database."""
+    return {**os.environ, "DATABASE_URL": _database_url(), "PYTHONUNBUFFERED": "1", **overrides}
+
+
+@pytest.fixture
+def process_env(transactional_db):
+    """`process_env(CELERY_BROKER_URL=...)`: the environment for a `manage.py` subprocess."""
+    return process_environment
+
+
+class WorkerProcess:
+    """A real worker process, started with the worker command (`python -m portal.worker`) on the
+    test database and broker, in its own process group so its prefork children go with it."""
+
+    def __init__(self, name: str, concurrency: int = 3, env: dict | None = None) -> None:
         self.name = f"{name}-{uuid.uuid4().hex[:6]}@localhost"
-        env = {**os.environ, "DATABASE_URL": _database_url(), "PYTHONUNBUFFERED": "1"}
+        env = process_environment(**(env or {}))
         self.log = _TMP / f"{self.name}.log"
         self._log_file = open(self.log, "w")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "portal", "worker", "--pool=threads",
-             f"--concurrency={concurrency}", "-n", self.name, "--without-gossip", "--without-mingle",
-             "--without-heartbeat", "--loglevel=INFO"],
-            cwd=ROOT, env=env, stdout=self._log_file, stderr=subprocess.STDOUT,
+            [sys.executable, "-m", "portal.worker", f"--concurrency={concurrency}", "-n", self.name,
+             "--without-heartbeat"],
+            cwd=ROOT, env=env, stdout=self._log_file, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
         self._wait_ready()
 
@@ -98,28 +116,71 @@ class WorkerProcess:
     def pid(self) -> int:
         return self.process.pid
 
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def owns(self, owner: str) -> bool:
+        """Whether a step lease owner (`host:pid:task`) is this worker or one of its pool
+        processes (prefork runs tasks in children)."""
+        pid = int(owner.split(":")[1])
+        try:
+            return pid == self.pid or psutil.Process(pid).ppid() == self.pid
+        except psutil.NoSuchProcess:
+            return False
+
     def _wait_ready(self, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
+                self._signal_group(signal.SIGKILL)
                 raise RuntimeError(f"worker exited early:\n{self.log.read_text()[-3000:]}")
             if "ready." in self.log.read_text():
                 return
-            time.sleep(0.2)
+            time.sleep(0.1)
+        self.kill()
         raise RuntimeError(f"worker not ready after {timeout}s:\n{self.log.read_text()[-3000:]}")
 
+    def _signal_group(self, signum: int) -> None:
+        try:
+            os.killpg(self.process.pid, signum)
+        except ProcessLookupError:
+            pass
+
     def kill(self) -> None:
-        """SIGKILL: the worker dies mid-task, acknowledging nothing."""
-        self.process.send_signal(signal.SIGKILL)
+        """SIGKILL to the whole group: the worker and its pool children die mid-task,
+        acknowledging nothing."""
+        self._signal_group(signal.SIGKILL)
         self.process.wait(timeout=10)
 
-    def stop(self) -> None:
-        if self.process.poll() is None:
+    def freeze(self) -> None:
+        """Stop the group (SIGSTOP): it consumes nothing and its watchdog looks at nothing."""
+        self._signal_group(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        self._signal_group(signal.SIGCONT)
+
+    def idle(self, timeout: float) -> bool:
+        """Wait until every task the worker received has ended (judged from its log)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            log = self.output()
+            if set(_TASK_RECEIVED.findall(log)) <= set(_TASK_ENDED.findall(log)):
+                return True
+            time.sleep(0.2)
+        return False
+
+    def stop(self, graceful: bool = True) -> None:
+        """SIGTERM (a warm shutdown that waits for running tasks), then SIGKILL to the group.
+        Teardown is not graceful: the test is over, and its database rows are about to go."""
+        self.thaw()
+        if graceful and self.alive():
             self.process.terminate()
             try:
                 self.process.wait(timeout=15)
             except subprocess.TimeoutExpired:
-                self.kill()
+                pass
+        self._signal_group(signal.SIGKILL)  # the pool children too, and a worker still running
+        self.process.wait(timeout=10)
         self._log_file.close()
 
     def output(self) -> str:
@@ -128,19 +189,65 @@ class WorkerProcess:
 
 @pytest.fixture
 def start_worker(transactional_db):
-    """Start real worker processes (stopped at teardown): `start_worker("name")`."""
+    """Start this test's own worker processes (stopped at teardown): `start_worker("name")`.
+    For tests that kill, stop or reconfigure a worker; others use the shared `celery_worker`."""
     workers: list[WorkerProcess] = []
 
-    def start(name: str = "worker", concurrency: int = 3) -> WorkerProcess:
-        worker = WorkerProcess(name, concurrency)
+    def start(name: str = "worker", concurrency: int = 3, env: dict | None = None) -> WorkerProcess:
+        worker = WorkerProcess(name, concurrency, env)
         workers.append(worker)
         return worker
 
     yield start
     for worker in workers:
-        worker.stop()
+        worker.stop(graceful=False)
+
+
+class SharedWorker:
+    """One worker for the session, on its own queue. Frozen (SIGSTOP) between the tests that use
+    it, so it never takes another test's tasks nor re-enqueues another test's steps."""
+
+    def __init__(self) -> None:
+        self.worker: WorkerProcess | None = None
+
+    def acquire(self) -> WorkerProcess:
+        if self.worker is not None:
+            self.worker.thaw()
+            if not self.worker.alive():
+                self.release(restart=True)
+        if self.worker is None:
+            self.worker = WorkerProcess("shared", env={"CELERY_QUEUE": SHARED_QUEUE})
+        return self.worker
+
+    def release(self, restart: bool = False) -> None:
+        worker = self.worker
+        if worker is None:
+            return
+        if restart or not worker.alive() or not worker.idle(timeout=20):
+            # Still busy with the last test's step: the next test gets a fresh worker.
+            worker.stop(graceful=False)
+            self.worker = None
+        else:
+            worker.freeze()
+
+
+@pytest.fixture(scope="session")
+def _shared_worker(django_db_setup, django_db_blocker):
+    shared = SharedWorker()
+    yield shared
+    shared.release(restart=True)
 
 
 @pytest.fixture
-def celery_worker(start_worker):
-    return start_worker()
+def celery_worker(transactional_db, _shared_worker):
+    """The session's shared worker process; this test's tasks go to its queue."""
+    from portal import celery_app
+
+    worker = _shared_worker.acquire()
+    default_queue = celery_app.conf.task_default_queue
+    celery_app.conf.task_default_queue = SHARED_QUEUE
+    try:
+        yield worker
+    finally:
+        celery_app.conf.task_default_queue = default_queue
+        _shared_worker.release()

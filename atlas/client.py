@@ -23,6 +23,7 @@ from .errors import (
     AtlasError,
     AuthenticationError,
     BadRequest,
+    Cancelled,
     Conflict,
     NotFound,
     OutcomeUnknown,
@@ -90,6 +91,9 @@ class AtlasClient:
         # a caller shows while the client is still retrying.
         self.failing_since: float | None = None
         self.last_failure = ""
+        # Asked before every write is sent, retries included: a caller that decided to stop (a
+        # pause, an abort, a lost lease) sends nothing more, even from a retry loop under way.
+        self.proceed: Callable[[], bool] = lambda: True
 
     def close(self) -> None:
         self.session.close()
@@ -154,10 +158,14 @@ class AtlasClient:
         `PATCH /code/<null id>` with `If-Match: x`: a bad login answers 401; a good one gets past
         authentication and fails on the lookup (404) or the precondition (412).
         """
-        try:
-            self._send("PATCH", f"code/{NULL_ID}", payload={}, etag="x", timeout=self.timeout)
-        except (NotFound, PreconditionFailed):
-            return
+
+        def probe() -> None:
+            try:
+                self._send("PATCH", f"code/{NULL_ID}", payload={}, etag="x", timeout=self.timeout)
+            except (NotFound, PreconditionFailed):
+                return
+
+        self._retry_reads(probe)  # nothing to apply: a 5xx or no answer is simply asked again
 
     # -- writes --------------------------------------------------------------------------------
 
@@ -192,7 +200,11 @@ class AtlasClient:
                 "PATCH", f"code/{code_id}", payload=changes, etag=fresh, timeout=self.code_write_timeout
             )
 
-        return self._write(resend, reread, etag=etag)
+        # A PATCH that changes the commit makes Atlas re-deploy every site on the item inside the
+        # request (§3.2). One that may still be running on Atlas (no answer, or a gateway that gave
+        # up on it) is never sent again: a second one would run the cascade twice.
+        cascading = "commit_hash" in changes or "git_url" in changes
+        return self._write(resend, reread, etag=etag, resend_unknown=not cascading)
 
     def update_site_profile(self, site_id: str, profile_id: str, *, etag: str) -> WriteResult:
         """PATCH a site onto a profile. A site already on it is never PATCHed again (not a no-op)."""
@@ -223,19 +235,45 @@ class AtlasClient:
             return DeleteResult(site_id, "already_deleted", 0)
         if doc.get("status") != "available":
             return DeleteResult(site_id, "left_pool", 0, site_status=str(doc.get("status")))
+        sent = _Deletion()
+        try:
+            return self._delete_loop(site_id, path, doc, sent)
+        except PossiblyDestroyed:
+            raise
+        except AtlasError as exc:
+            if not sent.reached:
+                raise  # no DELETE of ours reached Atlas: nothing was destroyed by us
+            # An earlier DELETE reached Atlas (its removal may be queued) and the deletion could
+            # not be finished or read back: whatever the site is now, an operator must look.
+            raise PossiblyDestroyed(
+                f"instance possibly destroyed: a DELETE reached Atlas ({sent.answer}) and the deletion "
+                f"could not be finished or read back ({exc.message}); check the site in Atlas",
+                environment=self.environment,
+                url=self._url(path),
+                status=exc.status,
+            ) from None
+
+    def _delete_loop(self, site_id: str, path: str, doc: dict, sent: _Deletion) -> DeleteResult:
         attempts, conflicted = 0, False
         while True:
             attempts += 1
             try:
-                response = self._send("DELETE", path, payload=None, etag=doc["_etag"], timeout=self.timeout)
+                # Once a DELETE reached Atlas, finishing the deletion is the safe way out even if
+                # the caller is stopping: the record is left as Atlas's own pool logic expects.
+                response = self._send(
+                    "DELETE", path, payload=None, etag=doc["_etag"], timeout=self.timeout, force=sent.reached
+                )
             except Conflict:
-                # 409 "launched or launching": refused before anything was queued.
-                fresh = self._get_item(path)
-                if _gone(fresh) or fresh.get("status") == "available":
+                # 409 "launched or launching": this DELETE was refused before anything was queued.
+                doc = self._retry_reads(lambda: self._get_item(path))
+                if _gone(doc) or doc.get("status") == "available":
                     raise
-                return DeleteResult(site_id, "left_pool", attempts, site_status=str(fresh.get("status")))
+                return self._left_pool(site_id, path, doc, attempts, sent)
             except (PreconditionFailed, Unavailable) as exc:
-                reached = not (type(exc) is Unavailable and exc.status is None)  # refused connection
+                reached = not (type(exc) is Unavailable and exc.status is None)  # else never connected
+                if reached:
+                    sent.reached, sent.status = True, exc.status
+                    sent.answer = f"answered {exc.status or 'with no answer'}: {exc.message}"
                 if not reached and attempts >= self.max_attempts:
                     raise
                 if isinstance(exc, Unavailable):
@@ -243,19 +281,8 @@ class AtlasClient:
                 doc = self._retry_reads(lambda: self._get_item(path))
                 if _gone(doc):
                     return DeleteResult(site_id, "deleted", attempts, 204, after_conflict=conflicted)
-                status = str(doc.get("status"))
-                if status != "available":
-                    if not reached:
-                        return DeleteResult(site_id, "left_pool", attempts, site_status=status)
-                    raise PossiblyDestroyed(
-                        f"instance possibly destroyed while the site was {status!r}: the DELETE was "
-                        f"answered {exc.status or 'with no answer'} ({exc.message}) and Atlas removes the "
-                        "instance before it checks If-Match; check the site in Atlas",
-                        environment=self.environment,
-                        url=self._url(path),
-                        status=exc.status,
-                        body={"site_status": status, "path": doc.get("path"), "sid": doc.get("sid")},
-                    ) from None
+                if doc.get("status") != "available":
+                    return self._left_pool(site_id, path, doc, attempts, sent)
                 if attempts >= self.max_attempts:
                     raise PossiblyDestroyed(
                         f"{attempts} DELETEs were refused ({exc.message}) while the record stayed "
@@ -264,13 +291,38 @@ class AtlasClient:
                         url=self._url(path),
                         status=exc.status,
                     ) from None
-                conflicted = conflicted or reached
+                conflicted = conflicted or isinstance(exc, PreconditionFailed)
                 continue
             return DeleteResult(site_id, "deleted", attempts, response.status_code, after_conflict=conflicted)
 
+    def _left_pool(self, site_id: str, path: str, doc: dict, attempts: int, sent: _Deletion) -> DeleteResult:
+        status = str(doc.get("status"))
+        if not sent.reached:
+            return DeleteResult(site_id, "left_pool", attempts, site_status=status)
+        raise PossiblyDestroyed(
+            f"instance possibly destroyed while the site was {status!r}: a DELETE reached Atlas "
+            f"({sent.answer}) and Atlas removes the instance before it checks If-Match; check the "
+            "site in Atlas",
+            environment=self.environment,
+            url=self._url(path),
+            status=sent.status,
+            body={"site_status": status, "path": doc.get("path"), "sid": doc.get("sid")},
+        )
+
     # -- machinery -----------------------------------------------------------------------------
 
-    def _write(self, send: Callable[[str], requests.Response], reread: Reread, *, etag: str) -> WriteResult:
+    def _write(
+        self,
+        send: Callable[[str], requests.Response],
+        reread: Reread,
+        *,
+        etag: str,
+        resend_unknown: bool = True,
+    ) -> WriteResult:
+        """Send a write; after a 412, a 5xx or no answer, re-read before sending it again (and
+        not at all when the re-read shows it applied). With `resend_unknown=False`, a write that
+        may still be running on Atlas is not sent again: `OutcomeUnknown` when the re-read does
+        not show it applied."""
         attempts = 0
         while True:
             attempts += 1
@@ -287,6 +339,14 @@ class AtlasClient:
                 applied, etag = self._retry_reads(reread)
                 if applied:
                     return WriteResult("", etag, 200, attempts, already=True)
+                if not resend_unknown and _maybe_running(exc):
+                    raise OutcomeUnknown(
+                        f"{exc.message}; the write is not applied yet and may still be running on Atlas, "
+                        "so it was not sent again",
+                        environment=self.environment,
+                        url=exc.url,
+                        status=exc.status,
+                    ) from None
                 continue
             body = _json_or_empty(response)
             return WriteResult(
@@ -337,16 +397,19 @@ class AtlasClient:
         payload: dict | None = None,
         etag: str | None = None,
         timeout: tuple[float, float],
+        force: bool = False,
     ) -> requests.Response:
         url = self._url(path)  # what errors show
         target = urljoin(self.base_url, path)
         headers = {"If-Match": etag} if etag else {}
+        if method != "GET" and not force and not self.proceed():
+            raise Cancelled(f"{method} not sent: the step is stopping", environment=self.environment, url=url)
         self.requests_sent += 1
         try:
             response = self.session.request(
                 method, target, params=params, json=payload, headers=headers, timeout=timeout
             )
-        except (requests.ConnectionError, requests.Timeout) as exc:
+        except requests.RequestException as exc:
             raise self._failing(self._transport_error(method, url, exc)) from None
         if response.status_code >= 400:
             error = self._http_error(response, url)
@@ -364,14 +427,23 @@ class AtlasClient:
         return error
 
     def _transport_error(self, method: str, url: str, exc: Exception) -> AtlasError:
-        sent = isinstance(exc, requests.ReadTimeout) or (
-            isinstance(exc, requests.ConnectionError) and "RemoteDisconnected" in repr(exc)
+        """Only a connection that was never made proves a request was not sent. Anything else (no
+        answer in time, a reset or a closed connection, a broken response) may have reached Atlas:
+        a write is then of unknown outcome and must be re-read, never simply sent again."""
+        if _never_sent(exc):
+            reason = "timed out connecting" if isinstance(exc, requests.Timeout) else "could not connect"
+            return Unavailable(
+                f"{method} {reason} ({type(exc).__name__})", environment=self.environment, url=url
+            )
+        if method == "GET":  # a read changes nothing: it is simply read again
+            reason = "timed out" if isinstance(exc, requests.Timeout) else "got no usable answer"
+            return Unavailable(
+                f"{method} {reason} ({type(exc).__name__})", environment=self.environment, url=url
+            )
+        message = (
+            f"no usable answer to {method} ({type(exc).__name__}); the write may or may not have been applied"
         )
-        if sent and method != "GET":
-            message = f"no answer to {method} within the timeout; the write may or may not have been applied"
-            return OutcomeUnknown(message, environment=self.environment, url=url)
-        reason = "timed out" if isinstance(exc, requests.Timeout) else "could not connect"
-        return Unavailable(f"{method} {reason} ({type(exc).__name__})", environment=self.environment, url=url)
+        return OutcomeUnknown(message, environment=self.environment, url=url)
 
     def _http_error(self, response: requests.Response, url: str) -> AtlasError:
         body = _json_or_empty(response)
@@ -417,6 +489,31 @@ def _after(where: dict, last_id: str) -> dict:
     """`where` AND `_id > last_id` (Eve casts the ObjectId-shaped string)."""
     term = {"_id": {"$gt": last_id}}
     return {**where, **term} if "_id" not in where else {"$and": [where, term]}
+
+
+class _Deletion:
+    """Whether any DELETE of one site reached Atlas, and what it was answered."""
+
+    reached = False
+    status: int | None = None
+    answer = ""
+
+
+def _maybe_running(exc: AtlasError) -> bool:
+    """Whether a write answered with `exc` may still be running on Atlas: no answer came, or a
+    gateway gave up waiting for Atlas (502, 504). A 412, a 503 or 429 (refused at the door) and a
+    refused connection mean it is not."""
+    return isinstance(exc, OutcomeUnknown) or exc.status in (502, 504)
+
+
+def _never_sent(exc: Exception) -> bool:
+    """A connection refused or not made in time: the request never left this machine."""
+    if isinstance(exc, requests.ConnectTimeout):
+        return True
+    text = repr(exc)
+    return isinstance(exc, requests.ConnectionError) and (
+        "NewConnectionError" in text or "ConnectionRefusedError" in text or "Connection refused" in text
+    )
 
 
 def _gone(doc: dict | None) -> bool:

@@ -83,5 +83,10 @@ class PossiblyDestroyed(AtlasError):
     the instance of a site that left the pool may have been destroyed. An operator must look."""
 
 
+class Cancelled(AtlasError):
+    """The caller stopped (a pause, an abort, a lost lease) before this write was sent: nothing
+    was sent by this call's last attempt; an earlier attempt's outcome may still be unknown."""
+
+
 class InvalidSelector(ValueError):
     """A `where` selector that must not reach Atlas. The message names what is wrong."""

@@ -2,7 +2,7 @@
 
 The portal runs in the shape users deploy it: `manage.py release launch --step 14 --wait` from
 the command line, the broker (Redis when it answers on localhost, else the embedded filesystem
-broker), a separate `celery -A portal worker` process, and a simulated PROD Atlas in its own
+broker), a separate worker process (`python -m portal.worker`), and a simulated PROD Atlas in its own
 process over HTTP. The bare client is a thread pool of the same size doing the same batches
 (each batch read with max_results=2000, then PATCHed with If-Match) on the same simulator in the
 same run. Both are timed on Atlas's clock: the simulator's request log, from the first request to
@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 PASSWORD = "bench-secret"
 SITE_PATCH = re.compile(r"/sites/[0-9a-f]{24}$")
-WORKER = [sys.executable, "-m", "celery", "-A", "portal", "worker", "--pool=threads", "--concurrency=4"]
+WORKER = [sys.executable, "-m", "portal.worker"]  # the one worker command, with its defaults
 
 
 def free_port() -> int:

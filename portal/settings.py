@@ -3,7 +3,6 @@
 Every variable is documented in `.env.example`. Bad values fail loudly at start-up.
 """
 
-import socket
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -16,14 +15,42 @@ VAR_DIR = BASE_DIR / "var"
 env = environ.Env()
 environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
 
-DEBUG = env.bool("DEBUG", default=True)
+# Off unless set: `make run` and the test settings turn it on for themselves.
+DEBUG = env.bool("DEBUG", default=False)
 SECRET_KEY = env.str("SECRET_KEY", default="")
 if not SECRET_KEY:
     if not DEBUG:
-        raise ImproperlyConfigured("SECRET_KEY must be set when DEBUG is off.")
+        raise ImproperlyConfigured("SECRET_KEY must be set when DEBUG is off (a long random string).")
     SECRET_KEY = "insecure-development-key-only-for-debug"
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+
+# HTTPS by default when DEBUG is off. A deployment served over plain HTTP on an internal network
+# says so explicitly with PORTAL_PLAIN_HTTP=true (no redirect, no HSTS, cookies without `Secure`).
+PORTAL_PLAIN_HTTP = env.bool("PORTAL_PLAIN_HTTP", default=DEBUG)
+_https = not PORTAL_PLAIN_HTTP
+SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=_https)
+SECURE_REDIRECT_EXEMPT = [r"^healthz$"]  # load balancers probe over plain HTTP
+SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=31536000 if _https else 0)
+# The portal's own host name and its subdomains: turn these off if the portal's host name is a
+# parent of sites that are not served over HTTPS.
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", default=_https)
+SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=_https)
+SESSION_COOKIE_SECURE = env.bool("SESSION_COOKIE_SECURE", default=_https)
+CSRF_COOKIE_SECURE = env.bool("CSRF_COOKIE_SECURE", default=_https)
+# Behind a proxy that terminates TLS: the header it sets, e.g. X-Forwarded-Proto.
+if env.str("SECURE_PROXY_SSL_HEADER", default=""):
+    SECURE_PROXY_SSL_HEADER = (
+        "HTTP_" + env.str("SECURE_PROXY_SSL_HEADER").upper().replace("-", "_"),
+        "https",
+    )
+SILENCED_SYSTEM_CHECKS = env.list("SILENCED_SYSTEM_CHECKS", default=[])
+if PORTAL_PLAIN_HTTP and not DEBUG:
+    # The operator chose plain HTTP: the HTTPS warnings of `check --deploy` are that choice.
+    SILENCED_SYSTEM_CHECKS += ["security.W004", "security.W008", "security.W012", "security.W016"]
+# Sessions expire: after SESSION_COOKIE_AGE seconds (default 8 hours) and when the browser closes.
+SESSION_COOKIE_AGE = env.int("SESSION_COOKIE_AGE", default=8 * 3600)
+SESSION_EXPIRE_AT_BROWSER_CLOSE = True
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -32,19 +59,34 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    "axes",
     "atlas",
     "releases",
 ]
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "axes.middleware.AxesMiddleware",
 ]
+
+# Failed-login throttling (django-axes): after AXES_FAILURE_LIMIT failed logins for one username
+# from one address, that pair is locked out for AXES_COOLOFF_HOURS (a lockout is logged).
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = env.int("AXES_FAILURE_LIMIT", default=5)
+AXES_COOLOFF_TIME = env.float("AXES_COOLOFF_HOURS", default=0.25)
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_VERBOSE = False  # lockouts are still logged; not the banner at every start
 
 ROOT_URLCONF = "portal.urls"
 WSGI_APPLICATION = "portal.wsgi.application"
@@ -64,9 +106,23 @@ TEMPLATES = [
     },
 ]
 
-DATABASES = {
-    "default": env.db_url("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'portal.sqlite3'}"),
-}
+
+def _database(url: str) -> dict:
+    """The database settings from DATABASE_URL; a malformed URL is refused without echoing it
+    (it may hold a password)."""
+    try:
+        db = environ.Env.db_url_config(url) if urlsplit(url).scheme in environ.Env.DB_SCHEMES else {}
+    except Exception:  # django-environ raises several kinds for a malformed URL
+        db = {}
+    if not db.get("ENGINE") or not db.get("NAME"):
+        raise ImproperlyConfigured(
+            "DATABASE_URL is not a database URL: use postgres://USER:PASSWORD@HOST:5432/NAME "
+            "or sqlite:////absolute/path.sqlite3"
+        )
+    return db
+
+
+DATABASES = {"default": _database(env.str("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'portal.sqlite3'}"))}
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     VAR_DIR.mkdir(exist_ok=True)
     # Workers and the web process share the file: wait for locks instead of failing, take the
@@ -91,25 +147,36 @@ USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "static/"
-STATIC_ROOT = VAR_DIR / "static"
+STATIC_ROOT = env.path("STATIC_ROOT", default=VAR_DIR / "static")
+# WhiteNoise serves the admin's static files from the web process (`collectstatic` at deploy);
+# with DEBUG on, Django serves them from the apps and the folder only needs to exist.
+WHITENOISE_USE_FINDERS = DEBUG
+if DEBUG:
+    Path(STATIC_ROOT).mkdir(parents=True, exist_ok=True)
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {
+        "BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"
+        if DEBUG
+        else "whitenoise.storage.CompressedStaticFilesStorage"
+    },
+}
 
 
-def _redis_answers(host: str = "127.0.0.1", port: int = 6379) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=0.3) as sock:
-            sock.sendall(b"PING\r\n")
-            return sock.recv(16).startswith(b"+PONG")
-    except OSError:
-        return False
+def _broker_settings(url: str | None, *, embedded_allowed: bool = False) -> tuple[str, dict, str]:
+    """Return (broker URL, transport options, a description for the start-up log).
 
-
-def _broker_settings(url: str | None) -> tuple[str, dict, str]:
-    """Return (broker URL, transport options, a description for the start-up log)."""
+    The broker is chosen explicitly: CELERY_BROKER_URL when set; without it the embedded
+    filesystem broker, which only works across processes of one machine, and only with DEBUG
+    on (the demo and the tests). Nothing is probed: every process of a deployment reads the same
+    variable, so the web process and the workers cannot end up on different brokers.
+    """
     if url is None:
-        if _redis_answers():
-            url = "redis://127.0.0.1:6379/0"
-        else:
-            url = "filesystem://"
+        if not embedded_allowed:
+            raise ImproperlyConfigured(
+                "CELERY_BROKER_URL must be set when DEBUG is off (e.g. redis://127.0.0.1:6379/0)."
+            )
+        url = "filesystem://"
     scheme = urlsplit(url).scheme
     if scheme == "filesystem":
         folder = Path(url[len("filesystem://") :] or VAR_DIR / "broker")
@@ -124,9 +191,15 @@ def _broker_settings(url: str | None) -> tuple[str, dict, str]:
         }
         return "filesystem://", options, f"embedded filesystem broker in {folder}"
     if scheme in {"redis", "rediss"}:
-        # Unacknowledged tasks come back after this; a dead worker's step is picked up sooner
-        # by the step lease watchdog (releases.watchdog), so this only bounds the worst case.
-        options = {"visibility_timeout": env.int("CELERY_VISIBILITY_TIMEOUT", default=3600)}
+        # No ack emulation: a delivered task leaves Redis at once. With it on (kombu 5.7.0, the
+        # newest), a worker whose Redis restarted while an acks_late task ran exits when that
+        # task ends: its ack goes to the channel of the lost connection, whose `_connparams`
+        # raises AttributeError('NoneType' ... 'hostname'), and the fleet is left without a
+        # worker or a watchdog (tests/test_drills.py). What emulation gave us, redelivering a
+        # dead worker's task after the visibility timeout, the step lease and the watchdog
+        # (releases.watchdog) do within a minute; and a step that runs longer than the
+        # visibility timeout is no longer handed to a second worker meanwhile.
+        options = {"ack_emulation": False}
         parts = urlsplit(url)
         netloc = f"{parts.hostname}:{parts.port or 6379}"  # never log a password in the URL
         safe = parts._replace(netloc=netloc).geturl()
@@ -139,8 +212,10 @@ def _broker_settings(url: str | None) -> tuple[str, dict, str]:
 
 
 CELERY_BROKER_URL, CELERY_BROKER_TRANSPORT_OPTIONS, CELERY_BROKER_DESCRIPTION = _broker_settings(
-    env.str("CELERY_BROKER_URL", default=None)
+    env.str("CELERY_BROKER_URL", default=None), embedded_allowed=DEBUG
 )
+# Several portals may share one Redis: give each its own queue (or its own Redis database).
+CELERY_TASK_DEFAULT_QUEUE = env.str("CELERY_QUEUE", default="celery")
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_RESULT_BACKEND = None
 CELERY_TASK_ACKS_LATE = True

@@ -8,7 +8,7 @@ from atlas.errors import AtlasError
 from atlas.selectors import exclude_profile
 
 from .models import EnvironmentMisconfigured, ReleasePlan, StepRun, UpdateGroup
-from .states import DONE, SiteState, StepKind
+from .states import DONE, SiteState, StepKind, StepState
 
 PREVIEW_PATHS = 50  # site paths listed per batch in a preview (counts are always complete)
 
@@ -32,7 +32,16 @@ def step_status(step: StepRun) -> dict:
         "task_ids": step.task_ids,
         "activity": step.activity or None,
         "liveness": step.liveness() or None,
+        "to_check": _to_check(step),
     }
+
+
+def _to_check(step: StepRun) -> list[dict]:
+    """Sites of a delete step whose instance may have been destroyed: an operator must look."""
+    if step.kind != StepKind.DELETE_SITES or step.state == StepState.PENDING:
+        return []
+    rows = step.sites.filter(needs_check=True).order_by("id").values("site_id", "path", "message")
+    return list(rows)
 
 
 def status(plan: ReleasePlan) -> dict:

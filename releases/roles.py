@@ -1,4 +1,4 @@
-"""The portal's roles, as Django groups a data migration creates (0005_roles).
+"""The portal's roles, as Django groups a data migration creates (0006_roles).
 
 Each group is complete on its own (a PROD release manager needs only that group). The migration
 keeps its own copy of these lists, as migrations must not follow later edits of the code; this

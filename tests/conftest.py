@@ -1,3 +1,4 @@
+import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -24,5 +25,26 @@ def simulator() -> Iterator[Callable[..., SimulatorServer]]:
         return server
 
     yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def sims() -> Iterator[Callable[..., SimulatorServer]]:
+    """`sims("PROD", sites=300)`: a simulated Atlas with the test password of that environment,
+    pools refilled at once; stopped at teardown."""
+    started: list[SimulatorServer] = []
+
+    def make(environment: str, sites: int | None = None) -> SimulatorServer:
+        server = SimulatorServer(
+            environment.lower(),
+            sites=sites,
+            password=os.environ[f"ATLAS_{environment}_PASSWORD"],
+            pool_refill_delay=0,
+        )
+        started.append(server)
+        return server
+
+    yield make
     for server in started:
         server.stop()

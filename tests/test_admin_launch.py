@@ -120,7 +120,7 @@ def test_the_migration_creates_the_three_roles():
     from django.apps import apps
 
     Group.objects.all().delete()  # run the migration's own function, whatever ran before
-    importlib.import_module("releases.migrations.0005_roles").create_roles(apps, None)
+    importlib.import_module("releases.migrations.0006_roles").create_roles(apps, None)
     for name, codenames in roles.ROLES.items():
         group = Group.objects.get(name=name)
         assert set(group.permissions.values_list("codename", flat=True)) == set(codenames)

@@ -165,9 +165,8 @@ def test_killed_worker_mid_batch_is_replaced_and_no_site_is_patched_twice(prod_s
     services.launch(step, user)
     wait_for(lambda: site_counts(step)[SiteState.SUCCEEDED] >= 100, what="100 updated sites")
     owner = StepRun.objects.get(pk=step.pk).lease_owner
-    pid = int(owner.split(":")[1])
-    (victim,) = [w for w in workers if w.pid == pid]
-    (survivor,) = [w for w in workers if w.pid != pid]
+    (victim,) = [w for w in workers if w.owns(owner)]
+    (survivor,) = [w for w in workers if not w.owns(owner)]
     victim.kill()
     # Rows whose outcome the dead worker never recorded: their PATCH may or may not have landed.
     assert site_counts(step)[SiteState.DISPATCHED] > 0
@@ -176,7 +175,7 @@ def test_killed_worker_mid_batch_is_replaced_and_no_site_is_patched_twice(prod_s
     assert final.number == 14
     assert final.state == StepState.SUCCEEDED, f"{final.message}\n{survivor.output()[-3000:]}"
     finished = AuditEvent.objects.get(step=step, action="step_succeeded")
-    assert f":{survivor.pid}:" in finished.parameters["owner"]
+    assert survivor.owns(finished.parameters["owner"])
 
     targets = set(SiteResult.objects.filter(step=step).values_list("site_id", flat=True))
     on_release_after = {str(s["_id"]) for s in sites(prod_sim, **{"code.profile": profile})}

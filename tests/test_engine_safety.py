@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from collections import Counter
 from datetime import timedelta
 from pathlib import Path
@@ -27,6 +28,7 @@ from kombu.exceptions import OperationalError as BrokerError
 from atlas.simulator import SimulatorServer
 from conftest import _database_url
 from releases import reports, services
+from releases.engine.context import LeaseLost
 from releases.models import AuditEvent, SiteResult, StepRun, UpdateGroup
 from releases.states import SiteState, StepState
 from tests.support import (
@@ -57,28 +59,6 @@ def fast_password_hashing(settings):
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
-def start(environment: str, sites: int | None = None) -> SimulatorServer:
-    return SimulatorServer(
-        environment.lower(),
-        sites=sites,
-        password=os.environ[f"ATLAS_{environment}_PASSWORD"],
-        pool_refill_delay=0,
-    )
-
-
-@pytest.fixture
-def sims():
-    started: list[SimulatorServer] = []
-
-    def make(environment: str, sites: int | None = None) -> SimulatorServer:
-        started.append(start(environment, sites))
-        return started[-1]
-
-    yield make
-    for sim in started:
-        sim.stop()
-
-
 def reach(plan, user, number: int) -> StepRun:
     """Make step `number` launchable: its environment's deploy step runs here (the release item
     must exist), step 7 is recorded, everything else before it is skipped."""
@@ -104,9 +84,9 @@ def removals(sim: SimulatorServer) -> list[dict]:
 @pytest.mark.parametrize("number, environment", [(3, "DEV"), (10, "TEST"), (13, "PROD")])
 def test_pool_churn_during_a_delete_step_never_removes_a_site_that_left_the_pool(sims, number, environment):
     sim = sims(environment, sites=None if environment == "DEV" else 300)
-    # One write at a time: an install can then land anywhere but between a site's own read and
-    # its DELETE (that window cannot be closed on Atlas's side: see the test after this one).
-    configure_environments({environment: sim}, parallelism=1)
+    # At a parallelism of 8, as PROD runs: deletions still go one at a time, so no DELETE of ours
+    # arrives (and starts an install) between another site's read and its DELETE.
+    configure_environments({environment: sim}, parallelism=8)
     user = make_user()
     step = reach(services.create_plan("2.8.5", commit=R, user=user), user, number)
     sim.set_faults(pool_take_rate=1.0)  # with every write, an install or restore takes a pool site
@@ -129,24 +109,75 @@ def test_pool_churn_during_a_delete_step_never_removes_a_site_that_left_the_pool
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_delete_racing_an_install_is_recorded_failed_as_possibly_destroyed(sims):
+def test_a_delete_racing_an_install_is_failed_as_possibly_destroyed_named_and_never_retried(sims):
     sim = sims("DEV")
     configure_environments({"DEV": sim}, parallelism=2)
     user = make_user()
     step = reach(services.create_plan("2.8.5", commit=R, user=user), user, 3)
     sim.set_faults(take_before_delete_rate=1.0)  # every install lands between our read and DELETE
 
-    assert run_inline(step, user) == StepState.PAUSED
+    assert run_inline(step, user) in (StepState.FAILED, StepState.PAUSED)  # ended, or the threshold
 
     sim.set_faults()
     step.refresh_from_db()
     destroyed = {e["id"]: e["status"] for e in removals(sim)}
     assert destroyed and set(destroyed.values()) == {"installed"}
     assert max(Counter(e["id"] for e in removals(sim)).values()) == 1, "a DELETE was sent twice"
-    failed = {r.site_id: r.message for r in SiteResult.objects.filter(step=step, state=SiteState.FAILED)}
-    assert failed.keys() == destroyed.keys()
-    assert all("possibly destroyed while the site was 'installed'" in m for m in failed.values())
-    assert "retry the failed sites" in step.message
+    failed = SiteResult.objects.filter(step=step, state=SiteState.FAILED)
+    assert {r.site_id for r in failed} == destroyed.keys()
+    assert all(r.needs_check for r in failed)
+    assert all("possibly destroyed while the site was 'installed'" in r.message for r in failed)
+    assert "possibly lost their instance" in step.message and failed[0].path in step.message
+
+    # Retrying the failed sites leaves these alone: nothing more is sent for them.
+    requests_before = len(sim.events.of_kind("site_remove"))
+    services.retry_failed(step, user)
+    assert run_engine(step) == StepState.FAILED
+    step.refresh_from_db()
+    assert len(sim.events.of_kind("site_remove")) == requests_before
+    assert {
+        r.site_id for r in SiteResult.objects.filter(step=step, state=SiteState.FAILED)
+    } == destroyed.keys()
+    assert "possibly lost their instance" in step.message and "retry the failed" not in step.message
+    audited = AuditEvent.objects.filter(plan=step.plan, step_number=3).order_by("-id").first()
+    assert failed[0].site_id in audited.message or failed[0].path in audited.message
+
+
+@pytest.mark.django_db(transaction=True)
+def test_installs_at_any_moment_never_destroy_an_unreported_site(sims):
+    """Atlas's own installs run on their own clock: the window between our read and our DELETE
+    cannot be closed, but every instance a DELETE may have destroyed is reported for a check."""
+    sim = sims("PROD", sites=600)
+    configure_environments({"PROD": sim}, parallelism=8)
+    user = make_user()
+    step = reach(services.create_plan("2.8.5", commit=R, user=user), user, 13)
+    sim.set_faults(write_latency_ms=5)
+    done = threading.Event()
+
+    def installs() -> None:
+        while not done.wait(0.004):
+            sim.state.take_pool_site()
+
+    churn = threading.Thread(target=installs, daemon=True)
+    churn.start()
+    try:
+        run_inline(step, user)
+    finally:
+        done.set()
+        churn.join()
+
+    sim.set_faults()
+    assert sim.events.of_kind("pool_take"), "the churn took nothing"
+    reached = SiteResult.objects.filter(step=step).exclude(state=SiteState.SUCCEEDED).exists()
+    assert reached, "the churn never took a targeted site: the test shows nothing"
+    live = {e["id"] for e in removals(sim) if e["status"] != "available"}
+    flagged = set(SiteResult.objects.filter(step=step, needs_check=True).values_list("site_id", flat=True))
+    assert live <= flagged, f"{len(live - flagged)} destroyed live sites were not reported"
+    assert flagged <= live | {e["id"] for e in removals(sim)}
+    deleted = set(
+        SiteResult.objects.filter(step=step, state=SiteState.SUCCEEDED).values_list("site_id", flat=True)
+    )
+    assert deleted <= {e["id"] for e in removals(sim) if e["status"] == "available"}
 
 
 @pytest.mark.django_db(transaction=True)
@@ -203,6 +234,65 @@ def test_a_code_patch_slower_than_the_lease_is_sent_once_and_succeeds_after_its_
 
 
 @pytest.mark.django_db(transaction=True)
+def test_a_code_patch_with_no_answer_is_never_sent_twice_and_the_step_pauses_until_checked(sims, monkeypatch):
+    from releases.engine import code
+
+    monkeypatch.setattr(code, "STORE_GRACE_SECONDS", 1.0)
+    dev = sims("DEV")
+    configure_environments({"DEV": dev})
+    user = make_user()
+    plan = services.create_plan("2.8.5", commit=R, user=user)
+    step = reach(plan, user, 8)
+    item = release_item(dev)
+    with dev.lock:
+        dev.db["sites"].update_many({"_deleted": {"$ne": True}}, {"$set": {"code.profile": item["_id"]}})
+    dev.set_faults(
+        fail_next=1, fail_status=504, fail_methods=("PATCH",)
+    )  # a gateway gave up: did Atlas get the PATCH?
+
+    assert run_inline(step, user) == StepState.PAUSED
+    step.refresh_from_db()
+    assert "unknown outcome" in step.message and "not sent again" in step.message
+    assert [e for e in dev.events.of_kind("code_update") if e["commit_hash"] == T] == []
+    assert release_item(dev)["commit_hash"] != T
+
+    services.resume(plan, user)  # the operator checked the item in Atlas
+    assert run_engine(step) == StepState.SUCCEEDED
+    patches = [e for e in dev.events.of_kind("code_update") if e["commit_hash"] == T]
+    assert len(patches) == 1
+    assert set(Counter(e["id"] for e in dev.events.of_kind("cascade")).values()) == {1}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_step_thread_stuck_past_the_longest_atlas_call_lets_its_lease_lapse(prod_sim, settings):
+    from releases.engine.context import StepContext
+
+    settings.STEP_LEASE_SECONDS = 1.0
+    configure_environments({"PROD": prod_sim})
+    user = make_user()
+    step = prepare_prod(services.create_plan("2.8.5", commit=R, user=user), user)
+    with tasks_not_sent():
+        services.launch(step, user)
+    assert step.claim("stuck-worker")
+    client = step.environment.client()
+    client.code_write_timeout = (0.5, 1.0)  # the longest call this client can be blocked in
+    ctx = StepContext(step, "stuck-worker", client)
+    ctx.start()
+    try:
+        assert ctx.stall_limit() == pytest.approx(3.5)
+        ctx.doing("reading batch 1")  # then nothing: the step's own thread is stuck
+        wait_for(lambda: ctx.lost, timeout=10, what="the heartbeat to give the lease up")
+        time.sleep(1.5)
+        step.refresh_from_db()
+        assert step.lease_expires_at < timezone.now(), "the heartbeat went on renewing a stuck step"
+        assert "no live worker since" in step.liveness()
+        with pytest.raises(LeaseLost):
+            ctx.beat()
+    finally:
+        ctx.close()
+
+
+@pytest.mark.django_db(transaction=True)
 def test_a_worker_that_lost_the_lease_sends_and_records_nothing_more():
     prod = start_prod(400)
     try:
@@ -226,8 +316,9 @@ def test_a_worker_that_lost_the_lease_sends_and_records_nothing_more():
         runner.join(timeout=30)
 
         assert ended == [None], "the worker that lost the lease must not finish the step"
-        # At most one dispatched chunk and the writes in flight (2 × parallelism) follow.
-        assert len(client_updates(prod)) - sent_at_takeover <= 3 * 2
+        # Found out at the next lease renewal or lease-checked dispatch, whichever comes first:
+        # at most the write window (2 × parallelism + 8) in flight and one dispatched window follow.
+        assert len(client_updates(prod)) - sent_at_takeover <= 2 * (2 * 2 + 8)
         assert Counter(SiteResult.objects.filter(step=step).values_list("state", flat=True)) == recorded
         step.refresh_from_db()
         assert (step.state, step.lease_owner) == (StepState.RUNNING, "another-worker")

@@ -713,7 +713,11 @@ def test_reset_events_empties_the_log(dev_atlas):
 
 
 def test_command_serves_without_a_migrated_database(tmp_path, unused_port):
-    env = {"DATABASE_URL": f"sqlite:///{tmp_path / 'absent.sqlite3'}", "PATH": "/usr/bin:/bin"}
+    env = {
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'absent.sqlite3'}",
+        "PATH": "/usr/bin:/bin",
+        "DEBUG": "true",
+    }
     command = [sys.executable, "manage.py", "atlas_simulator", "--port", str(unused_port),
                "--environment", "dev", "--prefix", "atlas"]  # fmt: skip
     process = subprocess.Popen(

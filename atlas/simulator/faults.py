@@ -36,6 +36,9 @@ class Faults:
     - `etag_race_rate`: fraction of PATCH/DELETE of a site preceded by another writer
       touching that site, so the client's If-Match is stale (412).
     - `fail_next`: the next N requests (any method) are answered 503, whatever the rate.
+    - `fail_status`: the status those failures answer: 503 (the proxy refused at the door) by
+      default; 502/504 are a gateway giving up, where the client cannot tell whether Atlas got it.
+    - `fail_methods`: when given, only requests with these methods fail (`fail_next`, `fail_rate`).
     - `pool_take_rate`: fraction of writes on whose arrival Atlas takes one random pool site
       other than the one the request names (status → `installed`, as an install or a restore
       does): the churn that makes a snapshot of available sites go stale.
@@ -51,6 +54,8 @@ class Faults:
     slow_rate: float = 0.0
     etag_race_rate: float = 0.0
     fail_next: int | None = None
+    fail_status: int = 503
+    fail_methods: tuple[str, ...] = ()  # only these methods fail (all when empty)
     pool_take_rate: float = 0.0
     take_before_delete_rate: float = 0.0
     cascade_delay_ms: float = 0
@@ -125,8 +130,8 @@ class FaultInjector:
         try:
             if write and faults.write_latency_ms > 0:
                 time.sleep(faults.write_latency_ms / 1000)
-            if self._should_fail():
-                return self._unavailable()
+            if (not faults.fail_methods or method in faults.fail_methods) and self._should_fail():
+                return self._unavailable(faults.fail_status)
             self._maybe_churn(environ, method, faults)
             self._maybe_race(environ, method, faults)
             response = BufferedResponse.of(self.app, environ)
@@ -161,11 +166,12 @@ class FaultInjector:
             self.state.touch_site(target)
 
     @staticmethod
-    def _unavailable() -> BufferedResponse:
+    def _unavailable(status: int = 503) -> BufferedResponse:
         # What the proxy in front of Atlas answers: HTML, not an Eve envelope.
         headers = [
             ("Content-Type", "text/html; charset=iso-8859-1"),
             ("Content-Length", str(len(UNAVAILABLE_BODY))),
             ("Retry-After", "1"),
         ]
-        return BufferedResponse("503 Service Unavailable", headers, UNAVAILABLE_BODY)
+        reason = {502: "Bad Gateway", 504: "Gateway Timeout"}.get(status, "Service Unavailable")
+        return BufferedResponse(f"{status} {reason}", headers, UNAVAILABLE_BODY)

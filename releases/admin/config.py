@@ -10,6 +10,7 @@ from django.urls import reverse
 from django.utils.html import format_html
 
 from .. import services
+from ..connectivity import test_connection
 from ..models import AuditEvent, Environment, LaunchRequest, SiteResult, StepRun, UpdateGroup
 
 
@@ -69,6 +70,14 @@ class EnvironmentAdmin(admin.ModelAdmin):
         "protected",
         "two_person",
     )
+    actions = ["test_connection"]
+
+    @admin.action(description="Test connection (credentials check, changes nothing)", permissions=["change"])
+    def test_connection(self, request, queryset):
+        # Sends the environment's credentials to its URL (one request each), hence `change`.
+        for environment in queryset:
+            ok, message = test_connection(environment, request.user)
+            self.message_user(request, message, messages.SUCCESS if ok else messages.ERROR)
 
     def has_add_permission(self, request):
         return False

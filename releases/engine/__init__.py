@@ -11,14 +11,14 @@ import time
 
 from django.db import close_old_connections, connection
 
-from atlas.errors import AtlasError, AuthenticationError, Unavailable
+from atlas.errors import AtlasError, AuthenticationError, Cancelled, Unavailable
 
 from ..db import with_database
 from ..models import EnvironmentMisconfigured, StepRun
 from ..states import StepKind, StepState
 from .code import deploy_code, update_code
 from .context import LeaseLost, Outcome, StepContext, credentials_refused, unreachable
-from .sites import delete_sites, update_sites
+from .sites import delete_sites, update_sites, with_checks
 
 __all__ = ["execute", "with_database"]
 
@@ -68,15 +68,30 @@ def _run(step: StepRun, owner: str) -> Outcome:
         ctx = StepContext(step, owner)
     except EnvironmentMisconfigured as exc:
         return Outcome(StepState.FAILED, str(exc))
+    except Exception as exc:  # e.g. a URL saved outside the admin's validation: never left running
+        logger.exception("step %s could not start", step.pk)
+        return Outcome(StepState.FAILED, f"the step could not start: {type(exc).__name__}: {exc}")
     try:
         with connection.execute_wrapper(ctx.queries):
-            ctx.start()
-            requested = ctx.beat()
-            if requested:
-                return Outcome.stopped(requested)
-            return KINDS[step.kind](ctx)
+            outcome = _outcome(ctx, step)
+            if step.kind == StepKind.DELETE_SITES and outcome.state != StepState.SUCCEEDED:
+                outcome.message = with_checks(ctx, outcome.message)  # however it stopped
+            return outcome
+    finally:
+        ctx.close()
+
+
+def _outcome(ctx: StepContext, step: StepRun) -> Outcome:
+    try:
+        ctx.start()
+        requested = ctx.beat()
+        if requested:
+            return Outcome.stopped(requested)
+        return KINDS[step.kind](ctx)
     except LeaseLost:
         raise
+    except Cancelled as exc:  # the client refused to send: the lease is gone
+        raise LeaseLost(str(exc)) from None
     except EnvironmentMisconfigured as exc:
         return Outcome(StepState.FAILED, str(exc))
     except AuthenticationError as exc:
@@ -94,8 +109,6 @@ def _run(step: StepRun, owner: str) -> Outcome:
         return Outcome(
             StepState.FAILED, f"the step stopped on an unexpected error: {type(exc).__name__}: {exc}"
         )
-    finally:
-        ctx.close()
 
 
 def _with_error(outcome: Outcome, step: StepRun, exc: AtlasError) -> Outcome:

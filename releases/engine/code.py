@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import time
 
+from atlas.errors import OutcomeUnknown
 from atlas.types import CodeItem
 
 from ..states import StepState
 from .context import Outcome, StepContext
 
+# How long a PATCH /code whose answer never came may take to show in Atlas before the step stops
+# (Atlas stores the item first thing, before its cascade, so this is short).
+STORE_GRACE_SECONDS = 20.0
+AWAITING = "awaiting the operator's confirmation"
 DEPLOY_FLAGS = {"registry_rebuild": False, "cache_clear": True, "update_database": True}
 
 
@@ -52,8 +57,8 @@ def update_code(ctx: StepContext) -> Outcome:
     The step succeeds only after the PATCH that changed the commit was answered: Atlas stores the
     item *before* its synchronous cascade (atlas-api.md §3.2), so finding the commit stored says
     nothing about the cascade. When the commit was stored by a call whose answer we never got (a
-    worker that died, a timeout), the step waits until every site on the item shows a write after
-    the item's own — the cascade reached it — before it goes on.
+    worker that died, a timeout), the step never sends it again and never succeeds on its own: it
+    pauses for the operator to confirm the cascade in Atlas, and goes on when resumed.
     """
     plan, params = ctx.step.plan, ctx.step.params
     commit = plan.commit_for(params.get("commit", "final"))
@@ -66,20 +71,26 @@ def update_code(ctx: StepContext) -> Outcome:
         )
     ctx.result.update(code_id=item.id, commit=commit)
     ctx.result.setdefault("previous_commit", item.commit_hash)
+    if ctx.result.get("commit_patch") == AWAITING:
+        # Paused for the operator to confirm the cascade in Atlas; only a resume (audited) runs
+        # the step again, so this run is the operator's confirmation.
+        ctx.result["commit_patch"] = "confirmed by the operator"
+    elif item.commit_hash != commit and ctx.result.get("commit_patch") == "sent":
+        # An earlier run sent the PATCH and never saw its answer: give a PATCH still on its way
+        # time to show before a second one could run the cascade twice.
+        item, requested = _wait_for_commit(ctx, item.id, commit, STORE_GRACE_SECONDS)
+        if requested:
+            return Outcome.stopped(requested)
+        if item is None:
+            return Outcome(
+                StepState.FAILED, f"code item {ctx.result['code_id']} disappeared from {ctx.environment}"
+            )
     if item.commit_hash != commit:
-        ctx.result["cascaded_sites"] = ctx.client.count("sites", {"code.profile": item.id})
-        ctx.result["commit_patch"] = "sent"  # durable before sending: a takeover knows to check
-        ctx.save_result()
-        ctx.doing(f"PATCH /code: Atlas re-deploys the {ctx.result['cascaded_sites']} sites on the item")
-        # Alone in its PATCH: with `meta` beside it Atlas would skip the cascade to the sites.
-        written = ctx.client.patch_code(item.id, {"commit_hash": commit}, etag=item.etag)
-        if not written.already:
-            ctx.result["commit_patch"] = "answered"
-            ctx.save_result()
-    if ctx.result.get("commit_patch") != "answered":
-        stopped = _confirm_cascade(ctx, item.id)
+        stopped = _patch_commit(ctx, item, commit)
         if stopped:
             return stopped
+    if ctx.result.get("commit_patch") not in ("answered", "confirmed by the operator"):
+        return _await_operator(ctx, item.id)
     if params.get("make_current"):
         fresh = ctx.client.get_code(item.id)
         if fresh is not None and not fresh.is_current:
@@ -89,28 +100,85 @@ def update_code(ctx: StepContext) -> Outcome:
     return _wait_for_deploy(ctx, f"code item {item.id} now on {commit[:12]}")
 
 
-def _confirm_cascade(ctx: StepContext, code_id: str) -> Outcome | None:
-    """Wait until no site on the item was last written before the item itself (Eve stamps
-    `_updated` to the second): the cascade has then reached every site (atlas-api.md §3.2)."""
+def _patch_commit(ctx: StepContext, item: CodeItem, commit: str) -> Outcome | None:
+    """Send the one PATCH that re-deploys every site on the item; None when it was answered or
+    its commit is found stored (the caller then decides whether the cascade is known done)."""
+    requested = ctx.beat(force=True)  # the last look before the write that re-deploys every site
+    if requested:
+        return Outcome.stopped(requested)
+    ctx.result["cascaded_sites"] = ctx.client.count("sites", {"code.profile": item.id})
+    ctx.result["commit_patch"] = "sent"  # durable before sending: a takeover knows to check
+    ctx.save_result()
+    ctx.doing(f"PATCH /code: Atlas re-deploys the {ctx.result['cascaded_sites']} sites on the item")
+    try:
+        # Alone in its PATCH: with `meta` beside it Atlas would skip the cascade to the sites.
+        written = ctx.client.patch_code(item.id, {"commit_hash": commit}, etag=item.etag)
+    except OutcomeUnknown as exc:
+        # Not sent again by the client: it may still be running on Atlas. Wait for it to show.
+        stored, requested = _wait_for_commit(ctx, item.id, commit, STORE_GRACE_SECONDS)
+        if requested:
+            return Outcome.stopped(requested)
+        if stored is None or stored.commit_hash != commit:
+            return Outcome(
+                StepState.PAUSED,
+                f"the PATCH of code item {item.id} to {commit[:12]} has an unknown outcome ({exc}) and "
+                f"the commit is not stored after {STORE_GRACE_SECONDS:g} s. It was not sent again, "
+                "as a second one would re-deploy every site twice: check the item in Atlas, then "
+                "resume (the item is read again first)",
+            )
+        return None
+    if not written.already:
+        ctx.result["commit_patch"] = "answered"
+        ctx.save_result()
+    return None
+
+
+def _wait_for_commit(
+    ctx: StepContext, code_id: str, commit: str, seconds: float
+) -> tuple[CodeItem | None, str]:
+    """Read the item until it shows `commit` or `seconds` pass: the last read (None if gone) and
+    the operator's request if one came meanwhile."""
+    deadline = time.monotonic() + seconds
+    while True:
+        item = ctx.client.get_code(code_id)
+        if item is None or item.commit_hash == commit or time.monotonic() >= deadline:
+            return item, ""
+        ctx.doing(f"waiting for a PATCH of code item {code_id} with no answer yet to show in Atlas")
+        requested = ctx.sleep(2.0)
+        if requested:
+            return item, requested
+
+
+def _await_operator(ctx: StepContext, code_id: str) -> Outcome:
+    """The commit is stored by a PATCH whose answer this portal never saw (a timeout, a worker
+    that died): Atlas may still be cascading, and nothing in the API says when it is done
+    (atlas-api.md §3.2, §3.5). The sites' `_updated` is only a hint (Atlas's own tasks write
+    sites too), so wait for the hint, then pause: the operator confirms and resumes."""
     item = ctx.client.get_code(code_id)
     if item is None:
         return Outcome(StepState.FAILED, f"code item {code_id} disappeared from {ctx.environment}")
     behind_where = {"code.profile": code_id, "_updated": {"$lt": item.updated}}
     deadline = time.monotonic() + ctx.client.code_write_timeout[1]
-    while (behind := ctx.client.count("sites", behind_where)) > 0:
-        if time.monotonic() > deadline:
-            return Outcome(
-                StepState.PAUSED,
-                f"the commit is stored on code item {code_id}, but {behind} sites on it show no write "
-                "since: Atlas's cascade may have stopped. Check those sites, then resume",
-            )
+    while (behind := ctx.client.count("sites", behind_where)) > 0 and time.monotonic() < deadline:
         ctx.doing(f"waiting for Atlas's cascade (a call we did not see answered): {behind} sites to go")
         requested = ctx.sleep(2.0)
         if requested:
             return Outcome.stopped(requested)
-    ctx.result["commit_patch"] = "confirmed by the sites"
-    ctx.save_result()
-    return None
+    hint = (
+        f"{behind} sites on it still show no write since the item was stored: the cascade is still "
+        "running or stopped"
+        if behind
+        else "every site on it shows a write since the item was stored, which suggests (but does not "
+        "prove) that the cascade is done"
+    )
+    ctx.result["commit_patch"] = AWAITING  # saved with the pause itself, not before
+    return Outcome(
+        StepState.PAUSED,
+        f"code item {code_id} is on the commit, set by a PATCH whose answer the portal never received; "
+        f'{hint}. Confirm in Atlas that the code update finished (Slack "Code Update - Success", the '
+        "sites' _updated), then resume: the step then goes on without sending the PATCH again",
+        dict(ctx.result),
+    )
 
 
 def _commit_clash(ctx: StepContext, commit: str) -> str:

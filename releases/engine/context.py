@@ -62,6 +62,15 @@ class StepContext:
         self._lost = threading.Event()
         self._stop = threading.Event()
         self._heart: threading.Thread | None = None
+        # Set while a batch is stopping (pause, abort, threshold, an error): with a lost lease,
+        # it keeps the client from sending anything more, retries under way included.
+        self.halt = threading.Event()
+        self.client.proceed = lambda: not (self.lost or self.halt.is_set())
+        # When the step's own thread last showed progress, and until when the lease is surely ours:
+        # a lease period after the last successful renewal *started*, less a heartbeat and a
+        # second for clocks between hosts.
+        self._progress = time.monotonic()
+        self._valid_until = time.monotonic()
 
     # -- the heartbeat -------------------------------------------------------------------------
 
@@ -87,8 +96,29 @@ class StepContext:
         finally:
             connection.close()  # this thread's own connection
 
+    def stall_limit(self) -> float:
+        """How long the step's own thread may show no progress before the heartbeat stops
+        renewing the lease: the longest single Atlas call (a code PATCH with its cascade) plus
+        two leases. A thread stuck past that lets the watchdog hand the step to another worker."""
+        connect, read = self.client.code_write_timeout
+        return connect + read + 2 * settings.STEP_LEASE_SECONDS
+
     def _beat_until_stopped(self) -> None:
         while not self._stop.wait(self._interval()):
+            now = time.monotonic()
+            if now - self._progress > self.stall_limit():
+                logger.error(
+                    "step %s: no progress for %.0f s; the lease is left to lapse",
+                    self.step.pk,
+                    now - self._progress,
+                )
+                self._lost.set()
+                return
+            if now > self._valid_until:
+                # Not renewed in time: another worker may hold the step by now.
+                logger.error("step %s: lease not renewed in time; stopping", self.step.pk)
+                self._lost.set()
+                return
             try:
                 self._renew()
             except LeaseLost:
@@ -97,6 +127,7 @@ class StepContext:
                 logger.exception("step %s: lease renewal failed", self.step.pk)
 
     def _renew(self) -> None:
+        started = time.monotonic()
         requested = with_database(
             lambda: self.step.heartbeat(self.owner, self._activity_line()), "lease renewal"
         )
@@ -104,9 +135,14 @@ class StepContext:
             self._lost.set()
             raise LeaseLost(f"step {self.step.pk} lease lost by {self.owner}")
         self._requested = requested
+        lease = settings.STEP_LEASE_SECONDS
+        self._valid_until = started + lease - self._interval() - min(1.0, lease / 10)
 
     def _activity_line(self) -> str:
         since = self.client.failing_since
+        quiet = time.monotonic() - self._progress
+        if since is None and quiet > max(60.0, 3 * settings.STEP_LEASE_SECONDS):
+            return f"{self.activity} (no progress for {quiet:.0f} s)"
         if since is None:
             return self.activity
         return (
@@ -118,20 +154,25 @@ class StepContext:
 
     @property
     def lost(self) -> bool:
+        """The lease is gone, or no longer surely ours (a renewal blocked past its validity)."""
+        if not self._lost.is_set() and self._heart is not None and time.monotonic() > self._valid_until:
+            self._lost.set()
         return self._lost.is_set()
 
     def beat(self, force: bool = False) -> str:
         """Return '', 'pause' or 'abort' (the operator's request); raise LeaseLost when the lease is
         gone. `force` renews the lease now instead of relying on the heartbeat thread."""
+        self._progress = time.monotonic()
         if force:
             self._renew()
-        if self._lost.is_set():
+        if self.lost:
             raise LeaseLost(f"step {self.step.pk} lease lost by {self.owner}")
         return self._requested
 
     def doing(self, activity: str) -> None:
         """Say what the step is doing (shown in the admin and `release status`)."""
         self.activity = activity
+        self._progress = time.monotonic()
 
     def sleep(self, seconds: float) -> str:
         """Wait, keeping the lease; return early with the operator's request if one comes."""
@@ -162,7 +203,8 @@ def credentials_refused(ctx: StepContext, exc: Exception) -> Outcome:
     return Outcome(
         StepState.FAILED,
         f"Atlas {env.name} refused the credentials (username {env.username!r}, password variable "
-        f"{env.password_env}): the step stopped after that request, as Atlas binds to LDAP on "
+        f"{env.password_env}): the step stopped at once, sending nothing more (requests already in "
+        f"flight, at most {max(1, env.parallelism)}, were refused too), as Atlas binds to LDAP on "
         "every request and repeated failures can lock the account. Fix the variable, then launch "
         "the step again",
     )

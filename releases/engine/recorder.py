@@ -9,6 +9,7 @@ nothing more (the next owner re-reads the dispatched sites from Atlas).
 from __future__ import annotations
 
 import time
+from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import islice
@@ -23,7 +24,7 @@ from .context import LeaseLost
 
 FLUSH_ROWS = 250
 FLUSH_SECONDS = 1.0
-RESULT_FIELDS = ["state", "attempts", "http_status", "response", "message", "finished_at"]
+RESULT_FIELDS = ["state", "attempts", "http_status", "response", "message", "finished_at", "needs_check"]
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,7 @@ class SiteOutcome:
     response: object
     message: str
     attempts: int
+    needs_check: bool = False  # an operator must look at the site in Atlas (never retried)
 
 
 class ResultRecorder:
@@ -81,6 +83,7 @@ class ResultRecorder:
         row.response = outcome.response
         row.message = outcome.message[:2000]
         row.finished_at = timezone.now()
+        row.needs_check = outcome.needs_check
         if outcome.state == SiteState.FAILED:
             self._failed_now += 1
         self._buffer.append(row)
@@ -107,7 +110,24 @@ class ResultRecorder:
         self._last_flush = time.monotonic()
 
     def _write_buffer(self) -> None:
+        # Successes are alike: one UPDATE per (outcome, second) instead of a CASE per row and field
+        # (bulk_update's SQL costs the worker more CPU than the Atlas calls it records). Atlas's
+        # answer is kept for the sites that did not simply succeed.
+        alike: dict[tuple, list[int]] = defaultdict(list)
+        other: list[SiteResult] = []
+        for row in self._buffer:
+            if row.state == SiteState.SUCCEEDED and not row.needs_check:
+                second = row.finished_at.replace(microsecond=0)
+                alike[(row.attempts, row.http_status, row.message, second)].append(row.pk)
+            else:
+                other.append(row)
         with transaction.atomic():
             if not self._mine().select_for_update().exists():
                 raise LeaseLost(f"step {self.step.pk}: lease lost before recording results")
-            SiteResult.objects.bulk_update(self._buffer, RESULT_FIELDS, batch_size=500)
+            for (attempts, status, message, second), ids in alike.items():
+                SiteResult.objects.filter(pk__in=ids).update(
+                    state=SiteState.SUCCEEDED, attempts=attempts, http_status=status, message=message,
+                    finished_at=second, response=None, needs_check=False,
+                )  # fmt: skip
+            if other:
+                SiteResult.objects.bulk_update(other, RESULT_FIELDS, batch_size=500)

@@ -9,12 +9,11 @@ unknown outcome and is re-read from Atlas before anything is sent again.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
-from atlas.errors import AtlasError, AuthenticationError, NotFound, PossiblyDestroyed, Unavailable
+from atlas.errors import AtlasError, AuthenticationError, Cancelled, NotFound, PossiblyDestroyed, Unavailable
 from atlas.selectors import exclude_profile
 
 from ..db import with_database
@@ -48,6 +47,17 @@ def delete_sites(ctx: StepContext) -> Outcome:
     return _run_site_step(ctx, delete=True)
 
 
+def with_checks(ctx: StepContext, message: str) -> str:
+    """`message`, naming the sites to check in Atlas if there are any (a pause, an outage, an
+    abort or a failure of a delete step names them too)."""
+    try:
+        check = _needs_check(ctx)
+    except Exception:  # the database is away too: the rows still carry the flag
+        logger.exception("step %s: could not list the sites to check", ctx.step.pk)
+        return message
+    return f"{message}; {check}" if check and check not in message else message
+
+
 def _run_site_step(ctx: StepContext, *, delete: bool) -> Outcome:
     ctx.doing("finding the release's code item")
     item = find_release_item(ctx)
@@ -70,7 +80,11 @@ def _run_site_step(ctx: StepContext, *, delete: bool) -> Outcome:
         ctx.doing("checking the Atlas credentials")
         ctx.client.check_credentials()
         work = _deleter(ctx) if delete else _updater(ctx, item.id)
-        stopped = _run_batches(ctx, work, snapshot)
+        # Deletions go one at a time: the read before each DELETE is then the last word on the
+        # site, with no other write of ours arriving in between to start an install (§3.4).
+        # They are few (the pool), so this costs seconds, not minutes.
+        parallelism = 1 if delete else max(1, ctx.environment.parallelism)
+        stopped = _run_batches(ctx, work, snapshot, parallelism)
     except LeaseLost:
         if snapshot is not None:
             snapshot.close()  # another worker owns the step: store nothing more
@@ -137,7 +151,7 @@ def _freeze(ctx: StepContext, snapshot: Snapshot | None, index: int) -> str:
     return grown
 
 
-def _run_batches(ctx: StepContext, work: Work, snapshot: Snapshot | None) -> Outcome | None:
+def _run_batches(ctx: StepContext, work: Work, snapshot: Snapshot | None, parallelism: int) -> Outcome | None:
     total = snapshot.batch_count if snapshot else len(ctx.result.get("batches", []))
     recorder = ResultRecorder(ctx.step, ctx.owner)
     for index in range(total):
@@ -157,12 +171,23 @@ def _run_batches(ctx: StepContext, work: Work, snapshot: Snapshot | None) -> Out
             recorder.targets(snapshot.frozen_sites)
         name = ctx.result["batches"][index]["name"]
         ctx.doing(f"writing batch {index + 1} of {total} ({name})")
-        stopped = _run_batch(ctx, _remaining(ctx, index), work, recorder)
-        if stopped:
+        stopped = _run_batch(ctx, _remaining(ctx, index), work, recorder, parallelism)
+        if stopped and _has_remaining(ctx, index):
             return stopped
+        # Done, even when a stop came with its last answers: the pause before the next batch
+        # then counts from now, on this run or a resumed one.
         ctx.result.setdefault("batch_finished_at", {})[str(index)] = time.time()
         ctx.save_result()
+        if stopped:
+            return stopped
     return None
+
+
+def _has_remaining(ctx: StepContext, index: int) -> bool:
+    todo = SiteResult.objects.filter(
+        step=ctx.step, batch_index=index, state__in=[SiteState.PENDING, SiteState.DISPATCHED]
+    )
+    return with_database(todo.exists, "reading the batch")
 
 
 def _remaining(ctx: StepContext, index: int, chunk: int = 500) -> Iterator[SiteResult]:
@@ -202,7 +227,7 @@ def _pause_before_batch(ctx: StepContext, index: int) -> str:
 
 
 def _run_batch(
-    ctx: StepContext, rows: Iterator[SiteResult], work: Work, recorder: ResultRecorder
+    ctx: StepContext, rows: Iterator[SiteResult], work: Work, recorder: ResultRecorder, parallelism: int
 ) -> Outcome | None:
     """At most `parallelism` writes in flight; as many again queued so no thread waits for us.
 
@@ -211,7 +236,6 @@ def _run_batch(
     cannot be called back: its row stays `dispatched` unless its answer arrives, and whoever runs
     the step next re-reads it from Atlas before sending anything.
     """
-    parallelism = max(1, ctx.environment.parallelism)
     # Writes queued behind the threads, so a thread never waits for this loop to hand it work
     # (recording results, renewing nothing: the heartbeat has its own thread).
     window = parallelism * 2 + 8
@@ -220,7 +244,8 @@ def _run_batch(
     unsent: list[SiteResult] = []
     in_flight: dict = {}
     stop: Outcome | None = None
-    stopping = threading.Event()
+    stopping = ctx.halt  # once set, the client sends nothing more (queued or retrying)
+    stopping.clear()
 
     def guarded(row: SiteResult) -> SiteOutcome | None:
         return None if stopping.is_set() or ctx.lost else work(row)
@@ -233,8 +258,9 @@ def _run_batch(
                 stopping.set()
             while stop is None and len(in_flight) < window:
                 if not ready:
-                    # Marked dispatched a chunk at a time (one query): a fraction of a query a site.
-                    ready = recorder.dispatch(queue, chunk=max(window, 100))
+                    # Marked dispatched a window at a time (one lease-checked query): a fraction
+                    # of a query a site, and a lost lease is found within one window.
+                    ready = recorder.dispatch(queue, chunk=window)
                     if not ready:
                         break
                 row = ready.pop(0)
@@ -252,6 +278,8 @@ def _run_batch(
                     if not exc.sent:
                         unsent.append(row)
                     continue
+                except Cancelled:
+                    continue  # stopped between attempts: left dispatched, re-read by the next run
                 if outcome is None:
                     unsent.append(row)
                 else:
@@ -299,9 +327,8 @@ def _threshold_outcome(ctx: StepContext, recorder: ResultRecorder | None = None)
         counts = with_database(ctx.step.counts, "counting the step's sites")
         failed, targeted = counts["failed"], counts["targeted"]
     limit = ctx.environment.threshold_description()
-    return Outcome(
-        StepState.PAUSED, f"failure threshold ({limit}) reached: {failed} of {targeted} sites failed"
-    )
+    message = f"failure threshold ({limit}) reached: {failed} of {targeted} sites failed"
+    return Outcome(StepState.PAUSED, "; ".join(filter(None, [message, _needs_check(ctx)])))
 
 
 def _updater(ctx: StepContext, profile_id: str) -> Work:
@@ -323,6 +350,8 @@ def _updater(ctx: StepContext, profile_id: str) -> Work:
             )
         except NotFound as exc:
             return SiteOutcome(SiteState.SKIPPED, exc.status, exc.body, exc.message, 1)
+        except Cancelled:
+            raise
         except AtlasError as exc:
             return SiteOutcome(SiteState.FAILED, exc.status, exc.body, str(exc), 1)
         message = "already done (re-read)" if result.already else ""
@@ -340,9 +369,20 @@ def _deleter(ctx: StepContext) -> Work:
         try:
             result = _stopping_on_outage(ctx, lambda: client.delete_available_site(row.site_id))
         except PossiblyDestroyed as exc:
-            return SiteOutcome(SiteState.FAILED, exc.status, exc.body, str(exc), 1)
+            return SiteOutcome(SiteState.FAILED, exc.status, exc.body, str(exc), 1, needs_check=True)
+        except Cancelled:
+            raise
         except AtlasError as exc:
             return SiteOutcome(SiteState.FAILED, exc.status, exc.body, str(exc), 1)
+        if result.outcome == "left_pool" and row.state == SiteState.DISPATCHED:
+            # An earlier run may have sent this site's DELETE (its answer never recorded): a site
+            # found out of the pool now may have lost its instance to it.
+            message = (
+                f"instance possibly destroyed while the site was {result.site_status!r}: an earlier run's "
+                "DELETE of it has no recorded answer and the site is no longer available; check the "
+                "site in Atlas"
+            )
+            return SiteOutcome(SiteState.FAILED, None, None, message, result.attempts, needs_check=True)
         if result.outcome == "left_pool":
             message = f"left the pool before deletion (status {result.site_status!r}): not deleted"
             return SiteOutcome(SiteState.SKIPPED, None, None, message, result.attempts)
@@ -411,6 +451,9 @@ def _final_outcome(ctx: StepContext) -> Outcome:
     if ctx.result.get("shrunk"):
         notes.append("fewer sites than confirmed: " + "; ".join(ctx.result["shrunk"]))
     summary = f"{counts['succeeded']} succeeded, {counts['failed']} failed, {counts['skipped']} skipped"
+    check = _needs_check(ctx)
+    if check:
+        return Outcome(StepState.FAILED, "; ".join([summary, *notes, check]), ctx.result)
     if counts["failed"]:
         policy_fails = ctx.environment.failure_policy == FailurePolicy.FAIL
         state = StepState.FAILED if policy_fails else StepState.PAUSED
@@ -418,3 +461,19 @@ def _final_outcome(ctx: StepContext) -> Outcome:
             state, "; ".join([summary, *notes]) + ": retry the failed sites, skip or abort", ctx.result
         )
     return Outcome(StepState.SUCCEEDED, "; ".join([summary, *notes]), ctx.result)
+
+
+def _needs_check(ctx: StepContext) -> str:
+    """Sites whose instance may have been destroyed: named in the step's message (and so in its
+    audit event); retrying never touches them, an operator must look at each in Atlas."""
+    rows = SiteResult.objects.filter(step=ctx.step, needs_check=True).order_by("id")
+    paths = with_database(lambda: list(rows.values_list("path", "site_id")[:21]), "reading the step's sites")
+    if not paths:
+        return ""
+    total = len(paths) if len(paths) <= 20 else with_database(rows.count, "counting the step's sites")
+    named = ", ".join(f"{path or '?'} ({site_id})" for path, site_id in paths[:20])
+    more = f" and {total - 20} more" if total > 20 else ""
+    return (
+        f"{total} sites possibly lost their instance to a DELETE while they were not available: {named}"
+        f"{more}. Check each in Atlas; retrying the failed sites leaves them alone"
+    )

@@ -169,7 +169,9 @@ class StepRun(models.Model):
         now = timezone.now()
         aborted = dict(state=StepState.ABORTED, finished_at=now, requested="", message="aborted")
         if action == "abort" and self.state == StepState.PAUSED:
-            return self._move([StepState.PAUSED], aborted, "the step is no longer paused")
+            self._move([StepState.PAUSED], aborted, "the step is no longer paused")
+            self.flag_unanswered_deletes()
+            return None
         if action == "abort":
             lapsed = Q(lease_expires_at__lt=now) | Q(lease_owner="", started_at__lt=now - lease())
             gone = {**aborted, "message": "aborted (no live worker held the step)"}
@@ -178,8 +180,23 @@ class StepRun(models.Model):
             )
             if rows == 1:
                 self.refresh_from_db()
+                self.flag_unanswered_deletes()
                 return None
         self._move([StepState.RUNNING], dict(requested=action), f"step {self.number} is not running")
+
+    def flag_unanswered_deletes(self) -> int:
+        """When a delete step ends without finishing: a site still `dispatched` may have had its
+        DELETE sent with no answer recorded, and nobody will re-read it now. Its instance may be
+        destroyed (atlas-api.md §3.4): it is failed and flagged for a check, never left silent."""
+        if self.kind != StepKind.DELETE_SITES:
+            return 0
+        return self.sites.filter(state=SiteState.DISPATCHED).update(
+            state=SiteState.FAILED,
+            needs_check=True,
+            finished_at=timezone.now(),
+            message="a DELETE of this site may have been sent (no answer was recorded) when the step "
+            "ended: its instance may be destroyed; check the site in Atlas",
+        )
 
     def resume(self, *, retry_failed: bool = False) -> None:
         allowed = [StepState.PAUSED, StepState.FAILED] if retry_failed else [StepState.PAUSED]
@@ -197,7 +214,10 @@ class StepRun(models.Model):
                 f"step {self.number} cannot resume",
             )
             if retry_failed:
-                self.sites.filter(state=SiteState.FAILED).update(state=SiteState.PENDING, message="")
+                # A site whose instance may be destroyed is never sent again: an operator looks.
+                self.sites.filter(state=SiteState.FAILED, needs_check=False).update(
+                    state=SiteState.PENDING, message=""
+                )
 
     def claim(self, owner: str) -> bool:
         """Take the execution lease: only one worker executes a running step at a time."""
@@ -206,6 +226,8 @@ class StepRun(models.Model):
         rows = StepRun.objects.filter(free, pk=self.pk, state=StepState.RUNNING).update(
             lease_owner=owner, lease_expires_at=now + lease()
         )
+        if rows == 1:
+            self.refresh_from_db()  # what the previous holder left (its result, the request)
         return rows == 1
 
     def heartbeat(self, owner: str, activity: str | None = None) -> str | None:
@@ -241,6 +263,7 @@ class StepRun(models.Model):
             )
             if aborted:
                 self.refresh_from_db()
+                self.flag_unanswered_deletes()
                 return True
         changes = dict(
             state=state, message=message, lease_owner="", lease_expires_at=None, requested="", activity=""
@@ -253,6 +276,8 @@ class StepRun(models.Model):
         if rows == 1:
             for key, value in changes.items():
                 setattr(self, key, value)
+            if state in (StepState.ABORTED, StepState.FAILED):
+                self.flag_unanswered_deletes()
         return rows == 1
 
     def liveness(self, now=None) -> str:
@@ -326,6 +351,11 @@ class SiteResult(models.Model):
     response = models.JSONField(null=True, blank=True, help_text="Atlas's answer to the last attempt.")
     message = models.TextField(blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
+    needs_check = models.BooleanField(
+        default=False,
+        verbose_name="check in Atlas",
+        help_text="Its instance may have been destroyed: an operator must look at it. Never retried.",
+    )
 
     class Meta:
         ordering = ["step", "batch_index", "id"]

@@ -339,6 +339,13 @@ def _status_lines(status: dict) -> list[str]:
         lines.append(line)
         if step["message"]:
             lines.append(f"      {step['message']}")
+        if step["to_check"]:
+            lines.append(
+                f"      CHECK IN ATLAS: {len(step['to_check'])} site(s) possibly lost their instance"
+            )
+            lines += [
+                f"        {site['path'] or site['site_id']} ({site['site_id']})" for site in step["to_check"]
+            ]
     for env, sites in status["sweeps"].items():
         lines.append(f"  {env}: {len(sites)} site(s) not on the release profile after the last update")
         lines += [

@@ -58,19 +58,7 @@ class Command(BaseCommand):
         try:
             if not no_simulators:
                 children += self._start_simulators(prod_sites)
-            children.append(
-                self._spawn(
-                    "worker",
-                    "-m",
-                    "celery",
-                    "-A",
-                    "portal",
-                    "worker",
-                    "--pool=threads",
-                    "--concurrency=4",
-                    "--loglevel=INFO",
-                )
-            )
+            children.append(self._spawn("worker", "-m", "portal.worker"))
             children.append(self._spawn("web", "manage.py", "runserver", addr, "--noreload"))
             self.stdout.write(
                 self.style.SUCCESS(

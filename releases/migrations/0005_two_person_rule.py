@@ -8,7 +8,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('releases', '0003_safety_config'),
+        ('releases', '0004_siteresult_needs_check'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 

@@ -53,7 +53,7 @@ class Migration(migrations.Migration):
     dependencies = [
         ("auth", "0012_alter_user_first_name_max_length"),
         ("contenttypes", "0002_remove_content_type_name"),
-        ("releases", "0004_two_person_rule"),
+        ("releases", "0005_two_person_rule"),
     ]
 
     operations = [migrations.RunPython(create_roles, remove_roles)]
