@@ -29,10 +29,26 @@
     });
   }
 
+  function stopped(root, text) {
+    if (root.getAttribute("data-live-stopped")) return;
+    root.setAttribute("data-live-stopped", "1");
+    var note = document.createElement("p");
+    note.className = "errornote";
+    note.textContent = text;
+    root.parentNode.insertBefore(note, root);
+  }
+
   function refresh(root) {
+    if (root.getAttribute("data-live-stopped")) return;
     var url = root.getAttribute("data-live-url");
     fetch(url, { credentials: "same-origin", headers: { "X-Requested-With": "live.js" } })
-      .then(function (r) { return r.ok ? r.text() : null; })
+      .then(function (r) {
+        if (r.redirected && r.url.indexOf("/login/") !== -1) {
+          stopped(root, "Your session has ended: reload the page and log in again to see it update.");
+          return null;
+        }
+        return r.ok ? r.text() : null;
+      })
       .then(function (html) {
         if (html === null) return;
         var doc = new DOMParser().parseFromString(html, "text/html");
