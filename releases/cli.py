@@ -291,3 +291,19 @@ def _progress_line(step: StepRun) -> str:
     elif step.state == StepState.RUNNING and (step.liveness() or step.activity):
         line += f" ({step.liveness() or step.activity})"
     return line
+
+
+def wait_for_approval(step: StepRun, request, report, *, timeout: float | None, poll: float = 0.5) -> str:
+    """`launch --wait` on a two-person environment: wait until the request is decided; return
+    'approved' (the step is then followed as usual), 'withdrawn', or 'timeout'."""
+    report(f"step {step.number}: waiting for another user to approve (release approve --step {step.number})")
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        with_database(request.refresh_from_db, "waiting for the approval")
+        if request.state != "pending":
+            with_database(step.refresh_from_db, "waiting for the approval")
+            report(f"step {step.number}: {request.state} by {request.decided_by_username}")
+            return request.state
+        if deadline is not None and time.monotonic() >= deadline:
+            return "timeout"
+        time.sleep(poll)

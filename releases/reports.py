@@ -8,7 +8,7 @@ from atlas.errors import AtlasError
 from atlas.selectors import exclude_profile
 
 from .models import EnvironmentMisconfigured, ReleasePlan, StepRun, UpdateGroup
-from .states import SiteState, StepKind, StepState
+from .states import DONE, SiteState, StepKind, StepState
 
 PREVIEW_PATHS = 50  # site paths listed per batch in a preview (counts are always complete)
 
@@ -196,3 +196,24 @@ def _sites_preview(client, step: StepRun, item) -> dict:
         )
     note = "" if item else "the release item does not exist yet: sites already on it cannot be excluded"
     return {"action": step.kind, "batches": batches, "total": len(seen), "note": note}
+
+
+def blast_radius(step: StepRun, *, stage: bool = False) -> dict:
+    """Everything a launch may reach, read from Atlas now: the step, and for a stage every later
+    step of its environment up to a manual gate, with sites per batch, deletions and updates
+    apart, and the counts to confirm (`confirmed_counts`), as `release launch` shows them."""
+    from .cli import stage_chain  # the chain `release launch --stage` and continue_stage follow
+
+    steps = [s for s in stage_chain(step) if s.state not in DONE] if stage else [step]
+    previews = [preview_step(s) for s in steps]
+    deletions = sum(p.get("total", 0) for p in previews if p["kind"] == StepKind.DELETE_SITES)
+    updates = sum(p.get("total", 0) for p in previews if p["kind"] == StepKind.UPDATE_SITES)
+    return {
+        "previews": previews,
+        "deletions": deletions,
+        "updates": updates,
+        "code": [p for p in previews if "code" in p],
+        "total": deletions + updates,
+        "errors": [p for p in previews if p.get("error")],
+        "confirmed": confirmed_counts(previews),
+    }

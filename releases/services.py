@@ -13,13 +13,13 @@ import uuid
 from celery import current_app
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
-from django.db import transaction
+from django.db import IntegrityError, transaction
 
 from . import notify
-from .models import AuditEvent, Environment, ReleasePlan, StepRun, TransitionRefused
+from .models import AuditEvent, Environment, LaunchRequest, ReleasePlan, StepRun, TransitionRefused
 from .models.plan import SHA_VALIDATOR, VERSION_VALIDATOR
 from .runbook import STEPS
-from .states import ACTIVE, DONE, MANUAL_KINDS, StepState
+from .states import ACTIVE, DONE, LAUNCHABLE, MANUAL_KINDS, StepState
 
 logger = logging.getLogger(__name__)
 RUN_STEP_TASK = "releases.tasks.run_step"
@@ -34,6 +34,8 @@ PERMISSIONS = {
     "skip": "releases.launch_step",
     "finalize": "releases.finalize_release",
     "environment_set": "releases.change_environment",
+    # The second person of the two-person rule holds the protected permission.
+    "approve": "releases.launch_protected",
 }
 
 
@@ -173,6 +175,8 @@ def launch(
     if confirmed:
         params["confirmed"] = {str(number): counts for number, counts in confirmed.items()}
     authorize(user, "launch", plan=step.plan, step=step, parameters=params)
+    if via == "launch" and step.environment is not None and step.environment.two_person:
+        return request_launch(step, user, stage=stage, confirmed=confirmed)  # run on approval
     try:
         with transaction.atomic():
             step.launch(user, continue_stage=stage)
@@ -192,6 +196,49 @@ def launch(
             parameters=params,
         )
     return step
+
+
+def request_launch(step: StepRun, user, *, stage: bool = False, confirmed: dict | None = None) -> StepRun:
+    """The first half of a launch under the two-person rule: recorded (audited), nothing runs
+    until another user with the protected permission approves (`approve`)."""
+    params = {"step": step.number, "stage": stage}
+    if confirmed:
+        params["confirmed"] = {str(number): counts for number, counts in confirmed.items()}
+    refusal = _launch_refusal(step)
+    if refusal:
+        _refuse(refusal, "launch_request", user=user, step=step, parameters=params)
+    waiting = f"step {step.number} already waits for an approval"
+    if step.launch_requests.filter(state=LaunchRequest.State.PENDING).exists():
+        _refuse(waiting, "launch_request", user=user, step=step, parameters=params)
+    try:
+        with transaction.atomic():
+            LaunchRequest.objects.create(
+                step=step,
+                stage=stage,
+                confirmed=params.get("confirmed"),
+                requested_by=user,
+                requested_by_username=user.get_username(),
+            )
+            AuditEvent.record(
+                "launch_request",
+                user=user,
+                step=step,
+                parameters=params,
+                message=f"{step.environment} requires two people: waiting for another user's approval",
+            )
+    except IntegrityError:  # another request got there first (one pending request per step)
+        _refuse(waiting, "launch_request", user=user, step=step, parameters=params)
+    return step
+
+
+def _launch_refusal(step: StepRun) -> str:
+    """Why a launch would be refused now ('' if it would not): asked before recording a request."""
+    if step.kind in MANUAL_KINDS:
+        return f"step {step.number} is a manual gate: record it with `release finalize`"
+    if step.state not in LAUNCHABLE:
+        return f"step {step.number} is no longer launchable (it is {step.state})"
+    blockers = step.blockers()
+    return f"step {step.number} cannot start: " + "; ".join(blockers) if blockers else ""
 
 
 def _record_confirmed(step: StepRun, confirmed: dict) -> None:
@@ -389,6 +436,7 @@ PROTECTED_SETTINGS = (
     "verify_tls",
     "protected",
     "slack_webhook_env",
+    "two_person",
 )
 
 

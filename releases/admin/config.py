@@ -1,5 +1,5 @@
-"""The admin: environments and update groups are edited here (every edit audited); plans, steps,
-site results and the audit trail are shown read-only. Operations go through `releases.services`."""
+"""The admin: environments and update groups are edited here (every edit audited); steps, site
+results, launch requests and the audit trail are shown read-only (plans: `plans`)."""
 
 from django import forms
 from django.contrib import admin, messages
@@ -11,8 +11,7 @@ from django.utils.html import format_html
 
 from .. import services
 from ..connectivity import test_connection
-from ..models import AuditEvent, Environment, ReleasePlan, SiteResult, StepRun, UpdateGroup
-from .operations import ReleaseOperationsMixin
+from ..models import AuditEvent, Environment, LaunchRequest, SiteResult, StepRun, UpdateGroup
 
 
 def _with_user(form_class, request):
@@ -61,7 +60,16 @@ class EnvironmentAdmin(admin.ModelAdmin):
     """
 
     form = EnvironmentForm
-    list_display = ("name", "order", "api_url", "username", "password_env", "parallelism", "protected")
+    list_display = (
+        "name",
+        "order",
+        "api_url",
+        "username",
+        "password_env",
+        "parallelism",
+        "protected",
+        "two_person",
+    )
     actions = ["test_connection"]
 
     @admin.action(description="Test connection (credentials check, changes nothing)", permissions=["change"])
@@ -203,24 +211,18 @@ class ReadOnlyAdmin(admin.ModelAdmin):
         return False
 
 
-@admin.register(ReleasePlan)
-class ReleasePlanAdmin(ReleaseOperationsMixin, ReadOnlyAdmin):
-    """Read-only fields, plus the steps table and the operations (see `operations`)."""
-
-    list_display = ("version", "release_commit", "final_tag", "created_by_username", "created_at")
-    exclude = ("created_by",)
-
-    def has_view_permission(self, request, obj=None):
-        # Whoever may operate releases may see the plans they operate on.
-        user = request.user
-        return super().has_view_permission(request, obj) or any(
-            user.has_perm(p) for p in ("releases.launch_step", "releases.finalize_release")
-        )
-
-
 @admin.register(StepRun)
 class StepRunAdmin(ReadOnlyAdmin):
-    list_display = ("plan", "number", "environment", "title", "state", "progress", "launched_by_username")
+    list_display = (
+        "plan",
+        "number",
+        "environment",
+        "title",
+        "state",
+        "progress",
+        "launched_by_username",
+        "step_page",
+    )
     list_filter = ("state", "environment", "plan")
     list_select_related = ("plan", "environment")
 
@@ -239,6 +241,13 @@ class StepRunAdmin(ReadOnlyAdmin):
     def progress(self, obj):
         return f"{obj.n_done} / {obj.n_failed} / {obj.n_sites}"
 
+    @admin.display(description="page")
+    def step_page(self, obj):
+        return format_html(
+            '<a href="{}">progress and sites</a>',
+            reverse("admin:releases_releaseplan_step", args=[obj.plan_id, obj.number]),
+        )
+
 
 @admin.register(SiteResult)
 class SiteResultAdmin(ReadOnlyAdmin):
@@ -246,6 +255,16 @@ class SiteResultAdmin(ReadOnlyAdmin):
     list_filter = ("state", "step__environment")
     list_select_related = ("step", "step__plan")
     search_fields = ("path", "sid", "site_id")
+
+
+@admin.register(LaunchRequest)
+class LaunchRequestAdmin(ReadOnlyAdmin):
+    """Launches requested under the two-person rule and how they were decided (read-only)."""
+
+    list_display = ("step", "requested_by_username", "requested_at", "stage", "state", "decided_by_username")
+    list_filter = ("state",)
+    list_select_related = ("step", "step__plan")
+    exclude = ("requested_by",)
 
 
 @admin.register(AuditEvent)

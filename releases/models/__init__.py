@@ -1,3 +1,4 @@
+from .approval import LaunchRequest
 from .audit import AuditEvent
 from .environment import Environment, EnvironmentMisconfigured, UpdateGroup
 from .plan import ReleasePlan, SiteResult, StepRun, TransitionRefused
@@ -6,6 +7,7 @@ __all__ = [
     "AuditEvent",
     "Environment",
     "EnvironmentMisconfigured",
+    "LaunchRequest",
     "ReleasePlan",
     "SiteResult",
     "StepRun",

@@ -101,6 +101,12 @@ class Environment(models.Model):
     protected = models.BooleanField(
         default=False, help_text="Typed confirmation and the protected-launch permission are required (PROD)."
     )
+    two_person = models.BooleanField(
+        "two-person rule",
+        default=False,
+        help_text="A launch here is requested by one user and approved by another who holds the "
+        "protected-launch permission (never the requester).",
+    )
 
     class Meta:
         ordering = ["order", "name"]

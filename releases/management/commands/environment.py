@@ -31,6 +31,7 @@ SETTABLE = {
     "slack_webhook_env": "slack_webhook_env",
     "failure_policy": "failure_policy",
     "protected": "protected",
+    "two_person": "two_person",
 }
 
 
@@ -70,6 +71,11 @@ class Command(BaseCommand):
             "--protected",
             action=argparse.BooleanOptionalAction,
             help="Typed confirmation and the protected-launch permission are required.",
+        )
+        p.add_argument(
+            "--two-person",
+            action=argparse.BooleanOptionalAction,
+            help="A launch needs a second person's approval (`release approve`).",
         )
         p.add_argument(
             "--user", required=True, metavar="NAME", help="Staff account the change is recorded under."

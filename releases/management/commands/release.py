@@ -10,7 +10,7 @@ import sys
 
 from django.core.management.base import BaseCommand, CommandError
 
-from releases import cli, reports, services
+from releases import approvals, cli, reports, services
 from releases.models import AuditEvent, ReleasePlan
 from releases.runbook import ENVIRONMENTS
 from releases.states import DONE, StepState
@@ -60,6 +60,11 @@ class Command(BaseCommand):
         _version(p)
         p.add_argument("--step", type=int, required=True)
         p.add_argument("--reason", required=True, help="Why the step is skipped (recorded in the audit).")
+        _user(p)
+        _json(p)
+        p = sub.add_parser("approve", help="Approve a launch waiting under the two-person rule.")
+        _version(p)
+        p.add_argument("--step", type=int, required=True)
         _user(p)
         _json(p)
         p = sub.add_parser("status", help="The plan's steps, their states and counts.")
@@ -157,6 +162,22 @@ class Command(BaseCommand):
             )
             confirmed = reports.confirmed_counts(previews)
         services.launch(target, acting, stage=bool(stage), confirmed=confirmed)
+        waiting = approvals.pending_request(target)
+        if waiting is not None and not wait:
+            return self._done(target, "launch", "launch requested: another user must approve it")
+        if waiting is not None:
+            report = lambda line: cli.note(self.stderr, line)  # noqa: E731
+            decided = cli.wait_for_approval(target, waiting, report, timeout=timeout)
+            if decided == "timeout":
+                raise CommandError(
+                    f"timed out after {timeout:g}s waiting for the approval of step {target.number} "
+                    "(the request stays open)",
+                    returncode=cli.TIMED_OUT,
+                )
+            if decided != "approved":
+                raise CommandError(
+                    f"step {target.number} was not approved ({decided})", returncode=cli.REFUSED
+                )
         if not wait:
             return self._launched(target, stage)
         self._follow(plan, target, stage=bool(stage), timeout=timeout, action="launch")
@@ -195,6 +216,11 @@ class Command(BaseCommand):
             self.style.SUCCESS(f"Finalized {plan.version}")
             + f": tag {plan.final_tag} at {plan.final_commit}; steps 8–14 deploy this commit."
         )
+
+    def _approve(self, version, step, user, **options):
+        plan = cli.get_plan(version)
+        target = approvals.approve(services.get_step(plan, step), services.resolve_user(user))
+        self._done(target, "approve", f"approved: {target.state}")
 
     def _pause(self, version, user, **options):
         step = services.pause(cli.get_plan(version), services.resolve_user(user))

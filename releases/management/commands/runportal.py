@@ -20,6 +20,7 @@ from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
+from releases import roles
 from releases.models import Environment
 
 ROOT = Path(settings.BASE_DIR)
@@ -49,6 +50,10 @@ class Command(BaseCommand):
         call_command("migrate", verbosity=0)
         call_command("loadrunbook", verbosity=0)
         self._ensure_admin()
+        if not no_simulators:  # demo accounts, one per role (releases/roles.py), for the simulators only
+            password = os.environ.get("PORTAL_DEMO_PASSWORD", "demo")
+            for username, role in roles.ensure_demo_accounts(password):
+                self.stdout.write(f"Demo account {username!r} ({role}), password {password!r}")
         children = []
         signal.signal(signal.SIGTERM, _interrupt)
         try:

@@ -1,0 +1,163 @@
+"""Launching from the plan page: the confirmation page with the blast radius of everything the
+launch may reach, then the POST; and the second person's approval under the two-person rule.
+
+The counts the operator saw travel signed in the form and go to `services.launch(confirmed=…)`,
+as `release launch` does: a batch that grew since then pauses the step before its first write.
+"""
+
+from __future__ import annotations
+
+from django.contrib import messages
+from django.core import signing
+from django.template.response import TemplateResponse
+from django.urls import path
+
+from .. import approvals, reports, services
+from ..models import AuditEvent
+from .refusal import refusal_page
+
+SALT = "releases.launch.confirmed"
+MAX_AGE = 3600  # a confirmation older than an hour is shown again rather than trusted
+
+
+class LaunchMixin:
+    def get_urls(self):
+        name = f"{self.opts.app_label}_{self.opts.model_name}"
+        view = self.admin_site.admin_view
+        return [
+            path("<path:object_id>/step/<int:number>/launch/", view(self.launch_view), name=f"{name}_launch"),
+            path(
+                "<path:object_id>/step/<int:number>/approve/", view(self.approve_view), name=f"{name}_approve"
+            ),
+            path(
+                "<path:object_id>/step/<int:number>/withdraw/",
+                view(self.withdraw_view),
+                name=f"{name}_withdraw",
+            ),
+            *super().get_urls(),
+        ]
+
+    def launch_view(self, request, object_id, number):
+        plan, step, redirect = self.plan_and_step(request, object_id, number)
+        if redirect:
+            return redirect
+        stage = request.POST.get("stage", request.GET.get("stage", "")) in ("1", "true", "on")
+        params = {"step": step.number, "stage": stage, "via": "admin"}
+        try:
+            # Refused (and audited) before anything is read from Atlas.
+            services.authorize(request.user, "launch", plan=plan, step=step, parameters=params)
+        except services.ActionRefused as exc:
+            return refusal_page(
+                self, request, title="Launch refused", reason=str(exc), back_url=self.plan_url(plan)
+            )
+        error = ""
+        if request.method == "POST":
+            confirmed, error = self._confirmation(request, step, params)
+            if not error:
+                return self._launch(request, plan, step, stage, confirmed)
+        context = {
+            **self.admin_site.each_context(request),
+            "title": f"Launch {'the stage from ' if stage else ''}step {step.number} of release {plan.version}?",
+            "opts": self.opts,
+            "original": plan,
+            "step": step,
+            "stage": stage,
+            "protected": bool(step.environment and step.environment.protected),
+            "two_person": bool(step.environment and step.environment.two_person),
+            "error": error,
+            "plan_url": self.plan_url(plan),
+        }
+        radius = reports.blast_radius(step, stage=stage)
+        context["radius"] = radius
+        context["token"] = signing.dumps(radius["confirmed"], salt=SALT)
+        request.current_app = self.admin_site.name
+        return TemplateResponse(request, "admin/releases/launch_confirmation.html", context)
+
+    def _confirmation(self, request, step, params) -> tuple[dict | None, str]:
+        """The counts the operator confirmed, or why the confirmation is refused (audited)."""
+        error = ""
+        env = step.environment
+        typed = request.POST.get("confirm_environment", "").strip()
+        if env is not None and env.protected and typed != env.name:
+            error = f"{env.name} is protected: type its name exactly to confirm"
+            error += f" (you typed {typed!r}). Nothing was launched." if typed else ". Nothing was launched."
+        confirmed = None
+        if not error:
+            try:
+                raw = signing.loads(request.POST.get("confirmed", ""), salt=SALT, max_age=MAX_AGE)
+                confirmed = {int(n): counts for n, counts in raw.items()}
+            except (signing.BadSignature, ValueError, AttributeError):
+                error = "This confirmation is stale or incomplete: review the targets below again."
+        if error:
+            AuditEvent.record(
+                "launch",
+                user=request.user,
+                step=step,
+                outcome=AuditEvent.Outcome.REFUSED,
+                parameters={**params, "typed": typed},
+                message=f"confirmation refused: {error}",
+            )
+        return confirmed, error
+
+    def _launch(self, request, plan, step, stage, confirmed):
+        try:
+            services.launch(step, request.user, stage=stage, confirmed=confirmed)
+        except services.ActionRefused as exc:
+            self.message_user(request, f"Launch refused: {exc}", messages.ERROR)
+            return self.plan_redirect(plan)
+        if approvals.pending_request(step) is not None:
+            self.message_user(
+                request,
+                f"Launch of step {step.number} requested: {step.environment} requires two people, "
+                "another PROD release manager must approve it.",
+                messages.WARNING,
+            )
+        else:
+            what = "Launched the stage from" if stage else "Launched"
+            self.message_user(request, f"{what} step {step.number} ({step.title}).", messages.SUCCESS)
+        return self.plan_redirect(plan)
+
+    def approve_view(self, request, object_id, number):
+        plan, step, redirect = self.plan_and_step(request, object_id, number)
+        if redirect:
+            return redirect
+        try:
+            services.authorize(request.user, "approve", plan=plan, step=step)
+        except services.ActionRefused as exc:
+            return refusal_page(
+                self, request, title="Approval refused", reason=str(exc), back_url=self.plan_url(plan)
+            )
+        if request.method == "POST":
+            try:
+                approvals.approve(step, request.user)
+            except services.ActionRefused as exc:
+                self.message_user(request, f"Approval refused: {exc}", messages.ERROR)
+            else:
+                self.message_user(request, f"Approved and launched step {step.number}.", messages.SUCCESS)
+            return self.plan_redirect(plan)
+        launch_request = approvals.pending_request(step)
+        context = {
+            **self.admin_site.each_context(request),
+            "title": f"Approve the launch of step {step.number} of release {plan.version}?",
+            "opts": self.opts,
+            "original": plan,
+            "step": step,
+            "launch_request": launch_request,
+            "own": launch_request is not None and launch_request.requested_by_id == request.user.pk,
+            "plan_url": self.plan_url(plan),
+        }
+        request.current_app = self.admin_site.name
+        return TemplateResponse(request, "admin/releases/releaseplan/approve_confirmation.html", context)
+
+    def withdraw_view(self, request, object_id, number):
+        plan, step, redirect = self.plan_and_step(request, object_id, number)
+        if redirect:
+            return redirect
+        if request.method == "POST":
+            self._run(
+                request,
+                plan,
+                lambda: approvals.withdraw_request(step, request.user),
+                "Withdrew the launch of",
+            )
+        return self.plan_redirect(plan)

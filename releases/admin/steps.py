@@ -1,0 +1,86 @@
+"""The step page: progress, per-batch breakdown, elapsed time and ETA, what the step is doing
+now, failures grouped by error, the site rows (paginated, filtered by batch and state) and the
+sweep. Its live part is a fragment the page includes and `live.js` refreshes (one template, two
+uses). Queries are bounded whatever the number of site rows (see `releases.progress`)."""
+
+from __future__ import annotations
+
+from django.core.paginator import Paginator
+from django.template.response import TemplateResponse
+from django.urls import path
+
+from .. import progress
+from ..states import SiteState
+
+SITES_PER_PAGE = 100
+
+
+class StepPagesMixin:
+    def get_urls(self):
+        name = f"{self.opts.app_label}_{self.opts.model_name}"
+        view = self.admin_site.admin_view
+        return [
+            path("<path:object_id>/step/<int:number>/", view(self.step_view), name=f"{name}_step"),
+            path(
+                "<path:object_id>/step/<int:number>/live/",
+                view(self.step_live_view),
+                name=f"{name}_step_live",
+            ),
+            *super().get_urls(),
+        ]
+
+    def step_view(self, request, object_id, number):
+        plan, step, redirect = self.plan_and_step(request, object_id, number)
+        if redirect:
+            return redirect
+        context = {
+            **self.admin_site.each_context(request),
+            **self._step_context(plan, step),
+            "title": f"Release {plan.version}, step {step.number}: {step.title}",
+            "sites": self._site_rows(request, step),
+            "failures": progress.failure_groups(step),
+            "sweep": progress.sweep_groups(step),
+            "site_states": SiteState.choices,
+        }
+        request.current_app = self.admin_site.name
+        return TemplateResponse(request, "admin/releases/releaseplan/step.html", context)
+
+    def step_live_view(self, request, object_id, number):
+        plan, step, redirect = self.plan_and_step(request, object_id, number)
+        if redirect:
+            return redirect
+        context = {
+            **self._step_context(plan, step),
+            "failures": progress.failure_groups(step),
+            "sites": self._site_rows(request, step),  # the page's filter and page, from its query
+            "fragment": True,
+        }
+        return TemplateResponse(request, "admin/releases/releaseplan/step_live.html", context)
+
+    def _step_context(self, plan, step) -> dict:
+        return {
+            "opts": self.opts,
+            "original": plan,
+            "plan_id": plan.pk,
+            "step": step,
+            "plan_url": self.plan_url(plan),
+            "progress": progress.step_progress(step),
+        }
+
+    def _site_rows(self, request, step) -> dict:
+        rows = step.sites.order_by("batch_index", "id").only(
+            "id", "step_id", "path", "sid", "site_id", "batch_index", "batch_name", "state", "status", "update_group",
+            "attempts", "http_status", "message", "finished_at",
+        )  # fmt: skip
+        batch, state = request.GET.get("batch", ""), request.GET.get("state", "")
+        message = request.GET.get("message")
+        if batch.isdigit():
+            rows = rows.filter(batch_index=int(batch))
+        if state in SiteState.values:
+            rows = rows.filter(state=state)
+        if message is not None:
+            rows = rows.filter(message=message)
+        page = Paginator(rows, SITES_PER_PAGE).get_page(request.GET.get("page"))
+        query = request.GET.copy()
+        query.pop("page", None)
+        return {"page": page, "batch": batch, "state": state, "message": message, "query": query.urlencode()}

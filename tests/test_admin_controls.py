@@ -1,0 +1,121 @@
+"""Every plan-page control that succeeds goes through its service: pause, resume, retry failed,
+skip, finalize, withdraw. (Refusals are in test_admin.py, launching in test_admin_launch.py.)"""
+
+from io import StringIO
+
+import pytest
+from django.core.management import call_command
+
+from releases import services
+from releases.models import AuditEvent, SiteResult, StepRun
+from tests.admin_helpers import mark_done, messages_of, url
+from tests.support import R, T, make_user, tasks_not_sent
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture(autouse=True)
+def sent_tasks():
+    with tasks_not_sent() as send:
+        yield send
+
+
+@pytest.fixture
+def operator(client):
+    call_command("loadrunbook", verbosity=0)
+    user = make_user("ops-lead")
+    client.force_login(user)
+    return user
+
+
+@pytest.fixture
+def plan(operator):
+    return services.create_plan("2.8.5", commit=R, user=operator)
+
+
+def _audited(action):
+    return AuditEvent.objects.filter(action=action, outcome="ok", username="ops-lead").count()
+
+
+def test_pause_asks_the_running_step_to_stop(client, plan):
+    StepRun.objects.filter(plan=plan, number=2).update(state="running")
+    response = client.post(url("pause", plan))
+    assert messages_of(response) == [
+        ("success", "Pause requested for step 2 (Deploy the branch to DEV as the current profile).")
+    ]
+    assert StepRun.objects.get(plan=plan, number=2).requested == "pause" and _audited("pause") == 1
+
+
+def test_resume_sends_the_paused_step_back_to_a_worker(client, plan, sent_tasks):
+    mark_done(plan, 2)
+    StepRun.objects.filter(plan=plan, number=3).update(state="paused")
+    client.post(url("resume", plan))
+    assert StepRun.objects.get(plan=plan, number=3).state == "running"
+    assert sent_tasks.call_count == 1 and _audited("resume") == 1
+
+
+def test_retry_failed_puts_the_failed_sites_back_to_pending(client, plan, sent_tasks):
+    mark_done(plan, 2)
+    step = StepRun.objects.get(plan=plan, number=3)
+    StepRun.objects.filter(pk=step.pk).update(state="paused")
+    SiteResult.objects.create(step=step, site_id="f" * 24, path="broken", state="failed", message="500")
+    page = client.get(url("change", plan)).content.decode()
+    assert 'value="Retry failed (1)"' in page
+    client.post(url("retry", plan, 3))
+    assert StepRun.objects.get(pk=step.pk).state == "running"
+    assert SiteResult.objects.get(step=step).state == "pending"
+    assert sent_tasks.call_count == 1 and _audited("retry_failed") == 1
+
+
+def test_skip_with_a_reason_records_it(client, plan):
+    client.post(url("skip", plan, 2), {"reason": "deployed by hand"})
+    step = StepRun.objects.get(plan=plan, number=2)
+    assert (step.state, step.message) == ("skipped", "deployed by hand")
+    assert AuditEvent.objects.get(action="skip", outcome="ok").reason == "deployed by hand"
+
+
+def test_finalize_records_the_tag_and_commit(client, plan):
+    mark_done(plan, 2, 3, 4, 5, 6)
+    client.post(url("finalize", plan), {"tag": "2.8.5", "commit": T})
+    plan.refresh_from_db()
+    assert (plan.final_tag, plan.final_commit) == ("2.8.5", T)
+    assert StepRun.objects.get(plan=plan, number=7).state == "succeeded" and _audited("finalize") == 1
+
+
+def test_the_requester_withdraws_a_launch_waiting_for_approval(client, operator, plan):
+    call_command("environment", "set", "DEV", "--two-person", "--user", "ops-lead", stdout=StringIO())
+    services.launch(services.get_step(plan, 2), operator)
+    assert 'value="Withdraw request"' in client.get(url("change", plan)).content.decode()
+    client.post(url("withdraw", plan, 2))
+    assert not plan.steps.get(number=2).launch_requests.filter(state="pending").exists()
+    assert _audited("withdraw") == 1 and _audited("launch_request") == 1
+
+
+@pytest.mark.parametrize(
+    ("name", "args", "data", "action"),
+    [
+        ("pause", (), {}, "pause"),
+        ("resume", (), {}, "resume"),
+        ("abort", (), {}, "abort"),
+        ("retry", (3,), {}, "retry_failed"),
+        ("skip", (3,), {"reason": "because"}, "skip"),
+        ("finalize", (), {"tag": "2.8.5", "commit": T}, "finalize"),
+    ],
+)
+def test_a_viewer_is_refused_every_control_and_the_refusal_is_audited(client, plan, name, args, data, action):
+    mark_done(plan, 2)
+    StepRun.objects.filter(plan=plan, number=3).update(state="paused")
+    client.force_login(make_user("viewer", permissions=("view_releaseplan",)))
+    before = dict(plan.steps.values_list("number", "state"))
+    client.post(url(name, plan, *args), data)
+    assert dict(plan.steps.values_list("number", "state")) == before
+    refused = AuditEvent.objects.get(action=action, outcome="refused")
+    assert refused.username == "viewer" and "lacks the permission" in refused.message
+
+
+def test_the_plan_list_answers_in_bounded_queries(client, operator, django_assert_max_num_queries):
+    for n in range(8):
+        services.create_plan(f"2.8.{n}", commit=R, user=operator)
+    with django_assert_max_num_queries(12):
+        response = client.get("/admin/releases/releaseplan/")
+    assert response.content.decode().count("DEV 0/4 · TEST 0/5 · PROD 0/3") == 8
