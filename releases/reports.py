@@ -32,16 +32,16 @@ def step_status(step: StepRun) -> dict:
         "task_ids": step.task_ids,
         "activity": step.activity or None,
         "liveness": step.liveness() or None,
-        "to_check": _to_check(step),
+        "to_check": sites_to_check(step),
     }
 
 
-def _to_check(step: StepRun) -> list[dict]:
+def sites_to_check(step: StepRun, limit: int = 200) -> list[dict]:
     """Sites of a delete step whose instance may have been destroyed: an operator must look."""
     if step.kind != StepKind.DELETE_SITES or step.state == StepState.PENDING:
         return []
     rows = step.sites.filter(needs_check=True).order_by("id").values("site_id", "path", "message")
-    return list(rows)
+    return list(rows[:limit])
 
 
 def status(plan: ReleasePlan) -> dict:

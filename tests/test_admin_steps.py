@@ -145,3 +145,22 @@ def test_the_step_fragment_refreshes_the_filtered_site_rows_too(client, operator
     SiteResult.objects.filter(step=big_step, batch_index=4, state="dispatched").update(state="succeeded")
     fragment = client.get(url("step_live", plan, 14), {"batch": "4", "state": "dispatched"}).content.decode()
     assert 'id="step-site-rows" data-live' in fragment and "No site rows match" in fragment
+
+
+def test_a_delete_steps_sites_to_check_are_named_on_its_page(client, operator, plan):
+    step = StepRun.objects.get(plan=plan, number=13)
+    step.state, step.message = "failed", "1 succeeded, 1 failed, 0 skipped"
+    step.save()
+    SiteResult.objects.bulk_create(
+        [
+            SiteResult(step=step, site_id="a" * 24, path="gone-live", state="failed", needs_check=True,
+                       message="instance possibly destroyed while the site was 'installed'"),
+            SiteResult(step=step, site_id="b" * 24, path="pool-1", state="succeeded"),
+        ]
+    )  # fmt: skip
+    client.force_login(operator)
+
+    page = client.get(url("step", plan, 13)).content.decode()
+
+    assert "Check in Atlas: 1 site may have lost its instance" in page
+    assert "gone-live" in page and "a" * 24 in page

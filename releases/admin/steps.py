@@ -9,7 +9,7 @@ from django.core.paginator import Paginator
 from django.template.response import TemplateResponse
 from django.urls import path
 
-from .. import progress
+from .. import progress, reports
 from ..states import SiteState
 
 SITES_PER_PAGE = 100
@@ -39,6 +39,7 @@ class StepPagesMixin:
             "title": f"Release {plan.version}, step {step.number}: {step.title}",
             "sites": self._site_rows(request, step),
             "failures": progress.failure_groups(step),
+            "to_check": reports.sites_to_check(step),
             "sweep": progress.sweep_groups(step),
             "site_states": SiteState.choices,
         }
@@ -52,6 +53,7 @@ class StepPagesMixin:
         context = {
             **self._step_context(plan, step),
             "failures": progress.failure_groups(step),
+            "to_check": reports.sites_to_check(step),
             "sites": self._site_rows(request, step),  # the page's filter and page, from its query
             "fragment": True,
         }
