@@ -32,6 +32,7 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    "adminsortable2",  # drag-and-drop ordering of update groups (static files served locally)
     "atlas",
     "releases",
 ]

@@ -186,4 +186,16 @@ def _sites_preview(client, step: StepRun, item) -> dict:
             }
         )
     note = "" if item else "the release item does not exist yet: sites already on it cannot be excluded"
-    return {"action": step.kind, "batches": batches, "total": len(seen), "note": note}
+    return {
+        "action": step.kind,
+        "batches": batches,
+        "total": len(seen),
+        "note": note,
+        "disabled": disabled_groups(step),
+    }
+
+
+def disabled_groups(step: StepRun) -> list[dict]:
+    """The step's update groups an operator disabled: the snapshot skips them (shown, not counted)."""
+    groups = UpdateGroup.objects.filter(environment=step.environment, step_number=step.number, enabled=False)
+    return [{"name": g.name, "where": g.selector()} for g in groups.order_by("position", "id")]
