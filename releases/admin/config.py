@@ -9,6 +9,7 @@ from django.db.models import Count, Q
 from .. import services
 from ..models import AuditEvent, Environment, ReleasePlan, SiteResult, StepRun
 from .operations import ReleaseOperationsMixin
+from .report import ReleaseReportMixin
 
 
 def _with_user(form_class, request):
@@ -86,7 +87,7 @@ class ReadOnlyAdmin(admin.ModelAdmin):
 
 
 @admin.register(ReleasePlan)
-class ReleasePlanAdmin(ReleaseOperationsMixin, ReadOnlyAdmin):
+class ReleasePlanAdmin(ReleaseReportMixin, ReleaseOperationsMixin, ReadOnlyAdmin):
     """Read-only fields, plus the steps table and the operations (see `operations`)."""
 
     list_display = ("version", "release_commit", "final_tag", "created_by_username", "created_at")
