@@ -10,6 +10,7 @@ from django.core.exceptions import PermissionDenied
 from django.http import Http404
 from django.template.response import TemplateResponse
 from django.urls import path
+from django.utils import timezone
 
 from .. import reports
 
@@ -30,6 +31,11 @@ def human(seconds: float | None) -> str:
 
 def _time(value: str | None) -> datetime | None:
     return datetime.fromisoformat(value) if value else None
+
+
+def shown(value: str | None) -> str:
+    """An ISO timestamp of the report as the page shows it: local time, to the second."""
+    return timezone.localtime(_time(value)).strftime("%Y-%m-%d %H:%M:%S") if value else "—"
 
 
 def timeline(durations: dict) -> dict:
@@ -112,12 +118,11 @@ class ReleaseReportMixin:
             raise PermissionDenied
         report = reports.release_report(plan)
         durations = report["durations"]
-        for step in durations["steps"]:
-            step["human"] = human(step["duration_seconds"])
-            for batch in step["batches"]:
-                batch["human"] = human(batch["duration_seconds"])
-        for figures in durations["environments"].values():
-            figures["human"] = human(figures["duration_seconds"])
+        rows = [*durations["environments"].values(), *durations["steps"]]
+        rows += [batch for step in durations["steps"] for batch in step["batches"]]
+        for row in rows:  # what the page shows beside the figures (the JSON keeps ISO and seconds)
+            row.update(human=human(row["duration_seconds"]), start=shown(row["started_at"]),
+                       end=shown(row["finished_at"]))  # fmt: skip
         context = {
             **self.admin_site.each_context(request),
             "opts": self.opts,
@@ -125,6 +130,8 @@ class ReleaseReportMixin:
             "title": f"Release {plan.version}: report",
             "report": report,
             "total": human(durations["total_seconds"]),
+            "started": shown(durations["started_at"]),
+            "finished": shown(durations["finished_at"]),
             "timeline": timeline(durations),
             "chart": chart(report["updates"]),
             "width": WIDTH,
