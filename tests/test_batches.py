@@ -140,6 +140,25 @@ def test_an_invalid_selector_is_refused_by_the_form(client, manager):
 
 
 @pytest.mark.django_db
+def test_a_group_added_in_the_admin_goes_last_and_its_history_has_the_values(client, manager):
+    dev = Environment.objects.get(name="DEV")
+    client.force_login(manager)
+    data = {"environment": dev.pk, "step_number": 3, "name": "locked sites", "status": "locked",
+            "update_group": "", "where": "null", "enabled": "on"}  # fmt: skip
+
+    response = client.post(reverse("admin:releases_updategroup_add"), data)
+
+    assert response.status_code == 302
+    added = UpdateGroup.objects.get(name="locked sites")
+    assert [g.position for g in UpdateGroup.objects.filter(environment=dev, step_number=3)] == [0, 1]
+    assert added.position == 1 and added.edited and added.updated_by == "ops-lead"
+    entry = LogEntry.objects.get(object_id=str(added.pk))
+    assert "Status — → locked" in entry.get_change_message()
+    event = AuditEvent.objects.get(action="updategroup_add")
+    assert event.parameters["changes"]["status"] == [None, "locked"]
+
+
+@pytest.mark.django_db
 def test_a_group_moved_to_another_step_goes_last_there_and_positions_stay_unique(manager):
     group = _prod14()[0]
     group.step_number = 13
@@ -153,6 +172,8 @@ def test_a_group_moved_to_another_step_goes_last_there_and_positions_stay_unique
 
 @pytest.mark.django_db(transaction=True)
 def test_two_concurrent_reorders_leave_positions_unique(manager):
+    # PostgreSQL: the reorders meet at the row locks (without select_for_update this fails there).
+    # SQLite: the portal's IMMEDIATE transactions take the write lock at BEGIN, one after the other.
     prod = Environment.objects.get(name="PROD")
     ids = [g.pk for g in _prod14()]
     barrier = threading.Barrier(2)
