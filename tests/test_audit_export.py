@@ -94,6 +94,16 @@ def test_csv_export_has_the_documented_columns(client, auditor):
     assert values["parameters"] == '{"changes": {"position": [2, 1]}}'
 
 
+def test_csv_export_defuses_spreadsheet_formulas(client, auditor):
+    AuditEvent.record("skip", username="ops-lead", reason='=HYPERLINK("http://evil")')
+    client.force_login(auditor)
+
+    content = b"".join(client.get(reverse(EXPORT)).streaming_content).decode()
+
+    (row,) = csv.DictReader(io.StringIO(content))
+    assert row["reason"] == """'=HYPERLINK("http://evil")"""
+
+
 def test_csv_export_applies_the_changelist_filters(client, auditor):
     _bulk_events(30)
     client.force_login(auditor)

@@ -14,14 +14,18 @@ CSV columns (fixed; scripts rely on them), one row per event, newest first:
     reason        the reason given (a skip's), if any
     message       what the portal said (a refusal's why, a step's end)
     parameters    the event's parameters as JSON (before/after values of a change, counts, …)
+
+A text cell that a spreadsheet would run as a formula (starting with =, +, -, @, a tab or a carriage
+return) is written with a leading apostrophe.
 """
 
 import csv
 import json
 
 from django.contrib import admin
+from django.contrib.admin.options import IncorrectLookupParameters
 from django.core.exceptions import PermissionDenied
-from django.http import StreamingHttpResponse
+from django.http import HttpResponseBadRequest, StreamingHttpResponse
 from django.urls import path
 from django.utils import timezone
 
@@ -55,6 +59,15 @@ _FIELDS = [
     "parameters",
 ]
 CHUNK = 2000  # rows fetched from the database at a time while streaming
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _cell(value):
+    if value is None:
+        return ""
+    if isinstance(value, str) and value.startswith(FORMULA_START):
+        return "'" + value
+    return value
 
 
 def at_second(value) -> str:
@@ -76,7 +89,7 @@ def csv_rows(queryset):
         values = list(row)
         values[1] = at_second(values[1])
         values[-1] = json.dumps(values[-1], sort_keys=True, default=str)
-        yield writer.writerow(["" if v is None else v for v in values])
+        yield writer.writerow([_cell(v) for v in values])
 
 
 @admin.register(AuditEvent)
@@ -116,7 +129,10 @@ class AuditEventAdmin(ReadOnlyAdmin):
         """The changelist's rows (its filters and search applied) as CSV, streamed."""
         if not self.has_view_permission(request):
             raise PermissionDenied
-        queryset = self.get_changelist_instance(request).get_queryset(request)
+        try:
+            queryset = self.get_changelist_instance(request).get_queryset(request)
+        except IncorrectLookupParameters:
+            return HttpResponseBadRequest("unknown filter in the query string")
         response = StreamingHttpResponse(csv_rows(queryset), content_type="text/csv; charset=utf-8")
         stamp = timezone.localtime().strftime("%Y%m%d-%H%M%S")
         response["Content-Disposition"] = f'attachment; filename="audit-trail-{stamp}.csv"'
