@@ -6,6 +6,7 @@ from Atlas without ever holding up the changelist."""
 import json
 import threading
 import time
+from io import StringIO
 
 import pytest
 from django.contrib.admin.models import LogEntry
@@ -227,6 +228,9 @@ def test_a_disabled_group_is_shown_in_the_preview_and_skipped_by_the_snapshot(cl
             preview["disabled"]
         )
         assert "launched group 3" not in [b["name"] for b in preview["batches"]]
+        text = StringIO()
+        call_command("release", "preview", plan.version, "--step", "14", stdout=text)
+        assert "    launched group 3: disabled (skipped)" in text.getvalue()
         assert run_inline(step, user) == StepState.SUCCEEDED
 
         assert not SiteResult.objects.filter(step=step, batch_name="launched group 3").exists()
@@ -249,8 +253,6 @@ def _disable_in_changelist(client, group):
 
 
 def _preview_json(version, step):
-    from io import StringIO
-
     out = StringIO()
     call_command("release", "preview", version, "--step", str(step), "--json", stdout=out)
     (preview,) = json.loads(out.getvalue())
