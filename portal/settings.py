@@ -62,6 +62,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "axes",
+    "adminsortable2",  # drag-and-drop ordering of update groups (static files served locally)
     "atlas",
     "releases",
 ]

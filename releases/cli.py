@@ -126,6 +126,8 @@ def _describe_batches(preview: dict) -> list[str]:
         lines.append(f"    {batch['name']}: {batch['count']} site(s)" + (f": {shown}" if shown else ""))
         if more > 0:
             lines.append(f"      … and {more} more")
+    for group in preview.get("disabled", []):
+        lines.append(f"    {group['name']}: disabled (skipped)")
     if preview.get("note"):
         lines.append(f"  note: {preview['note']}")
     return lines

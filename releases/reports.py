@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from django.db.models import Count
+from datetime import UTC, datetime
+
+from django.db.models import Count, Max, Min, Q
+from django.db.models.functions import TruncMinute, TruncSecond
+from django.utils import timezone
 
 from atlas.errors import AtlasError
 from atlas.selectors import exclude_profile
 
-from .models import EnvironmentMisconfigured, ReleasePlan, StepRun, UpdateGroup
-from .states import DONE, SiteState, StepKind, StepState
+from .models import EnvironmentMisconfigured, ReleasePlan, SiteResult, StepRun, UpdateGroup
+from .states import ACTIVE, DONE, SiteState, StepKind, StepState
 
 PREVIEW_PATHS = 50  # site paths listed per batch in a preview (counts are always complete)
 
@@ -58,6 +62,7 @@ def status(plan: ReleasePlan) -> dict:
         "created_by": plan.created_by_username,
         "steps": [step_status(s) for s in steps],
         "sweeps": sweeps,
+        "durations": durations(plan, steps),
     }
 
 
@@ -195,7 +200,13 @@ def _sites_preview(client, step: StepRun, item) -> dict:
             }
         )
     note = "" if item else "the release item does not exist yet: sites already on it cannot be excluded"
-    return {"action": step.kind, "batches": batches, "total": len(seen), "note": note}
+    return {
+        "action": step.kind,
+        "batches": batches,
+        "total": len(seen),
+        "note": note,
+        "disabled": disabled_groups(step),
+    }
 
 
 def blast_radius(step: StepRun, *, stage: bool = False) -> dict:
@@ -216,4 +227,201 @@ def blast_radius(step: StepRun, *, stage: bool = False) -> dict:
         "total": deletions + updates,
         "errors": [p for p in previews if p.get("error")],
         "confirmed": confirmed_counts(previews),
+    }
+
+
+def disabled_groups(step: StepRun) -> list[dict]:
+    """The step's update groups an operator disabled: the snapshot skips them (shown, not counted)."""
+    groups = UpdateGroup.objects.filter(environment=step.environment, step_number=step.number, enabled=False)
+    return [{"name": g.name, "where": g.selector()} for g in groups.order_by("position", "id")]
+
+
+# -- the release report: durations from recorded timestamps, aggregated in SQL --------------------
+
+FAILURES_SHOWN = 50  # failed sites listed in the report (the counts are always complete)
+
+
+def _seconds(start, end) -> float | None:
+    return round((end - start).total_seconds(), 3) if start and end else None
+
+
+def _per_minute(sites: int, seconds: float | None) -> float | None:
+    return round(sites * 60.0 / seconds, 2) if seconds and seconds > 0 else None
+
+
+def _epoch(value) -> datetime | None:
+    return datetime.fromtimestamp(value, tz=UTC) if value is not None else None
+
+
+def _batch_rows(plan: ReleasePlan) -> dict[int, list[dict]]:
+    """{step id: per batch: sites by state and the first/last recorded site finish}, one query."""
+    rows = (
+        SiteResult.objects.filter(step__plan=plan)
+        .values("step_id", "batch_index")
+        .annotate(
+            sites=Count("id"),
+            succeeded=Count("id", filter=Q(state=SiteState.SUCCEEDED)),
+            failed=Count("id", filter=Q(state=SiteState.FAILED)),
+            skipped=Count("id", filter=Q(state=SiteState.SKIPPED)),
+            first_finished=Min("finished_at"),
+            last_finished=Max("finished_at"),
+        )
+        .order_by("step_id", "batch_index")
+    )
+    per_step: dict[int, list[dict]] = {}
+    for row in rows:
+        per_step.setdefault(row.pop("step_id"), []).append(row)
+    return per_step
+
+
+def _batches(step: StepRun, rows: list[dict]) -> list[dict]:
+    """Per batch: from the recorded start of its writes (the engine's batch_started_at; else the
+    previous batch's end, or the step's start) to its recorded end (batch_finished_at; else its
+    last site's finish)."""
+    names = [b.get("name", "") for b in step.result.get("batches", [])]
+    started = step.result.get("batch_started_at", {})
+    finished = step.result.get("batch_finished_at", {})
+    batches, previous_end = [], step.started_at
+    for row in rows:
+        index = row["batch_index"]
+        begin = _epoch(started.get(str(index))) or previous_end
+        end = _epoch(finished.get(str(index))) or row["last_finished"]
+        seconds = _seconds(begin, end)
+        batches.append(
+            {
+                "index": index,
+                "name": names[index] if index < len(names) else "",
+                "sites": row["sites"],
+                "succeeded": row["succeeded"],
+                "failed": row["failed"],
+                "skipped": row["skipped"],
+                "started_at": _iso(begin),
+                "finished_at": _iso(end),
+                "duration_seconds": seconds,
+                "sites_per_minute": _per_minute(row["succeeded"], seconds),
+            }
+        )
+        previous_end = end or previous_end
+    return batches
+
+
+def durations(plan: ReleasePlan, steps: list[StepRun] | None = None, now=None) -> dict:
+    """Durations per step and per batch, per environment and for the whole release, and sites
+    updated per minute, from the recorded timestamps. A step still active counts up to `now`."""
+    now = now or timezone.now()
+    steps = steps if steps is not None else list(plan.steps.select_related("environment").order_by("number"))
+    rows = _batch_rows(plan)
+    out_steps, environments = [], {}
+    for step in steps:
+        end = step.finished_at or (now if step.state in ACTIVE and step.started_at else None)
+        seconds = _seconds(step.started_at, end)
+        batches = _batches(step, rows.get(step.pk, []))
+        env = step.environment.name if step.environment else None
+        out_steps.append(
+            {"number": step.number, "environment": env, "kind": step.kind, "state": step.state,
+             "started_at": _iso(step.started_at), "finished_at": _iso(step.finished_at),
+             "duration_seconds": seconds, "ongoing": step.finished_at is None and end is not None,
+             "batches": batches}
+        )  # fmt: skip
+        if env and step.started_at:
+            figures = environments.setdefault(
+                env,
+                {"started_at": step.started_at, "finished_at": end, "updating_seconds": 0.0, "updated": 0},
+            )
+            figures["started_at"] = min(figures["started_at"], step.started_at)
+            figures["finished_at"] = max(filter(None, [figures["finished_at"], end]), default=None)
+            if step.kind == StepKind.UPDATE_SITES:
+                figures["updating_seconds"] += seconds or 0.0
+                figures["updated"] += sum(b["succeeded"] for b in batches)
+    return {
+        "started_at": _iso(min((e["started_at"] for e in environments.values()), default=None)),
+        "finished_at": _iso(
+            max((e["finished_at"] for e in environments.values() if e["finished_at"]), default=None)
+        ),
+        "total_seconds": _seconds(
+            min((e["started_at"] for e in environments.values()), default=None),
+            max((e["finished_at"] for e in environments.values() if e["finished_at"]), default=None),
+        ),
+        "environments": {
+            name: {
+                "started_at": _iso(e["started_at"]),
+                "finished_at": _iso(e["finished_at"]),
+                "duration_seconds": _seconds(e["started_at"], e["finished_at"]),
+                "sites_updated": e["updated"],
+                "sites_per_minute": _per_minute(e["updated"], e["updating_seconds"]),
+            }
+            for name, e in environments.items()
+        },
+        "steps": out_steps,
+    }
+
+
+def updates_over_time(plan: ReleasePlan) -> dict:
+    """Sites updated (update steps, succeeded) per environment over time: per minute, and in
+    buckets of a second when the whole release's updates spanned a quarter of an hour or less
+    (the chart's points). Two grouped queries, however many sites."""
+    updated = SiteResult.objects.filter(
+        step__plan=plan,
+        step__kind=StepKind.UPDATE_SITES,
+        state=SiteState.SUCCEEDED,
+        finished_at__isnull=False,
+    )
+    span = updated.aggregate(first=Min("finished_at"), last=Max("finished_at"))
+    if span["first"] is None:
+        return {"bucket": "minute", "per_minute": {}, "series": {}}
+    fine = (span["last"] - span["first"]).total_seconds() <= 15 * 60
+    per_minute = _series(updated, TruncMinute)
+    series = _series(updated, TruncSecond) if fine else per_minute
+    return {"bucket": "second" if fine else "minute", "per_minute": per_minute, "series": series}
+
+
+def _series(updated, trunc) -> dict[str, list[dict]]:
+    rows = (
+        updated.annotate(at=trunc("finished_at"))
+        .values_list("step__environment__name", "at")
+        .annotate(n=Count("id"))
+        .order_by("at")
+    )
+    series: dict[str, list[dict]] = {}
+    for env, at, n in rows:
+        series.setdefault(env, []).append({"at": _iso(at), "sites": n})
+    return series
+
+
+def failures(plan: ReleasePlan, limit: int = FAILURES_SHOWN) -> dict:
+    """Failed sites: the count per step, and the first `limit` with Atlas's answer."""
+    failed = SiteResult.objects.filter(step__plan=plan, state=SiteState.FAILED)
+    per_step = dict(
+        failed.values_list("step__number").annotate(n=Count("id")).values_list("step__number", "n")
+    )
+    sample = failed.select_related("step", "step__environment").order_by("step__number", "id")[:limit]
+    return {
+        "total": sum(per_step.values()),
+        "per_step": per_step,
+        "sites": [
+            {"step": r.step.number, "environment": r.step.environment.name if r.step.environment else None,
+             "path": r.path, "sid": r.sid, "batch": r.batch_name, "http_status": r.http_status,
+             "attempts": r.attempts, "message": r.message, "needs_check": r.needs_check}
+            for r in sample
+        ],
+    }  # fmt: skip
+
+
+def release_report(plan: ReleasePlan) -> dict:
+    """The report page's data: the timeline and durations, updates over time, failures, sweeps."""
+    steps = list(plan.steps.select_related("environment").order_by("number"))
+    return {
+        "version": plan.version,
+        "state": plan.state,
+        "durations": durations(plan, steps),
+        "updates": updates_over_time(plan),
+        "failures": failures(plan),
+        "problem_steps": [
+            {"number": s.number, "state": s.state, "message": s.message}
+            for s in steps
+            if s.state in (StepState.FAILED, StepState.PAUSED, StepState.ABORTED) and s.message
+        ],
+        "sweeps": {
+            s.environment.name: s.result["sweep"] for s in steps if s.environment and "sweep" in s.result
+        },
     }

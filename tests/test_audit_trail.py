@@ -251,13 +251,12 @@ def test_audit_list_shows_the_copied_names_after_the_plan_is_gone(admin_client, 
 
 
 def _inline_edit(client, user, moved: UpdateGroup):
-    """The changelist's list_editable POST, moving one group down by five positions."""
+    """The changelist's list_editable POST, disabling one group (positions are dragged, not typed)."""
     groups = list(UpdateGroup.objects.all())
     data = {"form-TOTAL_FORMS": len(groups), "form-INITIAL_FORMS": len(groups), "_save": "Save"}
     for i, group in enumerate(groups):
         data[f"form-{i}-id"] = group.pk
-        data[f"form-{i}-position"] = group.position + (5 if group.pk == moved.pk else 0)
-        if group.enabled:
+        if group.enabled and group.pk != moved.pk:
             data[f"form-{i}-enabled"] = "on"
     client.force_login(user)
     return client.post(reverse("admin:releases_updategroup_changelist"), data)
@@ -270,7 +269,7 @@ def test_changelist_inline_edit_of_a_prod_update_group_needs_the_protected_permi
 
     assert response.status_code == 200  # the changelist again, with the row's error
     assert "lacks the permission releases.launch_protected" in response.content.decode()
-    assert UpdateGroup.objects.get(pk=prod.pk).position == prod.position
+    assert UpdateGroup.objects.get(pk=prod.pk).enabled
 
 
 def test_changelist_inline_edit_of_a_dev_update_group_is_saved_and_audited(client, editor):
@@ -279,6 +278,6 @@ def test_changelist_inline_edit_of_a_dev_update_group_is_saved_and_audited(clien
     response = _inline_edit(client, editor, dev)
 
     assert response.status_code == 302
-    assert UpdateGroup.objects.get(pk=dev.pk).position == dev.position + 5
+    assert not UpdateGroup.objects.get(pk=dev.pk).enabled
     event = AuditEvent.objects.get(action="updategroup_change", outcome="ok")
-    assert event.parameters["changes"] == {"position": [dev.position, dev.position + 5]}
+    assert event.parameters["changes"] == {"enabled": [True, False]}

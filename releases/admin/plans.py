@@ -12,6 +12,7 @@ from .. import progress, services
 from ..models import ReleasePlan
 from .launching import LaunchMixin
 from .operations import ReleaseOperationsMixin
+from .report import ReleaseReportMixin
 from .steps import StepPagesMixin
 
 # Which form field a refusal of `services.create_plan` belongs to, by how its message starts.
@@ -67,7 +68,9 @@ class ReleasePlanCreationForm(forms.ModelForm):
 
 
 @admin.register(ReleasePlan)
-class ReleasePlanAdmin(StepPagesMixin, LaunchMixin, ReleaseOperationsMixin, admin.ModelAdmin):
+class ReleasePlanAdmin(
+    ReleaseReportMixin, StepPagesMixin, LaunchMixin, ReleaseOperationsMixin, admin.ModelAdmin
+):
     list_display = (
         "version",
         "state_display",

@@ -223,6 +223,8 @@ def _pause_before_batch(ctx: StepContext, index: int) -> str:
         if requested:
             return requested
     started.append(index)
+    # When the batch's writes began (after the pause): the release report's batch durations.
+    ctx.result.setdefault("batch_started_at", {})[str(index)] = time.time()
     return ""
 
 
