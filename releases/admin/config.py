@@ -144,8 +144,10 @@ class StepRunAdmin(ReadOnlyAdmin):
 
 @admin.register(SiteResult)
 class SiteResultAdmin(ReadOnlyAdmin):
-    list_display = ("step", "path", "sid", "batch_name", "state", "attempts", "http_status", "finished_at")
-    list_filter = ("state", "step__environment")
+    list_display = (
+        "step", "path", "sid", "batch_name", "state", "needs_check", "attempts", "http_status", "finished_at",
+    )  # fmt: skip
+    list_filter = ("state", "needs_check", "step__environment")
     list_select_related = ("step", "step__plan")
     search_fields = ("path", "sid", "site_id")
 

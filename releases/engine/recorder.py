@@ -110,24 +110,24 @@ class ResultRecorder:
         self._last_flush = time.monotonic()
 
     def _write_buffer(self) -> None:
-        # Successes are alike: one UPDATE per (outcome, second) instead of a CASE per row and field
-        # (bulk_update's SQL costs the worker more CPU than the Atlas calls it records). Atlas's
+        # Successes are alike: one UPDATE per outcome instead of a CASE per row and field
+        # (bulk_update's SQL costs the worker more CPU than the Atlas calls it records). Each
+        # takes the latest finish of its flush (at most FLUSH_SECONDS late, never early). Atlas's
         # answer is kept for the sites that did not simply succeed.
-        alike: dict[tuple, list[int]] = defaultdict(list)
+        alike: dict[tuple, list[SiteResult]] = defaultdict(list)
         other: list[SiteResult] = []
         for row in self._buffer:
             if row.state == SiteState.SUCCEEDED and not row.needs_check:
-                second = row.finished_at.replace(microsecond=0)
-                alike[(row.attempts, row.http_status, row.message, second)].append(row.pk)
+                alike[(row.attempts, row.http_status, row.message)].append(row)
             else:
                 other.append(row)
         with transaction.atomic():
             if not self._mine().select_for_update().exists():
                 raise LeaseLost(f"step {self.step.pk}: lease lost before recording results")
-            for (attempts, status, message, second), ids in alike.items():
-                SiteResult.objects.filter(pk__in=ids).update(
+            for (attempts, status, message), rows in alike.items():
+                SiteResult.objects.filter(pk__in=[row.pk for row in rows]).update(
                     state=SiteState.SUCCEEDED, attempts=attempts, http_status=status, message=message,
-                    finished_at=second, response=None, needs_check=False,
+                    finished_at=max(row.finished_at for row in rows), response=None, needs_check=False,
                 )  # fmt: skip
             if other:
                 SiteResult.objects.bulk_update(other, RESULT_FIELDS, batch_size=500)
