@@ -16,10 +16,18 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 
 from . import notify
-from .models import AuditEvent, Environment, ReleasePlan, StepRun, TransitionRefused
+from .models import (
+    AuditEvent,
+    Environment,
+    InvalidGroupSelector,
+    ReleasePlan,
+    StepRun,
+    TransitionRefused,
+    UpdateGroup,
+)
 from .models.plan import SHA_VALIDATOR, VERSION_VALIDATOR
 from .runbook import STEPS
-from .states import ACTIVE, DONE, MANUAL_KINDS, StepState
+from .states import ACTIVE, DONE, MANUAL_KINDS, StepKind, StepState
 
 logger = logging.getLogger(__name__)
 RUN_STEP_TASK = "releases.tasks.run_step"
@@ -173,6 +181,9 @@ def launch(
     if confirmed:
         params["confirmed"] = {str(number): counts for number, counts in confirmed.items()}
     authorize(user, "launch", plan=step.plan, step=step, parameters=params)
+    refusal = _selector_refusal(step)
+    if refusal:
+        _refuse(refusal, "launch", user=user, step=step, parameters=params)
     try:
         with transaction.atomic():
             step.launch(user, continue_stage=stage)
@@ -192,6 +203,22 @@ def launch(
             parameters=params,
         )
     return step
+
+
+def _selector_refusal(step: StepRun) -> str:
+    """Why a site step's selectors may not be sent to Atlas ('' when they may): checked at launch,
+    so a selector saved behind the admin's validation is refused before the step starts."""
+    if step.kind not in (StepKind.DELETE_SITES, StepKind.UPDATE_SITES):
+        return ""
+    groups = UpdateGroup.objects.filter(
+        environment=step.environment_id, step_number=step.number, enabled=True
+    )
+    for group in groups.select_related("environment"):
+        try:
+            group.checked_selector()
+        except InvalidGroupSelector as exc:
+            return str(exc)
+    return ""
 
 
 def _record_confirmed(step: StepRun, confirmed: dict) -> None:

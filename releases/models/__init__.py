@@ -1,11 +1,12 @@
 from .audit import AuditEvent
-from .environment import Environment, EnvironmentMisconfigured, UpdateGroup
+from .environment import Environment, EnvironmentMisconfigured, InvalidGroupSelector, UpdateGroup
 from .plan import ReleasePlan, SiteResult, StepRun, TransitionRefused
 
 __all__ = [
     "AuditEvent",
     "Environment",
     "EnvironmentMisconfigured",
+    "InvalidGroupSelector",
     "ReleasePlan",
     "SiteResult",
     "StepRun",
