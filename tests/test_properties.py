@@ -13,7 +13,7 @@ import json
 import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
 from atlas.client import AtlasClient
@@ -162,6 +162,11 @@ def portal(sims, monkeypatch):
 @pytest.mark.django_db
 @FAST
 @given(argv=release_arguments())
+# Text no database column can hold (PostgreSQL refuses NUL characters), wherever it goes.
+@example(argv=["status", "2.8.5\x00"])
+@example(argv=["launch", "2.8.5", "--step", "2", "--user", "ops-lead\x00", "--yes"])
+@example(argv=["create", "2.8.6\x00", "--commit", SHA, "--user", "ops-lead"])
+@example(argv=["skip", "2.8.5", "--step", "2", "--reason", "why\x00", "--user", "ops-lead"])
 def test_release_arguments_succeed_or_are_refused_with_a_message_and_a_refusal_sends_nothing(portal, argv):
     def sent() -> int:
         return sum(len(atlas.injector.requests) for atlas in portal.values())

@@ -107,6 +107,7 @@ class Command(BaseCommand):
         self.json = options.get("json", False)
         if options.get("timeout") is not None and not options.get("wait"):
             raise CommandError("--timeout only applies with --wait", returncode=2)
+        cli.refuse_unstorable(options)
         with cli.refusals():
             getattr(self, "_" + action.replace("-", "_"))(**options)
 
