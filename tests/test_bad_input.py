@@ -195,3 +195,22 @@ def test_a_wrong_atlas_password_is_refused_in_one_line_naming_environment_and_va
     assert seen == [("PATCH", 401)]
     assert len(dev_atlas.events.of_kind("auth_failed")) == 1
     assert code_items(dev_atlas, **{"meta.version": "2.8.5"}) == []
+
+
+def test_a_worker_without_the_password_variable_fails_the_step_at_once_naming_it(
+    release, dev_atlas, start_worker
+):
+    """The launching process needs no Atlas password (only workers talk to Atlas), so the launch
+    is taken; the worker that lacks the variable fails the step before sending anything, and
+    `--wait` exits non-zero with the reason as its last line."""
+    start_worker("no-password", env={"ATLAS_DEV_PASSWORD": ""})
+
+    result = release("launch", "2.8.5", "--step", "2", "--user", "ops-lead", "--yes", "--wait")
+
+    assert result.returncode == 1 and "Traceback" not in result.stderr + result.stdout
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(
+        "CommandError: step 2 ended failed: DEV: the password variable ATLAS_DEV_PASSWORD"
+    ), last
+    assert StepRun.objects.get(plan__version="2.8.5", number=2).state == StepState.FAILED
+    assert dev_atlas.injector.requests == [], "a request reached Atlas"
