@@ -113,7 +113,11 @@ WORDS = st.text(max_size=12).filter(lambda s: not s.startswith("-"))  # "-h" wou
 VERSIONS = st.one_of(
     st.just("2.8.5"), st.sampled_from(["2.8.6", "9.9.9", "", "2.8", "v2.8.5", "2.8.5 "]), WORDS
 )
-STEPS = st.one_of(st.integers(1, 14).map(str), st.sampled_from(["-1", "0", "15", "", "1.5", "x", "0x3"]))
+STEPS = st.one_of(
+    st.integers(1, 14).map(str),
+    st.integers().map(str),
+    st.sampled_from(["-1", "0", "15", "", "1.5", "x", "0x3"]),
+)
 SHAS = st.one_of(st.just(SHA), st.just(R), st.text("0123456789abcdefABCDEF", max_size=44), WORDS)
 USERS = st.one_of(st.just("ops-lead"), st.sampled_from(["auditor", "nobody", "", "OPS-LEAD"]), WORDS)
 ACTIONS = ["create", "preview", "launch", "finalize", "pause", "resume", "abort", "retry-failed", "skip",
@@ -164,6 +168,7 @@ def portal(sims, monkeypatch):
 @given(argv=release_arguments())
 # Text no database column can hold (PostgreSQL refuses NUL characters), wherever it goes.
 @example(argv=["status", "2.8.5\x00"])
+@example(argv=["preview", "2.8.5", "--step", str(2**70)])  # past any integer column
 @example(argv=["launch", "2.8.5", "--step", "2", "--user", "ops-lead\x00", "--yes"])
 @example(argv=["create", "2.8.6\x00", "--commit", SHA, "--user", "ops-lead"])
 @example(argv=["skip", "2.8.5", "--step", "2", "--reason", "why\x00", "--user", "ops-lead"])
