@@ -92,6 +92,13 @@ def _refuse(message: str, action: str, **where) -> None:
     raise ActionRefused(message)
 
 
+def _fits(field: str, value: str, what: str) -> None:
+    """Refuse a value longer than its ReleasePlan column (PostgreSQL would raise a DataError)."""
+    limit = ReleasePlan._meta.get_field(field).max_length
+    if len(value) > limit:
+        raise ActionRefused(f"{what} is longer than {limit} characters")
+
+
 def _validate(validator, value: str, what: str) -> None:
     try:
         validator(value)
@@ -108,6 +115,10 @@ def create_plan(
         _validate(VERSION_VALIDATOR, version, "version")
         _validate(SHA_VALIDATOR, commit, "commit")
         git_url = git_url or "https://github.com/CuBoulder/express.git"
+        branch = branch or f"release/{version}"
+        columns = {"version": version, "release_branch": branch, "git_url": git_url, "profile_name": profile}
+        for field, value in columns.items():
+            _fits(field, value, f"the {field.replace('_', ' ')}")
         if ".git" not in git_url:
             raise ActionRefused(f"git URL {git_url!r} must contain .git (Atlas refuses it otherwise)")
         if ReleasePlan.objects.filter(version=version).exists():
@@ -128,7 +139,7 @@ def create_plan(
             version=version,
             release_commit=commit,
             git_url=git_url,
-            release_branch=branch or f"release/{version}",
+            release_branch=branch,
             profile_name=profile,
             created_by=user,
             created_by_username=user.get_username(),
@@ -336,6 +347,10 @@ def finalize(plan: ReleasePlan, *, tag: str, commit: str, user) -> ReleasePlan:
     problems = []
     if not tag.strip():
         problems.append("the tag is empty")
+    elif len(tag) > ReleasePlan._meta.get_field("final_tag").max_length:
+        problems.append(
+            f"the tag is longer than {ReleasePlan._meta.get_field('final_tag').max_length} characters"
+        )
     try:
         SHA_VALIDATOR(commit)
     except ValidationError:

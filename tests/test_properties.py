@@ -109,6 +109,7 @@ def test_a_refused_selector_never_reaches_atlas(recording_atlas, tree):
 
 SHA = "c" * 40
 WORDS = st.text(max_size=12).filter(lambda s: not s.startswith("-"))  # "-h" would print the help
+LONG = st.text(min_size=90, max_size=320).filter(lambda s: not s.startswith("-"))  # past the columns
 # The real plan, user and step numbers come up often enough to reach the domain's own refusals.
 VERSIONS = st.one_of(
     st.just("2.8.5"), st.sampled_from(["2.8.6", "9.9.9", "", "2.8", "v2.8.5", "2.8.5 "]), WORDS
@@ -119,7 +120,7 @@ STEPS = st.one_of(
     st.sampled_from(["-1", "0", "15", "", "1.5", "x", "0x3"]),
 )
 SHAS = st.one_of(st.just(SHA), st.just(R), st.text("0123456789abcdefABCDEF", max_size=44), WORDS)
-USERS = st.one_of(st.just("ops-lead"), st.sampled_from(["auditor", "nobody", "", "OPS-LEAD"]), WORDS)
+USERS = st.one_of(st.just("ops-lead"), st.sampled_from(["auditor", "nobody", "", "OPS-LEAD"]), WORDS, LONG)
 ACTIONS = ["create", "preview", "launch", "finalize", "pause", "resume", "abort", "retry-failed", "skip",
            "status", "list"]  # fmt: skip
 
@@ -130,8 +131,11 @@ def release_arguments(draw) -> list[str]:
     argv = [action] if action == "list" else [action, draw(VERSIONS)]
     if action == "create":
         argv += ["--commit", draw(SHAS)]
+        for option in ("--branch", "--git-url", "--profile"):
+            if draw(st.booleans()):
+                argv += [option, draw(st.one_of(WORDS, LONG, st.just("https://example.edu/x.git")))]
     if action == "finalize":
-        argv += ["--tag", draw(WORDS), "--commit", draw(SHAS)]
+        argv += ["--tag", draw(st.one_of(WORDS, LONG)), "--commit", draw(SHAS)]
     if action in ("preview", "launch", "retry-failed", "skip") and draw(st.booleans()):
         argv += ["--step", draw(STEPS)]
     if action == "launch" and draw(st.booleans()):
@@ -169,6 +173,10 @@ def portal(sims, monkeypatch):
 # Text no database column can hold (PostgreSQL refuses NUL characters), wherever it goes.
 @example(argv=["status", "2.8.5\x00"])
 @example(argv=["preview", "2.8.5", "--step", str(2**70)])  # past any integer column
+@example(argv=["create", "2.8.6", "--commit", SHA, "--git-url", "x.git" * 70, "--user", "ops-lead"])
+@example(argv=["create", "2.8.6-" + "a" * 40, "--commit", SHA, "--user", "ops-lead"])
+@example(argv=["finalize", "2.8.5", "--tag", "t" * 101, "--commit", SHA, "--user", "ops-lead"])
+@example(argv=["pause", "2.8.5", "--user", "n" * 151])
 @example(argv=["launch", "2.8.5", "--step", "2", "--user", "ops-lead\x00", "--yes"])
 @example(argv=["create", "2.8.6\x00", "--commit", SHA, "--user", "ops-lead"])
 @example(argv=["skip", "2.8.5", "--step", "2", "--reason", "why\x00", "--user", "ops-lead"])
