@@ -24,6 +24,7 @@ from releases import services
 from releases.models import AuditEvent, Environment, ReleasePlan, StepRun, UpdateGroup
 from releases.states import StepState
 from tests.support import R, code_items, configure_environments, make_user
+from tests.test_engine_faults import run_inline
 
 ROOT = Path(__file__).resolve().parent.parent
 PASSWORD = os.environ.get("ATLAS_DEV_PASSWORD", "")
@@ -214,3 +215,25 @@ def test_a_worker_without_the_password_variable_fails_the_step_at_once_naming_it
     ), last
     assert StepRun.objects.get(plan__version="2.8.5", number=2).state == StepState.FAILED
     assert dev_atlas.injector.requests == [], "a request reached Atlas"
+
+
+def test_a_launched_site_step_with_a_wrong_password_fails_in_one_line_after_one_refused_request(
+    release, dev_atlas, start_worker
+):
+    plan, user = ReleasePlan.objects.get(version="2.8.5"), make_user("deployer")
+    assert run_inline(services.get_step(plan, 2), user) == StepState.SUCCEEDED  # the release item
+    start_worker("wrong-password", env={"ATLAS_DEV_PASSWORD": WRONG})
+    dev_atlas.injector.requests.clear()
+
+    result = release("launch", "2.8.5", "--step", "3", "--user", "ops-lead", "--yes", "--wait")
+
+    assert result.returncode == 1 and "Traceback" not in result.stderr + result.stdout
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("CommandError: step 3 ended failed: Atlas DEV refused the credentials"), last
+    assert "password variable ATLAS_DEV_PASSWORD" in last
+    assert WRONG not in result.stderr + result.stdout and PASSWORD not in result.stderr + result.stdout
+    # Public reads (GETs need no login on Atlas) and one refused credentials probe: no write landed.
+    seen = [(method, status) for method, _, _, _, status in dev_atlas.injector.requests]
+    assert [s for s in seen if s[0] != "GET"] == [("PATCH", 401)], seen
+    assert len(dev_atlas.events.of_kind("auth_failed")) == 1
+    assert not dev_atlas.events.of_kind("site_remove")
