@@ -6,6 +6,9 @@ judged from the simulator's own request log.
 A malformed DATABASE_URL and a database that does not answer are refused before Django starts up;
 test_deployment shows that for `migrate`, the worker and gunicorn. Here the same refusals come from
 `release preview`, and the simulator shows that Atlas heard nothing either.
+
+What only a worker can find out (its own password variable unset or wrong) is judged on a launch
+with `--wait`: the step fails at once, the command's last line says why, no write reaches Atlas.
 """
 
 from __future__ import annotations
