@@ -37,6 +37,15 @@ def refusals() -> Iterator[None]:
         raise CommandError("; ".join(exc.messages), returncode=REFUSED) from None
 
 
+def refuse_unstorable(options: dict) -> None:
+    """Refuse text no database can store (PostgreSQL rejects NUL characters) before any query,
+    naming the argument: otherwise a NUL in --user or VERSION ends in a DataError traceback."""
+    for name, value in options.items():
+        if isinstance(value, str) and "\x00" in value:
+            label = name.upper() if name in ("version", "name") else "--" + name.replace("_", "-")
+            raise CommandError(f"{label} contains a NUL character", returncode=2)
+
+
 def emit_json(stdout, document) -> None:
     """The one JSON document a `--json` invocation prints on stdout."""
     stdout.write(json.dumps(document, indent=2, default=str))

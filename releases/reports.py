@@ -8,7 +8,7 @@ from django.db.models import Count, Max, Min, Q
 from django.db.models.functions import TruncMinute, TruncSecond
 from django.utils import timezone
 
-from atlas.errors import AtlasError
+from atlas.errors import AtlasError, AuthenticationError
 from atlas.selectors import exclude_profile
 
 from .models import EnvironmentMisconfigured, ReleasePlan, SiteResult, StepRun, UpdateGroup
@@ -87,7 +87,10 @@ def preview_step(step: StepRun) -> dict:
     if step.kind in (StepKind.DELETE_SITES, StepKind.UPDATE_SITES) and step.result.get("snapshot"):
         return {**base, **frozen_targets(step)}
     try:
+        if step.kind in (StepKind.DELETE_SITES, StepKind.UPDATE_SITES):
+            _groups(step)  # a selector the portal would not send: refused before any request
         client = step.environment.client()
+        _check_credentials(client, step.environment)
         item = _release_item(client, step.plan)
         if step.kind in (StepKind.DEPLOY_CODE, StepKind.UPDATE_CODE):
             return {**base, **_code_preview(client, step, item)}
@@ -184,11 +187,30 @@ def _code_preview(client, step: StepRun, item) -> dict:
     }
 
 
-def _sites_preview(client, step: StepRun, item) -> dict:
+def _check_credentials(client, environment) -> None:
+    """Atlas's GETs are public, so reads alone would preview a step that then fails on its first
+    write: prove the credentials first, with the client's side-effect-free check."""
+    try:
+        client.check_credentials()
+    except AuthenticationError:
+        raise EnvironmentMisconfigured(
+            f"Atlas {environment.name} refused the credentials (username {environment.username!r}, "
+            f"password variable {environment.password_env}): fix the variable before launching"
+        ) from None
+
+
+def _groups(step: StepRun) -> list[tuple[UpdateGroup, dict]]:
+    """The step's enabled update groups in order, each with its checked selector."""
     groups = UpdateGroup.objects.filter(environment=step.environment, step_number=step.number, enabled=True)
+    return [
+        (g, g.checked_selector()) for g in groups.select_related("environment").order_by("position", "id")
+    ]
+
+
+def _sites_preview(client, step: StepRun, item) -> dict:
     batches, seen = [], set()
-    for group in groups.order_by("position", "id"):
-        where = exclude_profile(group.selector(), item.id) if item else group.selector()
+    for group, selector in _groups(step):
+        where = exclude_profile(selector, item.id) if item else selector
         sites = [s for s in client.list_sites(where) if s.id not in seen]
         seen.update(s.id for s in sites)
         batches.append(

@@ -16,10 +16,19 @@ from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 
 from . import notify
-from .models import AuditEvent, Environment, LaunchRequest, ReleasePlan, StepRun, TransitionRefused
+from .models import (
+    AuditEvent,
+    Environment,
+    InvalidGroupSelector,
+    LaunchRequest,
+    ReleasePlan,
+    StepRun,
+    TransitionRefused,
+    UpdateGroup,
+)
 from .models.plan import SHA_VALIDATOR, VERSION_VALIDATOR
 from .runbook import STEPS
-from .states import ACTIVE, DONE, LAUNCHABLE, MANUAL_KINDS, StepState
+from .states import ACTIVE, DONE, LAUNCHABLE, MANUAL_KINDS, StepKind, StepState
 
 logger = logging.getLogger(__name__)
 RUN_STEP_TASK = "releases.tasks.run_step"
@@ -86,6 +95,13 @@ def _refuse(message: str, action: str, **where) -> None:
     raise ActionRefused(message)
 
 
+def _fits(field: str, value: str, what: str) -> None:
+    """Refuse a value longer than its ReleasePlan column (PostgreSQL would raise a DataError)."""
+    limit = ReleasePlan._meta.get_field(field).max_length
+    if len(value) > limit:
+        raise ActionRefused(f"{what} is longer than {limit} characters")
+
+
 def _validate(validator, value: str, what: str) -> None:
     try:
         validator(value)
@@ -102,6 +118,10 @@ def create_plan(
         _validate(VERSION_VALIDATOR, version, "version")
         _validate(SHA_VALIDATOR, commit, "commit")
         git_url = git_url or "https://github.com/CuBoulder/express.git"
+        branch = branch or f"release/{version}"
+        columns = {"version": version, "release_branch": branch, "git_url": git_url, "profile_name": profile}
+        for field, value in columns.items():
+            _fits(field, value, f"the {field.replace('_', ' ')}")
         if ".git" not in git_url:
             raise ActionRefused(f"git URL {git_url!r} must contain .git (Atlas refuses it otherwise)")
         if ReleasePlan.objects.filter(version=version).exists():
@@ -122,7 +142,7 @@ def create_plan(
             version=version,
             release_commit=commit,
             git_url=git_url,
-            release_branch=branch or f"release/{version}",
+            release_branch=branch,
             profile_name=profile,
             created_by=user,
             created_by_username=user.get_username(),
@@ -175,6 +195,9 @@ def launch(
     if confirmed:
         params["confirmed"] = {str(number): counts for number, counts in confirmed.items()}
     authorize(user, "launch", plan=step.plan, step=step, parameters=params)
+    refusal = _selector_refusal(step)
+    if refusal:
+        _refuse(refusal, "launch", user=user, step=step, parameters=params)
     if via == "launch" and step.environment is not None and step.environment.two_person:
         return request_launch(step, user, stage=stage, confirmed=confirmed)  # run on approval
     try:
@@ -238,7 +261,25 @@ def _launch_refusal(step: StepRun) -> str:
     if step.state not in LAUNCHABLE:
         return f"step {step.number} is no longer launchable (it is {step.state})"
     blockers = step.blockers()
-    return f"step {step.number} cannot start: " + "; ".join(blockers) if blockers else ""
+    if blockers:
+        return f"step {step.number} cannot start: " + "; ".join(blockers)
+    return _selector_refusal(step)
+
+
+def _selector_refusal(step: StepRun) -> str:
+    """Why a site step's selectors may not be sent to Atlas ('' when they may): checked at launch,
+    so a selector saved behind the admin's validation is refused before the step starts."""
+    if step.kind not in (StepKind.DELETE_SITES, StepKind.UPDATE_SITES):
+        return ""
+    groups = UpdateGroup.objects.filter(
+        environment=step.environment_id, step_number=step.number, enabled=True
+    )
+    for group in groups.select_related("environment"):
+        try:
+            group.checked_selector()
+        except InvalidGroupSelector as exc:
+            return str(exc)
+    return ""
 
 
 def _record_confirmed(step: StepRun, confirmed: dict) -> None:
@@ -356,6 +397,10 @@ def finalize(plan: ReleasePlan, *, tag: str, commit: str, user) -> ReleasePlan:
     problems = []
     if not tag.strip():
         problems.append("the tag is empty")
+    elif len(tag) > ReleasePlan._meta.get_field("final_tag").max_length:
+        problems.append(
+            f"the tag is longer than {ReleasePlan._meta.get_field('final_tag').max_length} characters"
+        )
     try:
         SHA_VALIDATOR(commit)
     except ValidationError:

@@ -1,5 +1,6 @@
-"""Drills on real processes: Redis restarted under a running step, and two workers sharing the
-steps of several environments. Each is judged from the simulator's side (its event log and its
+"""Drills on real processes: Redis restarted under a running step, two workers sharing the
+steps of several environments, a worker killed with no replacement for a while, and Atlas not
+answering mid-batch. Each is judged from the simulator's side (its event log and its
 in-flight write counter).
 
 The Redis drill starts its own `redis-server` on a free port (never the shared one) and is
@@ -17,6 +18,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from django.utils import timezone
 
 from releases import services
 from releases.models import AuditEvent, SiteResult, StepRun
@@ -176,3 +178,77 @@ def test_two_workers_share_steps_within_the_environments_parallelism_one_step_at
     assert set(updates) == targets and max(updates.values()) == 1
     assert AuditEvent.objects.filter(step=first, action="step_succeeded").count() == 1
     assert StepRun.objects.get(pk=second.pk).state == StepState.PENDING
+
+
+@pytest.mark.slow
+def test_a_worker_killed_with_no_replacement_for_a_while_then_a_new_one_finishes_the_step(
+    small_prod, start_worker
+):
+    """The issue's "no replacement for two minutes", at test scale: tests run with a 4 s step
+    lease (conftest TEST_ENV), so a 15 s gap — nearly four leases, long enough for the lease to
+    have lapsed several times over with nobody to notice — stands for the two minutes."""
+    configure_environments({"PROD": small_prod}, parallelism=2)
+    user = make_user()
+    plan = services.create_plan("2.8.5", commit=R, user=user)
+    step = prepare_prod(plan, user, commit="b" * 40)
+    small_prod.set_faults(write_latency_ms=60)
+    first = start_worker("first")
+
+    services.launch(step, user)
+    wait_for(lambda: site_counts(step)[SiteState.SUCCEEDED] >= 30, what="30 updated sites")
+    assert first.owns(StepRun.objects.get(pk=step.pk).lease_owner)
+    first.kill()
+    time.sleep(1)  # the PATCHes it had in flight (60 ms of latency) land in Atlas all the same
+    sent_at_kill = len(client_updates(small_prod))
+    time.sleep(14)
+
+    # Nobody worked on it meanwhile: Atlas saw no write, and the step is still running, unowned.
+    assert len(client_updates(small_prod)) == sent_at_kill
+    stalled = StepRun.objects.get(pk=step.pk)
+    assert stalled.state == StepState.RUNNING and stalled.lease_expires_at < timezone.now()
+
+    second = start_worker("second")
+    wait_succeeded(step, second)
+    finished = AuditEvent.objects.get(step=step, action="step_succeeded")
+    assert second.owns(finished.parameters["owner"])
+    targets = set(SiteResult.objects.filter(step=step).values_list("site_id", flat=True))
+    updates = Counter(client_updates(small_prod))
+    assert len(targets) > 150 and set(updates) == targets
+    assert [site for site, n in updates.items() if n > 1] == [], "a site got the profile PATCH twice"
+
+
+@pytest.mark.slow
+def test_atlas_not_answering_mid_batch_pauses_the_step_saying_why_then_a_resume_completes_it(
+    small_prod, start_worker
+):
+    """Atlas "not answering" (the 503 variant is in test_engine_safety): every answer held back
+    past the 1 s read timeout after Atlas applied the request, so the worker cannot know which
+    PATCHes landed. The step pauses saying since when Atlas is unreachable, fails no site, and
+    after Atlas is back a resume finishes it without PATCHing any site twice."""
+    configure_environments({"PROD": small_prod}, parallelism=2, max_attempts=2, read_timeout_seconds=1)
+    user = make_user()
+    step = prepare_prod(services.create_plan("2.8.5", commit=R, user=user), user, commit="b" * 40)
+    worker = start_worker("outage")
+    small_prod.set_faults(write_latency_ms=40)
+
+    services.launch(step, user)
+    wait_for(lambda: site_counts(step)[SiteState.SUCCEEDED] >= 20, what="20 updated sites")
+    small_prod.set_faults(slow_ms=2500, slow_rate=1.0)  # Atlas stops answering in time
+    wait_for(
+        lambda: StepRun.objects.filter(pk=step.pk, state=StepState.PAUSED).exists(),
+        timeout=120,
+        what="the step to pause",
+    )
+    paused = StepRun.objects.get(pk=step.pk)
+    assert paused.message.startswith("Atlas PROD unreachable since "), paused.message
+    assert site_counts(step)[SiteState.FAILED] == 0, "an outage is not a site failure"
+
+    small_prod.set_faults()  # Atlas is back
+    services.resume(step.plan, user)
+    wait_succeeded(step, worker, timeout=120)
+    targets = set(SiteResult.objects.filter(step=step).values_list("site_id", flat=True))
+    updates = Counter(client_updates(small_prod))
+    assert len(targets) > 150 and set(updates) == targets
+    assert [site for site, n in updates.items() if n > 1] == [], "a site got the profile PATCH twice"
+    # PATCHes that landed unanswered were read back after the resume, not sent again.
+    assert SiteResult.objects.filter(step=step, message="already on the release profile").exists()

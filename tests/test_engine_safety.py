@@ -19,6 +19,7 @@ import time
 from collections import Counter
 from datetime import timedelta
 from pathlib import Path
+from unittest.mock import patch
 
 import pytest
 from django.db import connection
@@ -334,13 +335,31 @@ def test_an_unexpected_error_fails_the_step_with_the_error_and_an_audit_event(pr
     configure_environments({"PROD": prod_sim})
     user = make_user()
     step = prepare_prod(services.create_plan("2.8.5", commit=R, user=user), user)
-    # A selector saved behind the admin form's validation.
-    UpdateGroup.objects.filter(environment__name="PROD", step_number=14).update(where={"$where": "1"})
 
-    assert run_inline(step, user) == StepState.FAILED
+    with patch("releases.engine.snapshot.exclude_profile", autospec=True, side_effect=RuntimeError("a bug")):
+        assert run_inline(step, user) == StepState.FAILED
 
     step.refresh_from_db()
-    assert "$where" in step.message and step.lease_owner == ""
+    assert step.message == "the step stopped on an unexpected error: RuntimeError: a bug"
+    assert step.lease_owner == ""
+    assert AuditEvent.objects.filter(action="step_failed", step=step, message=step.message).exists()
+    assert client_updates(prod_sim) == []
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_selector_saved_behind_the_admins_validation_after_launch_fails_the_step_naming_the_group(prod_sim):
+    configure_environments({"PROD": prod_sim})
+    user = make_user()
+    step = prepare_prod(services.create_plan("2.8.5", commit=R, user=user), user)
+    with tasks_not_sent():
+        services.launch(step, user)
+    # Changed while the step waited in the queue (launch itself refuses such a selector).
+    UpdateGroup.objects.filter(environment__name="PROD", step_number=14).update(where={"$where": "1"})
+
+    assert run_engine(step) == StepState.FAILED
+
+    step.refresh_from_db()
+    assert "$where" in step.message and "PROD update group" in step.message, step.message
     assert AuditEvent.objects.filter(action="step_failed", step=step, message=step.message).exists()
     assert client_updates(prod_sim) == []
 

@@ -108,7 +108,7 @@ class Snapshot:
                 self._changed.notify_all()
 
     def _read_batch(self, index: int, group: UpdateGroup) -> dict | None:
-        where = exclude_profile(group.selector(), self.profile_id)
+        where = exclude_profile(group.checked_selector(), self.profile_id)
         read = 0
         for page in self.ctx.client.iter_pages("sites", where, SITE_PROJECTION):
             if self._stop.is_set() or self.ctx.lost:

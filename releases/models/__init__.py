@@ -1,6 +1,6 @@
 from .approval import LaunchRequest
 from .audit import AuditEvent
-from .environment import Environment, EnvironmentMisconfigured, UpdateGroup
+from .environment import Environment, EnvironmentMisconfigured, InvalidGroupSelector, UpdateGroup
 from .plan import ReleasePlan, SiteResult, StepRun, TransitionRefused
 
 __all__ = [
@@ -8,6 +8,7 @@ __all__ = [
     "Environment",
     "EnvironmentMisconfigured",
     "LaunchRequest",
+    "InvalidGroupSelector",
     "ReleasePlan",
     "SiteResult",
     "StepRun",

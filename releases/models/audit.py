@@ -106,7 +106,7 @@ class AuditEvent(models.Model):
         return cls.objects.create(
             action=action,
             user=user,
-            username=username or "system",
+            username=(username or "system")[:150],  # a refused unknown name may be any length
             outcome=outcome,
             plan=plan,
             step=step,

@@ -38,6 +38,10 @@ class EnvironmentMisconfigured(Exception):
     """The environment row cannot produce a working client (e.g. its password variable is unset)."""
 
 
+class InvalidGroupSelector(EnvironmentMisconfigured):
+    """An update group's selector is not one the portal sends (saved behind the admin's validation)."""
+
+
 class Environment(models.Model):
     """One Atlas instance. The password is never stored: only the name of the variable holding it."""
 
@@ -231,14 +235,33 @@ class UpdateGroup(models.Model):
         return f"{self.environment} step {self.step_number}: {self.name}"
 
     def selector(self) -> dict:
+        """The selector as stored (for display); `checked_selector` before sending it to Atlas."""
         if self.where:
-            return dict(self.where)
+            return dict(self.where) if isinstance(self.where, dict) else self.where
         selector: dict = {}
         if self.status:
             selector["status"] = self.status
         if self.update_group is not None:
             selector["update_group"] = self.update_group
         return selector
+
+    def checked_selector(self) -> dict:
+        """The selector, validated again: a row saved outside the admin form (the shell, a data
+        migration, SQL) must not reach Atlas with `$where`, a typo, or nothing at all."""
+        selector = self.selector()
+        try:
+            validate_where(selector)
+        except InvalidSelector as exc:
+            raise InvalidGroupSelector(self._refusal(str(exc))) from None
+        if not selector:
+            raise InvalidGroupSelector(self._refusal("an empty selector would match every site"))
+        return selector
+
+    def _refusal(self, problem: str) -> str:
+        return (
+            f"{self.environment.name} update group {self.name!r} (step {self.step_number}) has an "
+            f"invalid selector: {problem}; fix it in the admin"
+        )
 
     def clean(self) -> None:
         if self.where is not None:

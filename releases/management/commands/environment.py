@@ -82,6 +82,7 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args, action, **options):
+        cli.refuse_unstorable(options)
         with cli.refusals():
             if action == "show":
                 return self._show(options["name"], options["json"])

@@ -24,6 +24,9 @@ class Command(BaseCommand):
         "Exit codes: 0 done, 1 refused or not succeeded, 2 bad usage, 3 --timeout passed."
     )
     stealth_options = ("stdin",)
+    # The start-up checks (atlas.W00x) are for the web and worker processes and `manage.py check`;
+    # here each refusal names its own cause in one line, without a block of warnings before it.
+    requires_system_checks = []
 
     def add_arguments(self, parser):
         sub = parser.add_subparsers(dest="action", required=True, metavar="SUBCOMMAND")
@@ -109,6 +112,7 @@ class Command(BaseCommand):
         self.json = options.get("json", False)
         if options.get("timeout") is not None and not options.get("wait"):
             raise CommandError("--timeout only applies with --wait", returncode=2)
+        cli.refuse_unstorable(options)
         with cli.refusals():
             getattr(self, "_" + action.replace("-", "_"))(**options)
 
@@ -138,11 +142,11 @@ class Command(BaseCommand):
             for preview in previews:
                 self.stdout.write("\n".join(cli.describe_preview(preview)))
         # A step that could not be read from Atlas (no "action": not merely "nothing to update yet").
-        unread = [p["number"] for p in previews if p.get("error") and "action" not in p]
+        unread = [p for p in previews if p.get("error") and "action" not in p]
         if unread:
-            raise CommandError(
-                f"could not preview step(s) {', '.join(map(str, unread))} from Atlas", returncode=cli.REFUSED
-            )
+            numbers = ", ".join(str(p["number"]) for p in unread)
+            reasons = "; ".join(dict.fromkeys(p["error"] for p in unread))
+            raise CommandError(f"could not preview step(s) {numbers}: {reasons}", returncode=cli.REFUSED)
 
     def _launch(self, version, user, step, next_step, stage, yes, wait, timeout, **options):
         plan = cli.get_plan(version)

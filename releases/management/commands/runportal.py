@@ -1,8 +1,8 @@
 """`manage.py runportal`: the portal with its embedded defaults, for a newcomer or a demo.
 
 Starts three simulated Atlas environments, a Celery worker and the web server as child
-processes, after migrating the database, loading the runbook and creating an admin account.
-Ctrl-C stops them all.
+processes, after migrating the database, loading the runbook and creating the demo accounts.
+Says it is ready only once the web process answers /healthz. Ctrl-C stops them all.
 """
 
 from __future__ import annotations
@@ -13,10 +13,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from urllib.error import HTTPError
 from urllib.request import urlopen
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Permission
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
@@ -31,6 +33,25 @@ DEMO_TIMINGS = {
     "ATLAS_BATCH_PAUSE_SECONDS": 1.0,
     "ATLAS_POOL_WAIT_SECONDS": 60.0,
 }
+# The simulators' passwords, unless ATLAS_<ENV>_PASSWORD is set (the README's command lines export
+# the same values, so `manage.py release …` in another shell reaches the demo's simulators).
+SIMULATOR_PASSWORDS = {name: f"{name.lower()}-simulator" for name in ("DEV", "TEST", "PROD")}
+# The demo's accounts (created on the first run; their password is PORTAL_ADMIN_PASSWORD or
+# 'admin'): username -> (what it is, its releases permissions; None: a superuser).
+DEMO_ACCOUNTS = {
+    "admin": ("superuser", None),
+    "ops-lead": (
+        "release manager: create, launch (PROD too), finalize, configure environments",
+        ["add_releaseplan", "launch_step", "launch_protected", "finalize_release", "change_environment",
+         "add_updategroup", "change_updategroup", "view_releaseplan", "view_steprun", "view_siteresult",
+         "view_environment", "view_updategroup", "view_auditevent"],
+    ),
+    "auditor": (
+        "read-only: plans, steps, environments and the audit trail",
+        ["view_releaseplan", "view_steprun", "view_siteresult", "view_environment", "view_updategroup",
+         "view_auditevent"],
+    ),
+}  # fmt: skip
 
 
 class Command(BaseCommand):
@@ -42,44 +63,51 @@ class Command(BaseCommand):
         parser.add_argument("--no-simulators", action="store_true", help="Use the configured Atlas URLs.")
 
     def handle(self, *args, addr, prod_sites, no_simulators, **options):
-        for name in ("DEV", "TEST", "PROD"):
-            os.environ.setdefault(f"ATLAS_{name}_PASSWORD", f"{name.lower()}-simulator")
+        for name, password in SIMULATOR_PASSWORDS.items():
+            os.environ.setdefault(f"ATLAS_{name}_PASSWORD", password)
         for key, value in DEMO_TIMINGS.items():
             if key not in os.environ and not no_simulators:
                 setattr(settings, key, value)
         call_command("migrate", verbosity=0)
         call_command("loadrunbook", verbosity=0)
-        self._ensure_admin()
+        self._ensure_accounts()
         if not no_simulators:  # demo accounts, one per role (releases/roles.py), for the simulators only
             password = os.environ.get("PORTAL_DEMO_PASSWORD", "demo")
             for username, role in roles.ensure_demo_accounts(password):
                 self.stdout.write(f"Demo account {username!r} ({role}), password {password!r}")
-        children = []
+        children, simulated = [], []
         signal.signal(signal.SIGTERM, _interrupt)
         try:
             if not no_simulators:
-                children += self._start_simulators(prod_sites)
+                simulated = self._start_simulators(prod_sites)
+                children += [child for child, _ in simulated]
             children.append(self._spawn("worker", "-m", "portal.worker"))
             children.append(self._spawn("web", "manage.py", "runserver", addr, "--noreload"))
-            self._wait_until_ready(addr, children)
-            self.stdout.write(
-                self.style.SUCCESS(
-                    f"Portal at http://{addr}/admin/ — user 'admin', password from PORTAL_ADMIN_PASSWORD "
-                    f"(default 'admin'). Broker: {settings.CELERY_BROKER_DESCRIPTION}. Ctrl-C stops everything."
-                )
-            )
+            self._wait_until_ready(addr, children, [url for _, url in simulated])
+            (ready, *rest) = ready_banner(addr, settings.CELERY_BROKER_DESCRIPTION)
+            self.stdout.write(self.style.SUCCESS(ready))
+            self.stdout.write("\n".join(rest))
             self._supervise(children)
         except KeyboardInterrupt:
             pass
         finally:
             self._stop(children)
 
-    def _ensure_admin(self) -> None:
+    def _ensure_accounts(self) -> None:
         users = get_user_model().objects
-        if not users.filter(username="admin").exists():
-            users.create_superuser("admin", "", os.environ.get("PORTAL_ADMIN_PASSWORD", "admin"))
+        password = os.environ.get("PORTAL_ADMIN_PASSWORD", "admin")
+        for username, (_, permissions) in DEMO_ACCOUNTS.items():
+            if users.filter(username=username).exists():
+                continue  # an operator may have changed it since the first run
+            if permissions is None:
+                users.create_superuser(username, "", password)
+                continue
+            user = users.create_user(username, "", password, is_staff=True)
+            user.user_permissions.set(
+                Permission.objects.filter(content_type__app_label="releases", codename__in=permissions)
+            )
 
-    def _start_simulators(self, prod_sites: int) -> list[subprocess.Popen]:
+    def _start_simulators(self, prod_sites: int) -> list[tuple[subprocess.Popen, str]]:
         children = []
         for env in Environment.objects.filter(name__in=["DEV", "TEST", "PROD"]):
             port = _local_port(env.api_url)
@@ -98,26 +126,30 @@ class Command(BaseCommand):
             ]
             if env.name == "PROD":
                 args += ["--sites", str(prod_sites)]
-            children.append(self._spawn(f"atlas-{env.name.lower()}", *args))
+            children.append((self._spawn(f"atlas-{env.name.lower()}", *args), env.api_url))
         return children
 
     def _spawn(self, label: str, *args: str) -> subprocess.Popen:
         self.stdout.write(f"starting {label}")
         return subprocess.Popen([sys.executable, *args], cwd=ROOT, start_new_session=True)
 
-    def _wait_until_ready(self, addr: str, children: list[subprocess.Popen], timeout: float = 60) -> None:
-        """Until the web process answers /healthz (its database and broker answer too)."""
+    def _wait_until_ready(
+        self, addr: str, children: list[subprocess.Popen], simulators: list[str], timeout: float = 90
+    ) -> None:
+        """Until every simulator answers, the web process answers /healthz (its database and
+        broker answer too) and a worker answers a ping: before that, a launched step would fail
+        to reach Atlas or only wait in the queue."""
+        waiting = [*simulators, f"http://{addr}/healthz", "a worker"]
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        while waiting and time.monotonic() < deadline:
             self._check_alive(children)
-            try:
-                with urlopen(f"http://{addr}/healthz", timeout=2) as response:
-                    if response.status == 200:
-                        return
-            except OSError:
-                pass
-            time.sleep(0.5)
-        raise CommandError(f"the web process did not answer http://{addr}/healthz within {timeout:.0f}s")
+            answered = _worker_answers() if waiting[0] == "a worker" else _answers(waiting[0])
+            if answered:
+                waiting.pop(0)
+            else:
+                time.sleep(0.5)
+        if waiting:
+            raise CommandError(f"{waiting[0]} did not answer within {timeout:.0f}s")
 
     def _check_alive(self, children: list[subprocess.Popen]) -> None:
         for child in children:
@@ -143,6 +175,45 @@ class Command(BaseCommand):
                 os.killpg(child.pid, signal.SIGKILL)  # whatever is left of its group
             except ProcessLookupError:
                 pass
+
+
+def ready_banner(addr: str, broker: str) -> list[str]:
+    """What `runportal` prints once the portal answers: the ready line first, then the accounts."""
+    password = (
+        "the password in PORTAL_ADMIN_PASSWORD"
+        if os.environ.get("PORTAL_ADMIN_PASSWORD")
+        else "password 'admin'"
+    )
+    lines = [
+        f"Ready: the portal answers at http://{addr}/admin/ (Ctrl-C stops everything)",
+        f"  Demo accounts, {password} (set on the first run):",
+    ]
+    lines += [f"    {name:<9} {what}" for name, (what, _) in DEMO_ACCOUNTS.items()]
+    lines += [
+        f"  Broker: {broker}",
+        '  Command line: see the README, "Releasing from the command line"',
+    ]
+    return lines
+
+
+def _answers(url: str) -> bool:
+    """Whether `url` answers 200 (/healthz), or at all (a simulator: any HTTP status)."""
+    try:
+        with urlopen(url, timeout=2) as response:
+            return response.status == 200 or not url.endswith("/healthz")
+    except HTTPError:
+        return not url.endswith("/healthz")
+    except OSError:
+        return False
+
+
+def _worker_answers() -> bool:
+    from portal import celery_app
+
+    try:
+        return bool(celery_app.control.ping(timeout=1))
+    except Exception:  # the broker is still starting: ask again
+        return False
 
 
 def _interrupt(signum, frame):
