@@ -44,3 +44,9 @@ MANUAL_KINDS = (StepKind.GIT_BRANCH, StepKind.FINALIZE)
 class FailurePolicy(models.TextChoices):
     PAUSE = "pause", "Pause the step for the operator"
     FAIL = "fail", "Fail the step"
+
+
+# A code step's `commit_patch` while it waits for the operator to confirm, in Atlas, a cascade run
+# by a PATCH whose answer the portal never received; only a resume turns it into the confirmation.
+CASCADE_AWAITING = "awaiting the operator's confirmation"
+CASCADE_CONFIRMED = "confirmed by the operator"

@@ -25,7 +25,7 @@ from releases.engine.context import StepContext
 from releases.models import Environment, SiteResult, StepRun
 from releases.states import SiteState, StepState
 from tests.support import R, T, configure_environments, make_user, run_engine, tasks_not_sent
-from tests.test_engine_faults import release_item, run_inline, wait_for
+from tests.test_engine_faults import prepare_prod, release_item, run_inline, wait_for
 from tests.test_engine_safety import reach, removals
 
 
@@ -271,3 +271,102 @@ def test_a_renewal_blocked_past_the_lease_stops_the_writes_before_another_worker
         assert ctx.lost
     finally:
         ctx._stop.set()
+
+
+# -- the second review ------------------------------------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_snapshot_cut_short_by_a_late_renewal_is_never_saved_as_the_whole_snapshot(sims, monkeypatch):
+    from releases.engine import snapshot as snap
+
+    prod = sims("PROD", sites=300)
+    configure_environments({"PROD": prod})
+    user = make_user()
+    step = prepare_prod(services.create_plan("2.8.5", commit=R, user=user), user)
+    (preview,) = reports.preview(step.plan, 14)
+    counts = reports.confirmed_counts([preview])[14]
+    first = next(iter(counts))
+    confirmed = {**counts, first: max(0, counts[first] - 1)}  # batch 1 "grew": the rest is read at once
+    real = snap.Snapshot._read_batch
+
+    def read_batch(self, index, group):
+        if index == 3:
+            self.ctx._valid_until = 0.0  # a renewal is late now: the lease is no longer surely ours
+        return real(self, index, group)
+
+    monkeypatch.setattr(snap.Snapshot, "_read_batch", read_batch)
+    with tasks_not_sent():
+        services.launch(step, user, confirmed={14: confirmed})
+    assert run_engine(step) is None  # the run stopped as a lost lease: nothing more recorded
+    step.refresh_from_db()
+    assert not step.result.get("snapshot")
+    assert len(step.result.get("batches", [])) < len(counts)
+
+    monkeypatch.setattr(snap.Snapshot, "_read_batch", real)
+    StepRun.objects.filter(pk=step.pk).update(
+        lease_owner="", lease_expires_at=None
+    )  # as the watchdog finds it
+    assert run_engine(step, owner="next") == StepState.PAUSED  # batch 1 still larger than confirmed
+    step.refresh_from_db()
+    assert step.result["snapshot"] and len(step.result["batches"]) == len(counts)
+    services.resume(step.plan, user)
+    assert run_engine(step, owner="resumed") == StepState.SUCCEEDED
+    step.refresh_from_db()
+    assert step.counts()["targeted"] == sum(counts.values()) == step.counts()["succeeded"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_skipping_a_paused_delete_step_flags_an_unanswered_delete(sims):
+    sim = sims("DEV")
+    configure_environments({"DEV": sim}, parallelism=1)
+    user = make_user()
+    step = reach(services.create_plan("2.8.5", commit=R, user=user), user, 3)
+    (preview,) = reports.preview(step.plan, 3)
+    counts = reports.confirmed_counts([preview])[3]
+    with tasks_not_sent():
+        services.launch(step, user, confirmed={3: {name: 0 for name in counts}})
+    assert run_engine(step) == StepState.PAUSED
+    row = SiteResult.objects.filter(step=step).first()
+    SiteResult.objects.filter(pk=row.pk).update(state=SiteState.DISPATCHED)  # a DELETE with no answer
+
+    services.skip(step, user, "pool deletion not needed")
+
+    row.refresh_from_db()
+    assert (row.state, row.needs_check) == (SiteState.FAILED, True)
+    out = StringIO()
+    call_command("release", "status", "2.8.5", stdout=out)
+    assert "CHECK IN ATLAS" in out.getvalue() and row.site_id in out.getvalue()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_relaunch_after_aborting_an_unconfirmed_cascade_asks_again(sims, monkeypatch):
+    dev = sims("DEV")
+    configure_environments({"DEV": dev})
+    user = make_user()
+    plan = services.create_plan("2.8.5", commit=R, user=user)
+    step = reach(plan, user, 8)
+    item = release_item(dev)
+    with dev.lock:
+        dev.db["sites"].update_many({"_deleted": {"$ne": True}}, {"$set": {"code.profile": item["_id"]}})
+    real_client = Environment.client
+
+    def client(self):
+        atlas = real_client(self)
+        atlas.code_write_timeout = (3.05, 1.0)  # the PATCH's answer is given up after 1 s
+        return atlas
+
+    monkeypatch.setattr(Environment, "client", client)
+    dev.set_faults(cascade_delay_ms=300)
+    assert run_inline(step, user) == StepState.PAUSED  # awaiting the operator's confirmation
+    services.abort(plan, user)  # unsure, the operator aborts; later relaunches
+
+    assert run_inline(step, user, owner="relaunch") == StepState.PAUSED
+    step.refresh_from_db()
+    assert "Confirm in Atlas" in step.message
+    assert len([e for e in dev.events.of_kind("code_update") if e["commit_hash"] == T]) == 1
+    wait_for(lambda: dev.events.of_kind("cascade_end"), timeout=90, what="the cascade's end")
+    services.resume(plan, user)  # the confirmation
+    monkeypatch.setattr(Environment, "client", real_client)
+    assert run_engine(step, owner="resumed") == StepState.SUCCEEDED
+    assert len([e for e in dev.events.of_kind("code_update") if e["commit_hash"] == T]) == 1

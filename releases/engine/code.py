@@ -7,13 +7,12 @@ import time
 from atlas.errors import OutcomeUnknown
 from atlas.types import CodeItem
 
-from ..states import StepState
+from ..states import CASCADE_AWAITING, CASCADE_CONFIRMED, StepState
 from .context import Outcome, StepContext
 
 # How long a PATCH /code whose answer never came may take to show in Atlas before the step stops
 # (Atlas stores the item first thing, before its cascade, so this is short).
 STORE_GRACE_SECONDS = 20.0
-AWAITING = "awaiting the operator's confirmation"
 DEPLOY_FLAGS = {"registry_rebuild": False, "cache_clear": True, "update_database": True}
 
 
@@ -71,11 +70,9 @@ def update_code(ctx: StepContext) -> Outcome:
         )
     ctx.result.update(code_id=item.id, commit=commit)
     ctx.result.setdefault("previous_commit", item.commit_hash)
-    if ctx.result.get("commit_patch") == AWAITING:
-        # Paused for the operator to confirm the cascade in Atlas; only a resume (audited) runs
-        # the step again, so this run is the operator's confirmation.
-        ctx.result["commit_patch"] = "confirmed by the operator"
-    elif item.commit_hash != commit and ctx.result.get("commit_patch") == "sent":
+    # CASCADE_CONFIRMED is set by the operator's resume only (StepRun.resume); a relaunch after
+    # an abort finds CASCADE_AWAITING still and asks again.
+    if item.commit_hash != commit and ctx.result.get("commit_patch") in ("sent", CASCADE_AWAITING):
         # An earlier run sent the PATCH and never saw its answer: give a PATCH still on its way
         # time to show before a second one could run the cascade twice.
         item, requested = _wait_for_commit(ctx, item.id, commit, STORE_GRACE_SECONDS)
@@ -89,7 +86,7 @@ def update_code(ctx: StepContext) -> Outcome:
         stopped = _patch_commit(ctx, item, commit)
         if stopped:
             return stopped
-    if ctx.result.get("commit_patch") not in ("answered", "confirmed by the operator"):
+    if ctx.result.get("commit_patch") not in ("answered", CASCADE_CONFIRMED):
         return _await_operator(ctx, item.id)
     if params.get("make_current"):
         fresh = ctx.client.get_code(item.id)
@@ -103,13 +100,13 @@ def update_code(ctx: StepContext) -> Outcome:
 def _patch_commit(ctx: StepContext, item: CodeItem, commit: str) -> Outcome | None:
     """Send the one PATCH that re-deploys every site on the item; None when it was answered or
     its commit is found stored (the caller then decides whether the cascade is known done)."""
-    requested = ctx.beat(force=True)  # the last look before the write that re-deploys every site
-    if requested:
-        return Outcome.stopped(requested)
     ctx.result["cascaded_sites"] = ctx.client.count("sites", {"code.profile": item.id})
     ctx.result["commit_patch"] = "sent"  # durable before sending: a takeover knows to check
     ctx.save_result()
     ctx.doing(f"PATCH /code: Atlas re-deploys the {ctx.result['cascaded_sites']} sites on the item")
+    requested = ctx.beat(force=True)  # the last look before the write that re-deploys every site
+    if requested:
+        return Outcome.stopped(requested)
     try:
         # Alone in its PATCH: with `meta` beside it Atlas would skip the cascade to the sites.
         written = ctx.client.patch_code(item.id, {"commit_hash": commit}, etag=item.etag)
@@ -171,7 +168,7 @@ def _await_operator(ctx: StepContext, code_id: str) -> Outcome:
         else "every site on it shows a write since the item was stored, which suggests (but does not "
         "prove) that the cascade is done"
     )
-    ctx.result["commit_patch"] = AWAITING  # saved with the pause itself, not before
+    ctx.result["commit_patch"] = CASCADE_AWAITING  # saved with the pause itself, not before
     return Outcome(
         StepState.PAUSED,
         f"code item {code_id} is on the commit, set by a PATCH whose answer the portal never received; "

@@ -186,6 +186,8 @@ class StepContext:
 
     def save_result(self) -> None:
         """Write the step's result, only while this worker still holds the step."""
+        if self.lost:  # the time check and the database check must agree: either ends the run
+            raise LeaseLost(f"step {self.step.pk} lease lost by {self.owner}")
         rows = with_database(
             lambda: StepRun.objects.filter(
                 pk=self.step.pk, lease_owner=self.owner, state=StepState.RUNNING

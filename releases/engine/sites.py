@@ -292,6 +292,8 @@ def _run_batch(
         raise
     except BaseException:
         stopping.set()
+        # Queued writes that never started are known unsent: back to pending, not "unanswered".
+        unsent += [row for future, row in in_flight.items() if future.cancel()]
         _keep_what_was_done(recorder, ready + unsent)
         raise
     finally:

@@ -79,6 +79,8 @@ class Snapshot:
         self._thread.join()
         if self.error is not None:
             raise self.error
+        if len(self.frozen) != len(self.groups):
+            raise LeaseLost(f"step {self.ctx.step.pk}: snapshot incomplete")
         return list(self.frozen)
 
     def close(self) -> None:
@@ -102,7 +104,8 @@ class Snapshot:
         for index, group in enumerate(self.groups):
             summary = self._read_batch(index, group)
             if summary is None:
-                return
+                # Stopped part-way: never hand out a partial list as the whole snapshot.
+                raise LeaseLost(f"step {self.ctx.step.pk}: snapshot stopped before batch {index + 1}")
             with self._changed:
                 self.frozen.append(summary)
                 self._changed.notify_all()

@@ -6,7 +6,17 @@ from django.db import IntegrityError, models, transaction
 from django.db.models import Count, Q
 from django.utils import timezone
 
-from ..states import ACTIVE, DONE, LAUNCHABLE, SKIPPABLE, SiteState, StepKind, StepState
+from ..states import (
+    ACTIVE,
+    CASCADE_AWAITING,
+    CASCADE_CONFIRMED,
+    DONE,
+    LAUNCHABLE,
+    SKIPPABLE,
+    SiteState,
+    StepKind,
+    StepState,
+)
 
 SHA_VALIDATOR = RegexValidator(r"^[0-9a-f]{40}$", "must be a full 40-character lowercase hex commit SHA")
 VERSION_VALIDATOR = RegexValidator(r"^\d+\.\d+\.\d+([.-][0-9A-Za-z.-]+)?$", "must look like 2.8.5")
@@ -162,6 +172,7 @@ class StepRun(models.Model):
             raise TransitionRefused(f"step {self.number} is a manual gate and cannot be skipped")
         changes = dict(state=StepState.SKIPPED, message=reason, finished_at=timezone.now(), requested="")
         self._move(SKIPPABLE, changes, f"step {self.number} cannot be skipped while {self.state}")
+        self.flag_unanswered_deletes()
 
     def request(self, action: str) -> None:
         """Pause or abort: a running step stops at site granularity; a paused one aborts at once,
@@ -213,6 +224,11 @@ class StepRun(models.Model):
                 ),
                 f"step {self.number} cannot resume",
             )
+            result = StepRun.objects.values_list("result", flat=True).get(pk=self.pk) or {}
+            if result.get("commit_patch") == CASCADE_AWAITING:
+                # The operator's resume is the confirmation the paused code step asked for.
+                self.result = {**result, "commit_patch": CASCADE_CONFIRMED}
+                StepRun.objects.filter(pk=self.pk).update(result=self.result)
             if retry_failed:
                 # A site whose instance may be destroyed is never sent again: an operator looks.
                 self.sites.filter(state=SiteState.FAILED, needs_check=False).update(
