@@ -323,3 +323,25 @@ def test_update_group_changelist_queries_are_bounded(client, manager, django_ass
         response = client.get(reverse("admin:releases_updategroup_changelist"))
     assert response.status_code == 200
     assert len(_matching_cells(response)) == UpdateGroup.objects.count()
+
+
+@pytest.mark.django_db
+def test_loadrunbook_update_recreating_a_default_group_keeps_positions_unique():
+    call_command("loadrunbook", verbosity=0)
+    groups = list(UpdateGroup.objects.filter(environment__name="PROD", step_number=14).order_by("position"))
+    first, *rest = groups
+    rest[-1].delete()  # an operator removed the last default group…
+    UpdateGroup.objects.filter(pk=first.pk).update(
+        position=len(groups) - 1, edited=True
+    )  # …moved the first last
+
+    call_command("loadrunbook", "--update", verbosity=0)  # re-creates the removed one at its default position
+
+    positions = list(
+        UpdateGroup.objects.filter(environment__name="PROD", step_number=14).values_list(
+            "position", flat=True
+        )
+    )
+    assert sorted(positions) == list(range(len(groups)))
+    event = AuditEvent.objects.filter(action="loadrunbook").order_by("-id").first()
+    assert event.parameters["renumbered_groups"]

@@ -62,6 +62,7 @@ class Command(BaseCommand):
                 if not created and update and (reset_edited or not group.edited):
                     UpdateGroup.objects.filter(pk=group.pk).update(**values, updated_by="loadrunbook")
                     refreshed += 1
+        renumbered = _unique_positions(envs.values())
         AuditEvent.record(
             "loadrunbook",
             username="loadrunbook",
@@ -71,9 +72,33 @@ class Command(BaseCommand):
                 "created_environments": created_envs,
                 "created_groups": created_groups,
                 "refreshed_groups": refreshed,
+                "renumbered_groups": renumbered,
             },
         )
         self.stdout.write(
             f"environments created: {', '.join(created_envs) or 'none'}; update groups created: "
             f"{created_groups}; refreshed: {refreshed}"
         )
+
+
+def _unique_positions(environments) -> dict:
+    """A group re-created or refreshed at its default position can land on a position an operator
+    gave another group: renumber each (environment, step) 0…n-1 in its order, under a lock, as
+    the admin's reorder does. Returns {"ENV step N: group": [old, new]} for the audit row."""
+    moved = {}
+    for env in environments:
+        steps = UpdateGroup.objects.filter(environment=env).values_list("step_number", flat=True).distinct()
+        for step in sorted(set(steps)):
+            with transaction.atomic():
+                groups = list(
+                    UpdateGroup.objects.select_for_update()
+                    .filter(environment=env, step_number=step)
+                    .order_by("position", "id")
+                )
+                if [g.position for g in groups] == list(range(len(groups))):
+                    continue
+                for position, group in enumerate(groups):
+                    if group.position != position:
+                        UpdateGroup.objects.filter(pk=group.pk).update(position=position)
+                        moved[f"{env.name} step {step}: {group.name}"] = [group.position, position]
+    return moved
