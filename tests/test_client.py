@@ -33,6 +33,7 @@ from atlas.errors import (
     Unavailable,
     ValidationFailed,
 )
+from atlas.selectors import exclude_profile
 from atlas.simulator import SimulatorServer
 from atlas.types import CodeItem, Site
 
@@ -268,6 +269,21 @@ def test_list_sites_sends_where_as_json_sorted_by_id_in_pages_of_2000(
     assert len(sites) == len(docs(sim, "sites", {"status": "installed"})) > 0
     assert {site.status for site in sites} == {"installed"}
     assert [site.id for site in sites] == sorted(site.id for site in sites)
+
+
+def test_the_where_sent_keeps_the_selectors_order_with_the_portals_terms_last(
+    sim: SimulatorServer, client: AtlasClient
+) -> None:
+    # A scanning store tests the terms in the order sent: the operator's (selective) terms go
+    # first, the profile exclusion and the page key the portal adds go last.
+    sent = record_requests(client)
+    where = exclude_profile({"update_group": 0, "status": "installed"}, "5c1ba4c1f4c8f16e08b8b9aa")
+
+    list(client.iter_pages("sites", where))
+
+    (request,) = sent
+    text = parse_qs(urlsplit(request.url).query)["where"][0]
+    assert list(json.loads(text)) == ["update_group", "status", "code.profile"], text
 
 
 def test_list_sites_projection_returns_typed_sites(sim: SimulatorServer, client: AtlasClient) -> None:

@@ -17,7 +17,7 @@ from atlas.client import SITE_PROJECTION
 from atlas.selectors import exclude_profile
 from atlas.types import Site
 
-from ..db import with_database
+from ..db import insert_new, with_database
 from ..models import SiteResult, StepRun, UpdateGroup
 from ..states import SiteState, StepState
 from .context import LeaseLost, StepContext
@@ -117,37 +117,37 @@ class Snapshot:
             if self._stop.is_set() or self.ctx.lost:
                 return None
             read += len(page)
-            rows = [self._row(Site.from_document(doc), index, group.name) for doc in page]
-            with_database(lambda rows=rows: self._store(rows), "storing the snapshot")
+            rows = [self._row(Site.from_document(doc)) for doc in page]
+            with_database(lambda rows=rows: self._store(rows, index, group.name), "storing the snapshot")
         count = with_database(
             lambda: SiteResult.objects.filter(step=self.ctx.step, batch_index=index).count(),
             "counting the snapshot",
         )
         return {"name": group.name, "where": where, "count": count, "overlap": read - count}
 
-    def _store(self, rows: list[SiteResult]) -> None:
+    def _store(self, rows: list[dict], index: int, batch: str) -> None:
         with transaction.atomic():
             mine = StepRun.objects.filter(
                 pk=self.ctx.step.pk, lease_owner=self.ctx.owner, state=StepState.RUNNING
             )
             if not mine.select_for_update().exists():
                 raise LeaseLost(f"step {self.ctx.step.pk}: lease lost while storing the snapshot")
-            SiteResult.objects.bulk_create(rows, batch_size=500, ignore_conflicts=True)
+            # A site already stored (matched by an earlier batch) keeps its first batch.
+            insert_new(SiteResult, rows, step_id=self.ctx.step.pk, batch_index=index, batch_name=batch)
 
-    def _row(self, site: Site, index: int, batch: str) -> SiteResult:
-        row = SiteResult(
-            step=self.ctx.step,
-            site_id=site.id,
-            sid=site.sid,
-            path=site.path,
-            status=site.status,
-            update_group=site.update_group,
-            batch_index=index,
-            batch_name=batch,
-            etag=site.etag,
-        )
+    def _row(self, site: Site) -> dict:
+        row = {
+            "site_id": site.id,
+            "sid": site.sid,
+            "path": site.path,
+            "status": site.status,
+            "update_group": site.update_group,
+            "etag": site.etag,
+            "state": SiteState.PENDING.value,
+            "message": "",
+        }
         if self.only_available and site.status != "available":
             # Deleting anything but an available site would destroy a real instance.
-            row.state = SiteState.SKIPPED
-            row.message = f"not deleted: status is {site.status!r}, not 'available'"
+            row["state"] = SiteState.SKIPPED.value
+            row["message"] = f"not deleted: status is {site.status!r}, not 'available'"
         return row
