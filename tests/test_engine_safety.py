@@ -429,6 +429,28 @@ def test_a_wrong_password_stops_a_site_step_after_one_request(prod_sim, monkeypa
 
 
 @pytest.mark.django_db(transaction=True)
+def test_no_site_is_written_before_the_credentials_probe_answered_though_reads_overlap_it(prod_sim):
+    configure_environments({"PROD": prod_sim})
+    user = make_user()
+    step = prepare_prod(services.create_plan("2.8.5", commit=R, user=user), user)
+    groups = UpdateGroup.objects.filter(environment__name="PROD", step_number=14)
+    homepage = [g.pk for g in groups if g.selector().get("update_group") == 6]  # one site
+    groups.exclude(pk__in=homepage).update(enabled=False)
+    prod_sim.set_faults(write_latency_ms=600)  # the probe (a PATCH) answers 0.6 s late
+    prod_sim.injector.record = True
+
+    assert run_inline(step, user) == StepState.SUCCEEDED, step.message
+
+    log = list(prod_sim.injector.requests)
+    (probe,) = [e for e in log if e[0] == "PATCH" and e[1].startswith("/code/")]
+    writes = [e for e in log if e[0] == "PATCH" and e[1].startswith("/sites/")]
+    assert len(writes) == 1 and client_updates(prod_sim) == [writes[0][1].rsplit("/", 1)[1]]
+    assert writes[0][2] >= probe[3], "a site was written before the credentials probe answered"
+    # The snapshot was read while the probe waited: its answer is the only thing writes wait for.
+    assert any(e[0] == "GET" and e[1] == "/sites" and e[3] <= probe[3] for e in log)
+
+
+@pytest.mark.django_db(transaction=True)
 def test_atlas_not_answering_pauses_the_step_saying_since_when_then_resume_completes(prod_sim):
     configure_environments({"PROD": prod_sim}, parallelism=2, max_attempts=2)
     user = make_user()

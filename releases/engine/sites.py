@@ -9,9 +9,10 @@ unknown outcome and is re-read from Atlas before anything is sent again.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
 from atlas.errors import AtlasError, AuthenticationError, Cancelled, NotFound, PossiblyDestroyed, Unavailable
 from atlas.selectors import exclude_profile
@@ -59,6 +60,10 @@ def with_checks(ctx: StepContext, message: str) -> str:
 
 
 def _run_site_step(ctx: StepContext, *, delete: bool) -> Outcome:
+    # Atlas binds to LDAP on every request: prove the credentials once before the first write
+    # rather than collect a 401 per site (atlas-api.md §2). The probe runs while the release item
+    # and the first batch are read; nothing is written until it has answered (`_run_batches`).
+    credentials = _probe_credentials(ctx)
     ctx.doing("finding the release's code item")
     item = find_release_item(ctx)
     if item is None:
@@ -75,16 +80,12 @@ def _run_site_step(ctx: StepContext, *, delete: bool) -> Outcome:
         except NoSelectors as exc:
             return Outcome(StepState.FAILED, str(exc))
     try:
-        # Atlas binds to LDAP on every request: prove the credentials once before the first
-        # write rather than collect a 401 per site (atlas-api.md §2).
-        ctx.doing("checking the Atlas credentials")
-        ctx.client.check_credentials()
         work = _deleter(ctx) if delete else _updater(ctx, item.id)
         # Deletions go one at a time: the read before each DELETE is then the last word on the
         # site, with no other write of ours arriving in between to start an install (§3.4).
         # They are few (the pool), so this costs seconds, not minutes.
         parallelism = 1 if delete else max(1, ctx.environment.parallelism)
-        stopped = _run_batches(ctx, work, snapshot, parallelism)
+        stopped = _run_batches(ctx, work, snapshot, parallelism, credentials)
     except LeaseLost:
         if snapshot is not None:
             snapshot.close()  # another worker owns the step: store nothing more
@@ -151,7 +152,25 @@ def _freeze(ctx: StepContext, snapshot: Snapshot | None, index: int) -> str:
     return grown
 
 
-def _run_batches(ctx: StepContext, work: Work, snapshot: Snapshot | None, parallelism: int) -> Outcome | None:
+def _probe_credentials(ctx: StepContext) -> Future:
+    """Start the client's side-effect-free credentials probe on a thread of its own."""
+    answered: Future = Future()
+
+    def probe() -> None:
+        try:
+            ctx.client.check_credentials()
+        except BaseException as exc:  # handed to the step's thread by answered.result()
+            answered.set_exception(exc)
+        else:
+            answered.set_result(None)
+
+    threading.Thread(target=probe, name=f"credentials-{ctx.step.pk}", daemon=True).start()
+    return answered
+
+
+def _run_batches(
+    ctx: StepContext, work: Work, snapshot: Snapshot | None, parallelism: int, credentials: Future
+) -> Outcome | None:
     total = snapshot.batch_count if snapshot else len(ctx.result.get("batches", []))
     recorder = ResultRecorder(ctx.step, ctx.owner)
     for index in range(total):
@@ -169,6 +188,9 @@ def _run_batches(ctx: StepContext, work: Work, snapshot: Snapshot | None, parall
             # Percent thresholds count against the sites frozen so far: while later batches are
             # still being read, that can only pause the step sooner, never later.
             recorder.targets(snapshot.frozen_sites)
+        if not credentials.done():
+            ctx.doing("checking the Atlas credentials")
+        credentials.result()  # raises what the probe met: no write is sent before it answered
         name = ctx.result["batches"][index]["name"]
         ctx.doing(f"writing batch {index + 1} of {total} ({name})")
         stopped = _run_batch(ctx, _remaining(ctx, index), work, recorder, parallelism)
