@@ -188,12 +188,9 @@ def _run_batches(
             # Percent thresholds count against the sites frozen so far: while later batches are
             # still being read, that can only pause the step sooner, never later.
             recorder.targets(snapshot.frozen_sites)
-        if not credentials.done():
-            ctx.doing("checking the Atlas credentials")
-        credentials.result()  # raises what the probe met: no write is sent before it answered
         name = ctx.result["batches"][index]["name"]
         ctx.doing(f"writing batch {index + 1} of {total} ({name})")
-        stopped = _run_batch(ctx, _remaining(ctx, index), work, recorder, parallelism)
+        stopped = _run_batch(ctx, _remaining(ctx, index), work, recorder, parallelism, credentials)
         if stopped and _has_remaining(ctx, index):
             return stopped
         # Done, even when a stop came with its last answers: the pause before the next batch
@@ -251,9 +248,17 @@ def _pause_before_batch(ctx: StepContext, index: int) -> str:
 
 
 def _run_batch(
-    ctx: StepContext, rows: Iterator[SiteResult], work: Work, recorder: ResultRecorder, parallelism: int
+    ctx: StepContext,
+    rows: Iterator[SiteResult],
+    work: Work,
+    recorder: ResultRecorder,
+    parallelism: int,
+    credentials: Future,
 ) -> Outcome | None:
     """At most `parallelism` writes in flight; as many again queued so no thread waits for us.
+
+    Nothing is sent before the credentials probe answered (`credentials`); the first sites are
+    read and marked dispatched meanwhile, and go back to pending if the probe is refused.
 
     A queued site is sent only if no stop (pause, abort, threshold, lost lease, an error) came
     meanwhile; one that is not sent goes back to pending. A write in flight when the step stops
@@ -287,6 +292,9 @@ def _run_batch(
                     ready = recorder.dispatch(queue, chunk=window)
                     if not ready:
                         break
+                if not credentials.done():
+                    _wait_for_credentials(ctx, credentials)
+                credentials.result()  # raises what the probe met, before anything is sent
                 row = ready.pop(0)
                 in_flight[pool.submit(guarded, row)] = row
             if not in_flight:
@@ -325,6 +333,13 @@ def _run_batch(
     if stop is not None and stop.message.startswith("failure threshold"):
         stop = _threshold_outcome(ctx, recorder)  # count the writes that were in flight too
     return stop
+
+
+def _wait_for_credentials(ctx: StepContext, credentials: Future) -> None:
+    activity = ctx.activity
+    ctx.doing("checking the Atlas credentials")
+    wait([credentials])
+    ctx.doing(activity)
 
 
 def _keep_what_was_done(recorder: ResultRecorder, unsent: list[SiteResult]) -> None:
