@@ -451,6 +451,48 @@ def test_no_site_is_written_before_the_credentials_probe_answered_though_reads_o
 
 
 @pytest.mark.django_db(transaction=True)
+def test_a_pause_while_the_credentials_probe_is_out_dispatches_and_sends_nothing(prod_sim):
+    configure_environments({"PROD": prod_sim})
+    user = make_user()
+    step = prepare_prod(services.create_plan("2.8.5", commit=R, user=user), user)
+    prod_sim.set_faults(write_latency_ms=4000)  # the probe (a PATCH) answers 4 s late
+    prod_sim.injector.record = True
+    with tasks_not_sent():
+        services.launch(step, user)
+    ended: list = []
+    runner = threading.Thread(target=lambda: ended.append((run_engine(step), time.time())))
+    runner.start()
+    wait_for(lambda: prod_sim.injector.writes_in_flight == 1, what="the probe out")
+    time.sleep(0.5)  # batch 1 is read and stored meanwhile
+    services.pause(step.plan, user)
+    runner.join(timeout=60)
+
+    assert [state for state, _ in ended] == [StepState.PAUSED]
+    wait_for(lambda: prod_sim.injector.writes_in_flight == 0, what="the probe's answer")
+    log = list(prod_sim.injector.requests)
+    (probe,) = [e for e in log if e[0] == "PATCH" and e[1].startswith("/code/")]
+    assert ended[0][1] < probe[3], "the pause waited for the probe"
+    assert [e for e in log if e[0] in ("PATCH", "DELETE") and e[1].startswith("/sites/")] == []
+    counts = site_counts(step)
+    assert counts[SiteState.DISPATCHED] == 0 and counts[SiteState.PENDING] == sum(counts.values()) > 300
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_site_step_that_ends_before_reading_sends_no_credentials_probe(prod_sim):
+    configure_environments({"PROD": prod_sim})
+    user = make_user()
+    step = prepare_prod(services.create_plan("2.8.5", commit=R, user=user), user)
+    UpdateGroup.objects.filter(environment__name="PROD", step_number=14).update(enabled=False)
+    prod_sim.injector.record = True
+
+    assert run_inline(step, user) == StepState.FAILED
+
+    step.refresh_from_db()
+    assert step.message.startswith("no enabled update group for step 14")
+    assert [e for e in prod_sim.injector.requests if e[0] != "GET"] == []
+
+
+@pytest.mark.django_db(transaction=True)
 def test_atlas_not_answering_pauses_the_step_saying_since_when_then_resume_completes(prod_sim):
     configure_environments({"PROD": prod_sim}, parallelism=2, max_attempts=2)
     user = make_user()

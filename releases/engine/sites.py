@@ -60,10 +60,6 @@ def with_checks(ctx: StepContext, message: str) -> str:
 
 
 def _run_site_step(ctx: StepContext, *, delete: bool) -> Outcome:
-    # Atlas binds to LDAP on every request: prove the credentials once before the first write
-    # rather than collect a 401 per site (atlas-api.md §2). The probe runs while the release item
-    # and the first batch are read; nothing is written until it has answered (`_run_batches`).
-    credentials = _probe_credentials(ctx)
     ctx.doing("finding the release's code item")
     item = find_release_item(ctx)
     if item is None:
@@ -76,9 +72,15 @@ def _run_site_step(ctx: StepContext, *, delete: bool) -> Outcome:
         if delete:
             ctx.result["pool_before"] = ctx.client.count("sites", {"status": "available"})
         try:
-            snapshot = Snapshot(ctx, item.id, only_available=delete).start()
+            snapshot = Snapshot(ctx, item.id, only_available=delete)
         except NoSelectors as exc:
             return Outcome(StepState.FAILED, str(exc))
+    # Atlas binds to LDAP on every request: prove the credentials once before the first write
+    # rather than collect a 401 per site (atlas-api.md §2). The probe runs while the first batch
+    # is read; nothing is dispatched, let alone written, until it has answered (`_run_batch`).
+    credentials = _probe_credentials(ctx)
+    if snapshot is not None:
+        snapshot.start()
     try:
         work = _deleter(ctx) if delete else _updater(ctx, item.id)
         # Deletions go one at a time: the read before each DELETE is then the last word on the
@@ -91,6 +93,8 @@ def _run_site_step(ctx: StepContext, *, delete: bool) -> Outcome:
             snapshot.close()  # another worker owns the step: store nothing more
         raise
     finally:
+        if not credentials.done():
+            ctx.halt.set()  # nothing was written: the probe is not sent, or not sent again
         if snapshot is not None and not ctx.lost:
             _complete_snapshot(ctx, snapshot)
     if stopped is not None and stopped.message.startswith("failure threshold"):
@@ -257,8 +261,8 @@ def _run_batch(
 ) -> Outcome | None:
     """At most `parallelism` writes in flight; as many again queued so no thread waits for us.
 
-    Nothing is sent before the credentials probe answered (`credentials`); the first sites are
-    read and marked dispatched meanwhile, and go back to pending if the probe is refused.
+    Nothing is dispatched or sent before the credentials probe answered (`credentials`); an
+    operator's request, a lost lease or the probe's error while it is out stops the batch first.
 
     A queued site is sent only if no stop (pause, abort, threshold, lost lease, an error) came
     meanwhile; one that is not sent goes back to pending. A write in flight when the step stops
@@ -285,6 +289,11 @@ def _run_batch(
             stop = stop or _should_stop(ctx, recorder)
             if stop:
                 stopping.set()
+            if stop is None:
+                if not credentials.done():
+                    stop = _wait_for_credentials(ctx, credentials, recorder)
+                    continue
+                credentials.result()  # raises what the probe met, before anything is dispatched
             while stop is None and len(in_flight) < window:
                 if not ready:
                     # Marked dispatched a window at a time (one lease-checked query): a fraction
@@ -292,9 +301,6 @@ def _run_batch(
                     ready = recorder.dispatch(queue, chunk=window)
                     if not ready:
                         break
-                if not credentials.done():
-                    _wait_for_credentials(ctx, credentials)
-                credentials.result()  # raises what the probe met, before anything is sent
                 row = ready.pop(0)
                 in_flight[pool.submit(guarded, row)] = row
             if not in_flight:
@@ -335,11 +341,17 @@ def _run_batch(
     return stop
 
 
-def _wait_for_credentials(ctx: StepContext, credentials: Future) -> None:
+def _wait_for_credentials(ctx: StepContext, credentials: Future, recorder: ResultRecorder) -> Outcome | None:
+    """Wait for the probe's answer, watching for a pause, an abort or a lost lease meanwhile."""
     activity = ctx.activity
     ctx.doing("checking the Atlas credentials")
-    wait([credentials])
+    while not credentials.done():
+        stop = _should_stop(ctx, recorder)
+        if stop:
+            return stop
+        wait([credentials], timeout=0.25)
     ctx.doing(activity)
+    return None
 
 
 def _keep_what_was_done(recorder: ResultRecorder, unsent: list[SiteResult]) -> None:
