@@ -27,7 +27,7 @@ class SelectorField(forms.JSONField):
     def prepare_value(self, value):
         if isinstance(value, forms.fields.InvalidJSONInput) or value is None:
             return super().prepare_value(value)
-        return json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False)
+        return json.dumps(value, indent=2, ensure_ascii=False)  # in the order it is sent
 
 
 class UpdateGroupForm(forms.ModelForm):
@@ -98,7 +98,7 @@ class UpdateGroupAdmin(SortableAdminMixin, admin.ModelAdmin):
 
     @admin.display(description="selector (JSON)")
     def selector_display(self, obj):
-        return format_html("<code>{}</code>", json.dumps(obj.selector(), sort_keys=True))
+        return format_html("<code>{}</code>", json.dumps(obj.selector()))  # in the order it is sent
 
     @admin.display(description="sites now")
     def matching_sites(self, obj):
