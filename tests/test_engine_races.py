@@ -357,7 +357,7 @@ def test_a_relaunch_after_aborting_an_unconfirmed_cascade_asks_again(sims, monke
         return atlas
 
     monkeypatch.setattr(Environment, "client", client)
-    dev.set_faults(cascade_delay_ms=300)
+    dev.set_faults(cascade_delay_ms=100)  # the cascade outlasts the 1 s wait for the answer
     assert run_inline(step, user) == StepState.PAUSED  # awaiting the operator's confirmation
     services.abort(plan, user)  # unsure, the operator aborts; later relaunches
 

@@ -74,6 +74,19 @@ def reach(plan, user, number: int) -> StepRun:
     return services.get_step(plan, number)
 
 
+def step_14(prod_sim, **environment) -> tuple[StepRun, object]:
+    """PROD pointed at `prod_sim`, a release whose step 14 is next, and the operator."""
+    configure_environments({"PROD": prod_sim}, **environment)
+    user = make_user()
+    return prepare_prod(services.create_plan("2.8.5", commit=R, user=user), user), user
+
+
+def probe_of(log: list[list]) -> list:
+    """The credentials probe in the simulator's request log (exactly one)."""
+    (probe,) = [e for e in log if e[0] == "PATCH" and e[1].startswith("/code/")]
+    return probe
+
+
 def removals(sim: SimulatorServer) -> list[dict]:
     return sim.events.of_kind("site_remove")
 
@@ -87,7 +100,8 @@ def test_pool_churn_during_a_delete_step_never_removes_a_site_that_left_the_pool
     sim = sims(environment, sites=None if environment == "DEV" else 300)
     # At a parallelism of 8, as PROD runs: deletions still go one at a time, so no DELETE of ours
     # arrives (and starts an install) between another site's read and its DELETE.
-    configure_environments({environment: sim}, parallelism=8)
+    # The churn keeps the pool from refilling: the step's wait for it is kept short.
+    configure_environments({environment: sim}, parallelism=8, pool_wait_seconds=2)
     user = make_user()
     step = reach(services.create_plan("2.8.5", commit=R, user=user), user, number)
     sim.set_faults(pool_take_rate=1.0)  # with every write, an install or restore takes a pool site
@@ -269,9 +283,7 @@ def test_a_step_thread_stuck_past_the_longest_atlas_call_lets_its_lease_lapse(pr
     from releases.engine.context import StepContext
 
     settings.STEP_LEASE_SECONDS = 1.0
-    configure_environments({"PROD": prod_sim})
-    user = make_user()
-    step = prepare_prod(services.create_plan("2.8.5", commit=R, user=user), user)
+    step, user = step_14(prod_sim)
     with tasks_not_sent():
         services.launch(step, user)
     assert step.claim("stuck-worker")
@@ -332,9 +344,7 @@ def test_a_worker_that_lost_the_lease_sends_and_records_nothing_more():
 
 @pytest.mark.django_db(transaction=True)
 def test_an_unexpected_error_fails_the_step_with_the_error_and_an_audit_event(prod_sim):
-    configure_environments({"PROD": prod_sim})
-    user = make_user()
-    step = prepare_prod(services.create_plan("2.8.5", commit=R, user=user), user)
+    step, user = step_14(prod_sim)
 
     with patch("releases.engine.snapshot.exclude_profile", autospec=True, side_effect=RuntimeError("a bug")):
         assert run_inline(step, user) == StepState.FAILED
@@ -348,9 +358,7 @@ def test_an_unexpected_error_fails_the_step_with_the_error_and_an_audit_event(pr
 
 @pytest.mark.django_db(transaction=True)
 def test_a_selector_saved_behind_the_admins_validation_after_launch_fails_the_step_naming_the_group(prod_sim):
-    configure_environments({"PROD": prod_sim})
-    user = make_user()
-    step = prepare_prod(services.create_plan("2.8.5", commit=R, user=user), user)
+    step, user = step_14(prod_sim)
     with tasks_not_sent():
         services.launch(step, user)
     # Changed while the step waited in the queue (launch itself refuses such a selector).
@@ -411,9 +419,7 @@ def test_an_abort_that_races_a_threshold_pause_is_not_lost():
 
 @pytest.mark.django_db(transaction=True)
 def test_a_wrong_password_stops_a_site_step_after_one_request(prod_sim, monkeypatch):
-    configure_environments({"PROD": prod_sim})
-    user = make_user()
-    step = prepare_prod(services.create_plan("2.8.5", commit=R, user=user), user)
+    step, user = step_14(prod_sim)
     monkeypatch.setenv("ATLAS_PROD_PASSWORD", "changed-in-ldap-Zq7")  # the account's password moved
 
     assert run_inline(step, user) == StepState.FAILED
@@ -430,9 +436,7 @@ def test_a_wrong_password_stops_a_site_step_after_one_request(prod_sim, monkeypa
 
 @pytest.mark.django_db(transaction=True)
 def test_no_site_is_written_before_the_credentials_probe_answered_though_reads_overlap_it(prod_sim):
-    configure_environments({"PROD": prod_sim})
-    user = make_user()
-    step = prepare_prod(services.create_plan("2.8.5", commit=R, user=user), user)
+    step, user = step_14(prod_sim)
     groups = UpdateGroup.objects.filter(environment__name="PROD", step_number=14)
     homepage = [g.pk for g in groups if g.selector().get("update_group") == 6]  # one site
     groups.exclude(pk__in=homepage).update(enabled=False)
@@ -442,7 +446,7 @@ def test_no_site_is_written_before_the_credentials_probe_answered_though_reads_o
     assert run_inline(step, user) == StepState.SUCCEEDED, step.message
 
     log = list(prod_sim.injector.requests)
-    (probe,) = [e for e in log if e[0] == "PATCH" and e[1].startswith("/code/")]
+    probe = probe_of(log)
     writes = [e for e in log if e[0] == "PATCH" and e[1].startswith("/sites/")]
     assert len(writes) == 1 and client_updates(prod_sim) == [writes[0][1].rsplit("/", 1)[1]]
     assert writes[0][2] >= probe[3], "a site was written before the credentials probe answered"
@@ -452,9 +456,7 @@ def test_no_site_is_written_before_the_credentials_probe_answered_though_reads_o
 
 @pytest.mark.django_db(transaction=True)
 def test_a_pause_while_the_credentials_probe_is_out_dispatches_and_sends_nothing(prod_sim):
-    configure_environments({"PROD": prod_sim})
-    user = make_user()
-    step = prepare_prod(services.create_plan("2.8.5", commit=R, user=user), user)
+    step, user = step_14(prod_sim)
     prod_sim.set_faults(write_latency_ms=4000)  # the probe (a PATCH) answers 4 s late
     prod_sim.injector.record = True
     with tasks_not_sent():
@@ -470,7 +472,7 @@ def test_a_pause_while_the_credentials_probe_is_out_dispatches_and_sends_nothing
     assert [state for state, _ in ended] == [StepState.PAUSED]
     wait_for(lambda: prod_sim.injector.writes_in_flight == 0, what="the probe's answer")
     log = list(prod_sim.injector.requests)
-    (probe,) = [e for e in log if e[0] == "PATCH" and e[1].startswith("/code/")]
+    probe = probe_of(log)
     assert ended[0][1] < probe[3], "the pause waited for the probe"
     assert [e for e in log if e[0] in ("PATCH", "DELETE") and e[1].startswith("/sites/")] == []
     counts = site_counts(step)
@@ -479,9 +481,7 @@ def test_a_pause_while_the_credentials_probe_is_out_dispatches_and_sends_nothing
 
 @pytest.mark.django_db(transaction=True)
 def test_a_site_step_that_ends_before_reading_sends_no_credentials_probe(prod_sim):
-    configure_environments({"PROD": prod_sim})
-    user = make_user()
-    step = prepare_prod(services.create_plan("2.8.5", commit=R, user=user), user)
+    step, user = step_14(prod_sim)
     UpdateGroup.objects.filter(environment__name="PROD", step_number=14).update(enabled=False)
     prod_sim.injector.record = True
 
@@ -584,9 +584,7 @@ def _confirmed_from_preview(step: StepRun, delta: int) -> dict:
 
 @pytest.mark.django_db(transaction=True)
 def test_a_batch_that_grew_since_the_confirmation_pauses_before_any_write(prod_sim):
-    configure_environments({"PROD": prod_sim})
-    user = make_user()
-    step = prepare_prod(services.create_plan("2.8.5", commit=R, user=user), user)
+    step, user = step_14(prod_sim)
     confirmed, grown = _confirmed_from_preview(step, -3)  # the operator saw 3 fewer sites
 
     with tasks_not_sent():
@@ -609,9 +607,7 @@ def test_a_batch_that_grew_since_the_confirmation_pauses_before_any_write(prod_s
 
 @pytest.mark.django_db(transaction=True)
 def test_a_batch_that_shrank_runs_and_says_so(prod_sim):
-    configure_environments({"PROD": prod_sim})
-    user = make_user()
-    step = prepare_prod(services.create_plan("2.8.5", commit=R, user=user), user)
+    step, user = step_14(prod_sim)
     confirmed, shrunk = _confirmed_from_preview(step, +2)
 
     with tasks_not_sent():
@@ -624,9 +620,9 @@ def test_a_batch_that_shrank_runs_and_says_so(prod_sim):
 
 @pytest.mark.django_db(transaction=True)
 def test_the_pause_between_batches_holds_after_a_resume(prod_sim):
-    configure_environments({"PROD": prod_sim}, batch_pause_seconds=3)
-    user = make_user()
-    step = prepare_prod(services.create_plan("2.8.5", commit=R, user=user), user)
+    step, user = step_14(prod_sim, batch_pause_seconds=3)
+    groups = UpdateGroup.objects.filter(environment__name="PROD", step_number=14).order_by("position")
+    groups.exclude(pk__in=[g.pk for g in groups[:3]]).update(enabled=False)  # three batches, two pauses
     with tasks_not_sent():
         services.launch(step, user)
     runner = threading.Thread(target=run_engine, args=(step,))
