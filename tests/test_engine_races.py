@@ -83,21 +83,23 @@ def test_a_delete_that_reached_atlas_then_failed_again_is_flagged_never_called_n
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_destroyed_site_is_named_when_atlas_then_goes_away_and_flagged_after_an_abort(sims):
+def test_a_destroyed_site_is_named_when_atlas_then_goes_away_and_flagged_after_an_abort(sims, monkeypatch):
     sim = sims("DEV")
     configure_environments({"DEV": sim}, parallelism=2, max_attempts=2)
     user = make_user()
     step = reach(services.create_plan("2.8.5", commit=R, user=user), user, 3)
     sim.set_faults(take_before_delete_rate=1.0)
+    record = sim.events.record
 
-    def outage() -> None:
-        wait_for(lambda: removals(sim), timeout=30, what="a first removal")
-        sim.set_faults(fail_rate=1.0)  # Atlas goes away right after
+    def outage_after_the_first_removal(kind, id, **details):
+        event = record(kind, id, **details)
+        if kind == "site_remove":
+            sim.set_faults(fail_rate=1.0)  # Atlas goes away right after (before its answer)
+        return event
 
-    thread = threading.Thread(target=outage)
-    thread.start()
-    run_inline(step, user)
-    thread.join()
+    monkeypatch.setattr(sim.events, "record", outage_after_the_first_removal)
+    assert run_inline(step, user) == StepState.PAUSED
+    monkeypatch.undo()
     sim.set_faults()
 
     step.refresh_from_db()
