@@ -20,13 +20,19 @@ from django.core.management import call_command
 
 from atlas.client import AtlasClient
 from atlas.errors import AuthenticationError, Unavailable
+from atlas.simulator import SimulatorServer
 from releases import reports, services
 from releases.engine.context import StepContext
 from releases.models import Environment, SiteResult, StepRun
 from releases.states import SiteState, StepState
 from tests.support import R, T, configure_environments, make_user, run_engine, tasks_not_sent
-from tests.test_engine_faults import prepare_prod, release_item, run_inline, wait_for
-from tests.test_engine_safety import reach, removals
+from tests.test_engine_faults import prepare_prod, run_inline, wait_for
+from tests.test_engine_safety import (
+    give_up_code_patch_answers_after_one_second,
+    reach,
+    removals,
+    step_8_with_every_site_on_the_item,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -40,6 +46,21 @@ def site_status(sim, site_id: str) -> str:
 
 
 # -- deletions --------------------------------------------------------------------------------------
+
+
+def delete_step_frozen_and_paused(sims) -> tuple[SimulatorServer, StepRun, object, dict]:
+    """DEV step 3 launched with every batch confirmed empty: it freezes its targets and pauses
+    before any write. Returns the simulator, the step, the operator and the real batch sizes."""
+    sim = sims("DEV")
+    configure_environments({"DEV": sim}, parallelism=1)
+    user = make_user()
+    step = reach(services.create_plan("2.8.5", commit=R, user=user), user, 3)
+    (preview,) = reports.preview(step.plan, 3)
+    counts = reports.confirmed_counts([preview])[3]
+    with tasks_not_sent():
+        services.launch(step, user, confirmed={3: {name: 0 for name in counts}})
+    assert run_engine(step) == StepState.PAUSED
+    return sim, step, user, counts
 
 
 @pytest.mark.django_db(transaction=True)
@@ -121,15 +142,7 @@ def test_a_destroyed_site_is_named_when_atlas_then_goes_away_and_flagged_after_a
 
 @pytest.mark.django_db(transaction=True)
 def test_a_dispatched_delete_found_out_of_the_pool_on_resume_is_flagged(sims):
-    sim = sims("DEV")
-    configure_environments({"DEV": sim}, parallelism=1)
-    user = make_user()
-    step = reach(services.create_plan("2.8.5", commit=R, user=user), user, 3)
-    (preview,) = reports.preview(step.plan, 3)
-    counts = reports.confirmed_counts([preview])[3]
-    with tasks_not_sent():  # confirmed as empty: the step freezes its targets and pauses unwritten
-        services.launch(step, user, confirmed={3: {name: 0 for name in counts}})
-    assert run_engine(step) == StepState.PAUSED
+    sim, step, user, counts = delete_step_frozen_and_paused(sims)
     assert removals(sim) == []
     # As after a worker that died with this site's DELETE on the wire: dispatched, no answer.
     row = SiteResult.objects.filter(step=step).first()
@@ -158,22 +171,9 @@ def test_a_commit_stored_by_an_unanswered_patch_pauses_for_the_operator_while_ot
     sims, monkeypatch
 ):
     dev = sims("DEV")
-    configure_environments({"DEV": dev})
-    user = make_user()
-    plan = services.create_plan("2.8.5", commit=R, user=user)
-    step = reach(plan, user, 8)
-    item = release_item(dev)
-    with dev.lock:
-        dev.db["sites"].update_many({"_deleted": {"$ne": True}}, {"$set": {"code.profile": item["_id"]}})
-        ids = [s["_id"] for s in dev.db["sites"].find({"_deleted": {"$ne": True}}, {"_id": 1})]
-    real_client = Environment.client
-
-    def client(self):
-        atlas = real_client(self)
-        atlas.code_write_timeout = (3.05, 1.0)  # the answer to the PATCH is given up after 1 s
-        return atlas
-
-    monkeypatch.setattr(Environment, "client", client)
+    step, user, ids = step_8_with_every_site_on_the_item(dev)
+    plan = step.plan
+    real_clients = give_up_code_patch_answers_after_one_second(monkeypatch)
     dev.set_faults(cascade_delay_ms=150)
 
     def atlas_tasks() -> None:  # Atlas's own writes to every site once the item is stored
@@ -191,7 +191,7 @@ def test_a_commit_stored_by_an_unanswered_patch_pauses_for_the_operator_while_ot
     step.refresh_from_db()
     assert "never received" in step.message and "Confirm in Atlas" in step.message
     wait_for(lambda: dev.events.of_kind("cascade_end"), timeout=60, what="the cascade's end")
-    monkeypatch.setattr(Environment, "client", real_client)
+    real_clients()
 
     services.resume(plan, user)  # the operator confirmed the code update in Atlas
     assert run_engine(step) == StepState.SUCCEEDED
@@ -320,15 +320,7 @@ def test_a_snapshot_cut_short_by_a_late_renewal_is_never_saved_as_the_whole_snap
 
 @pytest.mark.django_db(transaction=True)
 def test_skipping_a_paused_delete_step_flags_an_unanswered_delete(sims):
-    sim = sims("DEV")
-    configure_environments({"DEV": sim}, parallelism=1)
-    user = make_user()
-    step = reach(services.create_plan("2.8.5", commit=R, user=user), user, 3)
-    (preview,) = reports.preview(step.plan, 3)
-    counts = reports.confirmed_counts([preview])[3]
-    with tasks_not_sent():
-        services.launch(step, user, confirmed={3: {name: 0 for name in counts}})
-    assert run_engine(step) == StepState.PAUSED
+    sim, step, user, counts = delete_step_frozen_and_paused(sims)
     row = SiteResult.objects.filter(step=step).first()
     SiteResult.objects.filter(pk=row.pk).update(state=SiteState.DISPATCHED)  # a DELETE with no answer
 
@@ -344,21 +336,9 @@ def test_skipping_a_paused_delete_step_flags_an_unanswered_delete(sims):
 @pytest.mark.django_db(transaction=True)
 def test_a_relaunch_after_aborting_an_unconfirmed_cascade_asks_again(sims, monkeypatch):
     dev = sims("DEV")
-    configure_environments({"DEV": dev})
-    user = make_user()
-    plan = services.create_plan("2.8.5", commit=R, user=user)
-    step = reach(plan, user, 8)
-    item = release_item(dev)
-    with dev.lock:
-        dev.db["sites"].update_many({"_deleted": {"$ne": True}}, {"$set": {"code.profile": item["_id"]}})
-    real_client = Environment.client
-
-    def client(self):
-        atlas = real_client(self)
-        atlas.code_write_timeout = (3.05, 1.0)  # the PATCH's answer is given up after 1 s
-        return atlas
-
-    monkeypatch.setattr(Environment, "client", client)
+    step, user, _ = step_8_with_every_site_on_the_item(dev)
+    plan = step.plan
+    real_clients = give_up_code_patch_answers_after_one_second(monkeypatch)
     dev.set_faults(cascade_delay_ms=100)  # the cascade outlasts the 1 s wait for the answer
     assert run_inline(step, user) == StepState.PAUSED  # awaiting the operator's confirmation
     services.abort(plan, user)  # unsure, the operator aborts; later relaunches
@@ -369,6 +349,6 @@ def test_a_relaunch_after_aborting_an_unconfirmed_cascade_asks_again(sims, monke
     assert len([e for e in dev.events.of_kind("code_update") if e["commit_hash"] == T]) == 1
     wait_for(lambda: dev.events.of_kind("cascade_end"), timeout=90, what="the cascade's end")
     services.resume(plan, user)  # the confirmation
-    monkeypatch.setattr(Environment, "client", real_client)
+    real_clients()
     assert run_engine(step, owner="resumed") == StepState.SUCCEEDED
     assert len([e for e in dev.events.of_kind("code_update") if e["commit_hash"] == T]) == 1

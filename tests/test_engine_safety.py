@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from unittest.mock import patch
@@ -30,7 +31,7 @@ from atlas.simulator import SimulatorServer
 from conftest import _database_url
 from releases import reports, services
 from releases.engine.context import LeaseLost
-from releases.models import AuditEvent, SiteResult, StepRun, UpdateGroup
+from releases.models import AuditEvent, Environment, SiteResult, StepRun, UpdateGroup
 from releases.states import SiteState, StepState
 from tests.support import (
     R,
@@ -85,6 +86,34 @@ def probe_of(log: list[list]) -> list:
     """The credentials probe in the simulator's request log (exactly one)."""
     (probe,) = [e for e in log if e[0] == "PATCH" and e[1].startswith("/code/")]
     return probe
+
+
+def step_8_with_every_site_on_the_item(dev: SimulatorServer) -> tuple[StepRun, object, list]:
+    """DEV pointed at `dev`, a release whose step 8 is next, and every DEV site already on the
+    release item (as after steps 3 and 4), so its commit PATCH cascades to all of them.
+    Returns the step, the operator and the sites' ids."""
+    configure_environments({"DEV": dev})
+    user = make_user()
+    step = reach(services.create_plan("2.8.5", commit=R, user=user), user, 8)
+    item = release_item(dev)
+    with dev.lock:
+        dev.db["sites"].update_many({"_deleted": {"$ne": True}}, {"$set": {"code.profile": item["_id"]}})
+        ids = [s["_id"] for s in dev.db["sites"].find({"_deleted": {"$ne": True}}, {"_id": 1})]
+    return step, user, ids
+
+
+def give_up_code_patch_answers_after_one_second(monkeypatch) -> Callable[[], None]:
+    """Clients built from now on give up waiting for a PATCH /code's answer after 1 s (Atlas
+    still applies it); returns the function that restores the real clients."""
+    real_client = Environment.client
+
+    def client(self):
+        atlas = real_client(self)
+        atlas.code_write_timeout = (3.05, 1.0)
+        return atlas
+
+    monkeypatch.setattr(Environment, "client", client)
+    return lambda: monkeypatch.setattr(Environment, "client", real_client)
 
 
 def removals(sim: SimulatorServer) -> list[dict]:
@@ -221,28 +250,21 @@ def test_a_conflict_on_a_site_still_available_finishes_the_deletion_and_says_so(
 @pytest.mark.slow
 def test_a_code_patch_slower_than_the_lease_is_sent_once_and_succeeds_after_its_cascade(sims, start_worker):
     dev = sims("DEV")
-    configure_environments({"DEV": dev})
-    user = make_user()
-    plan = services.create_plan("2.8.5", commit=R, user=user)
-    step = reach(plan, user, 8)
-    item = release_item(dev)
-    with dev.lock:  # every DEV site already on the release item, as after steps 3 and 4
-        dev.db["sites"].update_many({"_deleted": {"$ne": True}}, {"$set": {"code.profile": item["_id"]}})
-        on_item = dev.db["sites"].count_documents({"_deleted": {"$ne": True}})
+    step, user, ids = step_8_with_every_site_on_the_item(dev)
     # The cascade takes ~150 ms a site: several times the 4 s lease of the test workers.
     dev.set_faults(cascade_delay_ms=150)
     start_worker("first")
     start_worker("second")
 
     services.launch(step, user)
-    wait_until_idle(plan, timeout=90)
+    wait_until_idle(step.plan, timeout=90)
 
     step.refresh_from_db()
     assert step.state == StepState.SUCCEEDED, step.message
     patches = [e for e in dev.events.of_kind("code_update") if e["commit_hash"] == T]
     assert len(patches) == 1, f"{len(patches)} PATCH /code with the final commit reached Atlas"
     cascaded = Counter(e["id"] for e in dev.events.of_kind("cascade"))
-    assert len(cascaded) == on_item and set(cascaded.values()) == {1}
+    assert len(cascaded) == len(ids) and set(cascaded.values()) == {1}
     (end,) = dev.events.of_kind("cascade_end")
     assert step.finished_at.timestamp() >= end["at"], "succeeded while Atlas was still cascading"
     assert end["at"] - patches[0]["at"] > 4 * 1.5, "the cascade was not slower than the lease"
@@ -254,13 +276,7 @@ def test_a_code_patch_with_no_answer_is_never_sent_twice_and_the_step_pauses_unt
 
     monkeypatch.setattr(code, "STORE_GRACE_SECONDS", 1.0)
     dev = sims("DEV")
-    configure_environments({"DEV": dev})
-    user = make_user()
-    plan = services.create_plan("2.8.5", commit=R, user=user)
-    step = reach(plan, user, 8)
-    item = release_item(dev)
-    with dev.lock:
-        dev.db["sites"].update_many({"_deleted": {"$ne": True}}, {"$set": {"code.profile": item["_id"]}})
+    step, user, _ = step_8_with_every_site_on_the_item(dev)
     dev.set_faults(
         fail_next=1, fail_status=504, fail_methods=("PATCH",)
     )  # a gateway gave up: did Atlas get the PATCH?
@@ -271,7 +287,7 @@ def test_a_code_patch_with_no_answer_is_never_sent_twice_and_the_step_pauses_unt
     assert [e for e in dev.events.of_kind("code_update") if e["commit_hash"] == T] == []
     assert release_item(dev)["commit_hash"] != T
 
-    services.resume(plan, user)  # the operator checked the item in Atlas
+    services.resume(step.plan, user)  # the operator checked the item in Atlas
     assert run_engine(step) == StepState.SUCCEEDED
     patches = [e for e in dev.events.of_kind("code_update") if e["commit_hash"] == T]
     assert len(patches) == 1
