@@ -11,6 +11,7 @@ side effects) wherever it concerns Atlas, not from the portal's own rows.
 from __future__ import annotations
 
 import ast
+import itertools
 import os
 import subprocess
 import sys
@@ -450,12 +451,76 @@ def test_a_wrong_password_stops_a_site_step_after_one_request(prod_sim, monkeypa
     assert counts[SiteState.FAILED] == 0 and counts[SiteState.PENDING] == sum(counts.values()) > 300
 
 
+def site_writes(log: list[list]) -> list[list]:
+    """The site PATCHes/DELETEs in the simulator's request log, in order of arrival."""
+    return sorted(
+        (e for e in log if e[0] in ("PATCH", "DELETE") and e[1].startswith("/sites/")), key=lambda e: e[2]
+    )
+
+
+def few_targets(number: int, where: dict) -> None:
+    """Step `number` on PROD runs one batch, of the sites `where` selects."""
+    groups = UpdateGroup.objects.filter(environment__name="PROD", step_number=number).order_by("position")
+    first = groups.first()
+    groups.exclude(pk=first.pk).update(enabled=False)
+    UpdateGroup.objects.filter(pk=first.pk).update(where=where)
+
+
+LEGACY = {"status": "launched", "update_group": {"$in": [7, 8, 9, 10, 11, 12]}}  # 12 PROD sites
+
+
 @pytest.mark.django_db(transaction=True)
-def test_no_site_is_written_before_the_credentials_probe_answered_though_reads_overlap_it(prod_sim):
+def test_an_update_steps_first_patch_goes_alone_and_the_others_follow_once_atlas_accepted_it(prod_sim):
+    step, user = step_14(prod_sim, parallelism=4)
+    few_targets(14, LEGACY)
+    prod_sim.set_faults(write_latency_ms=300)
+    prod_sim.injector.record = True
+
+    assert run_inline(step, user) == StepState.SUCCEEDED, step.message
+
+    log = list(prod_sim.injector.requests)
+    assert [e for e in log if e[1].startswith("/code/")] == [], "no separate probe: the first PATCH is it"
+    writes = site_writes(log)
+    assert len(writes) == 12 and sorted(client_updates(prod_sim)) == sorted(
+        e[1].rsplit("/", 1)[1] for e in writes
+    )
+    first, rest = writes[0], writes[1:]
+    assert all(e[2] >= first[3] for e in rest), "a second write went out before Atlas accepted the first"
+    # Then the window opens: the other writes overlap one another (at most 4 at once).
+    assert any(b[2] < a[3] for a, b in itertools.pairwise(rest)), "the writes after the first went one by one"
+    assert prod_sim.max_writes_in_flight == 4
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_pause_while_the_first_write_is_out_sends_nothing_more_and_records_its_answer(prod_sim):
     step, user = step_14(prod_sim)
-    groups = UpdateGroup.objects.filter(environment__name="PROD", step_number=14)
-    homepage = [g.pk for g in groups if g.selector().get("update_group") == 6]  # one site
-    groups.exclude(pk__in=homepage).update(enabled=False)
+    prod_sim.set_faults(write_latency_ms=3000)  # the first PATCH answers 3 s late
+    prod_sim.injector.record = True
+    with tasks_not_sent():
+        services.launch(step, user)
+    ended: list = []
+    runner = threading.Thread(target=lambda: ended.append(run_engine(step)))
+    runner.start()
+    wait_for(lambda: prod_sim.injector.writes_in_flight == 1, what="the first write out")
+    services.pause(step.plan, user)
+    runner.join(timeout=60)
+
+    assert ended == [StepState.PAUSED]
+    (write,) = site_writes(prod_sim.injector.requests)
+    assert write[4] == 200 and client_updates(prod_sim) == [write[1].rsplit("/", 1)[1]]
+    counts = site_counts(step)
+    assert counts[SiteState.SUCCEEDED] == 1 and counts[SiteState.DISPATCHED] == 0
+    assert counts[SiteState.PENDING] == sum(counts.values()) - 1 > 300
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_delete_step_sends_no_delete_before_the_credentials_probe_answered_though_reads_overlap_it(
+    prod_sim,
+):
+    configure_environments({"PROD": prod_sim})
+    user = make_user()
+    step = reach(services.create_plan("2.8.5", commit=R, user=user), user, 13)
+    few_targets(13, {"status": "available", "update_group": 0})
     prod_sim.set_faults(write_latency_ms=600)  # the probe (a PATCH) answers 0.6 s late
     prod_sim.injector.record = True
 
@@ -463,16 +528,18 @@ def test_no_site_is_written_before_the_credentials_probe_answered_though_reads_o
 
     log = list(prod_sim.injector.requests)
     probe = probe_of(log)
-    writes = [e for e in log if e[0] == "PATCH" and e[1].startswith("/sites/")]
-    assert len(writes) == 1 and client_updates(prod_sim) == [writes[0][1].rsplit("/", 1)[1]]
-    assert writes[0][2] >= probe[3], "a site was written before the credentials probe answered"
-    # The snapshot was read while the probe waited: its answer is the only thing writes wait for.
+    deletes = site_writes(log)
+    assert deletes and {e[0] for e in deletes} == {"DELETE"} and len(removals(prod_sim)) == len(deletes)
+    assert deletes[0][2] >= probe[3], "a site was deleted before the credentials probe answered"
+    # The snapshot was read while the probe waited: its answer is the only thing deletes wait for.
     assert any(e[0] == "GET" and e[1] == "/sites" and e[3] <= probe[3] for e in log)
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_pause_while_the_credentials_probe_is_out_dispatches_and_sends_nothing(prod_sim):
-    step, user = step_14(prod_sim)
+def test_a_pause_while_a_delete_steps_probe_is_out_dispatches_and_sends_nothing(prod_sim):
+    configure_environments({"PROD": prod_sim})
+    user = make_user()
+    step = reach(services.create_plan("2.8.5", commit=R, user=user), user, 13)
     prod_sim.set_faults(write_latency_ms=4000)  # the probe (a PATCH) answers 4 s late
     prod_sim.injector.record = True
     with tasks_not_sent():
@@ -481,7 +548,7 @@ def test_a_pause_while_the_credentials_probe_is_out_dispatches_and_sends_nothing
     runner = threading.Thread(target=lambda: ended.append((run_engine(step), time.time())))
     runner.start()
     wait_for(lambda: prod_sim.injector.writes_in_flight == 1, what="the probe out")
-    time.sleep(0.5)  # batch 1 is read and stored meanwhile
+    time.sleep(0.5)  # the pool's snapshot is read and stored meanwhile
     services.pause(step.plan, user)
     runner.join(timeout=60)
 
@@ -490,9 +557,9 @@ def test_a_pause_while_the_credentials_probe_is_out_dispatches_and_sends_nothing
     log = list(prod_sim.injector.requests)
     probe = probe_of(log)
     assert ended[0][1] < probe[3], "the pause waited for the probe"
-    assert [e for e in log if e[0] in ("PATCH", "DELETE") and e[1].startswith("/sites/")] == []
+    assert site_writes(log) == [] and removals(prod_sim) == []
     counts = site_counts(step)
-    assert counts[SiteState.DISPATCHED] == 0 and counts[SiteState.PENDING] == sum(counts.values()) > 300
+    assert counts[SiteState.DISPATCHED] == 0 and counts[SiteState.PENDING] == sum(counts.values()) > 5
 
 
 @pytest.mark.django_db(transaction=True)

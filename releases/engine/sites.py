@@ -9,10 +9,9 @@ unknown outcome and is re-read from Atlas before anything is sent again.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
 from atlas.errors import AtlasError, AuthenticationError, Cancelled, NotFound, PossiblyDestroyed, Unavailable
 from atlas.selectors import exclude_profile
@@ -23,6 +22,7 @@ from ..runbook import SWEEP_SELECTOR
 from ..states import FailurePolicy, SiteState, StepState
 from .code import find_release_item
 from .context import LeaseLost, Outcome, StepContext, credentials_refused, unreachable
+from .credentials import CredentialsCheck
 from .recorder import ResultRecorder, SiteOutcome
 from .snapshot import NoSelectors, Snapshot
 
@@ -75,10 +75,10 @@ def _run_site_step(ctx: StepContext, *, delete: bool) -> Outcome:
             snapshot = Snapshot(ctx, item.id, only_available=delete)
         except NoSelectors as exc:
             return Outcome(StepState.FAILED, str(exc))
-    # Atlas binds to LDAP on every request: prove the credentials once before the first write
-    # rather than collect a 401 per site (atlas-api.md §2). The probe runs while the first batch
-    # is read; nothing is dispatched, let alone written, until it has answered (`_run_batch`).
-    credentials = _probe_credentials(ctx)
+    # Atlas binds to LDAP on every request: one request of ours is out until Atlas has accepted
+    # the credentials, rather than a 401 per site (atlas-api.md §2). A delete step's probe runs
+    # while the first batch is read; an update step's first PATCH is its own probe.
+    credentials = CredentialsCheck(ctx, probe=delete)
     if snapshot is not None:
         snapshot.start()
     try:
@@ -93,7 +93,7 @@ def _run_site_step(ctx: StepContext, *, delete: bool) -> Outcome:
             snapshot.close()  # another worker owns the step: store nothing more
         raise
     finally:
-        if not credentials.done():
+        if credentials.still_out():
             ctx.halt.set()  # nothing was written: the probe is not sent, or not sent again
         if snapshot is not None and not ctx.lost:
             _complete_snapshot(ctx, snapshot)
@@ -156,24 +156,8 @@ def _freeze(ctx: StepContext, snapshot: Snapshot | None, index: int) -> str:
     return grown
 
 
-def _probe_credentials(ctx: StepContext) -> Future:
-    """Start the client's side-effect-free credentials probe on a thread of its own."""
-    answered: Future = Future()
-
-    def probe() -> None:
-        try:
-            ctx.client.check_credentials()
-        except BaseException as exc:  # handed to the step's thread by answered.result()
-            answered.set_exception(exc)
-        else:
-            answered.set_result(None)
-
-    threading.Thread(target=probe, name=f"credentials-{ctx.step.pk}", daemon=True).start()
-    return answered
-
-
 def _run_batches(
-    ctx: StepContext, work: Work, snapshot: Snapshot | None, parallelism: int, credentials: Future
+    ctx: StepContext, work: Work, snapshot: Snapshot | None, parallelism: int, credentials: CredentialsCheck
 ) -> Outcome | None:
     total = snapshot.batch_count if snapshot else len(ctx.result.get("batches", []))
     recorder = ResultRecorder(ctx.step, ctx.owner)
@@ -257,12 +241,13 @@ def _run_batch(
     work: Work,
     recorder: ResultRecorder,
     parallelism: int,
-    credentials: Future,
+    credentials: CredentialsCheck,
 ) -> Outcome | None:
     """At most `parallelism` writes in flight; as many again queued so no thread waits for us.
 
-    Nothing is dispatched or sent before the credentials probe answered (`credentials`); an
-    operator's request, a lost lease or the probe's error while it is out stops the batch first.
+    Until Atlas has accepted the credentials one write at a time, and none before a delete step's
+    probe answered (`CredentialsCheck`); an operator's request or a lost lease meanwhile stops the
+    batch first.
 
     A queued site is sent only if no stop (pause, abort, threshold, lost lease, an error) came
     meanwhile; one that is not sent goes back to pending. A write in flight when the step stops
@@ -272,6 +257,7 @@ def _run_batch(
     # Writes queued behind the threads, so a thread never waits for this loop to hand it work
     # (recording results, renewing nothing: the heartbeat has its own thread).
     window = parallelism * 2 + 8
+    allowed = 1
     queue = iter(rows)
     ready: list[SiteResult] = []
     unsent: list[SiteResult] = []
@@ -290,15 +276,16 @@ def _run_batch(
             if stop:
                 stopping.set()
             if stop is None:
-                if not credentials.done():
+                if credentials.waiting():
                     stop = _wait_for_credentials(ctx, credentials, recorder)
                     continue
-                credentials.result()  # raises what the probe met, before anything is dispatched
-            while stop is None and len(in_flight) < window:
+                allowed = credentials.writes_allowed(window)  # raises what the probe met
+            while stop is None and len(in_flight) < allowed:
                 if not ready:
                     # Marked dispatched a window at a time (one lease-checked query): a fraction
-                    # of a query a site, and a lost lease is found within one window.
-                    ready = recorder.dispatch(queue, chunk=window)
+                    # of a query a site, and a lost lease is found within one window. While the
+                    # credentials are unproven, only the one write that goes.
+                    ready = recorder.dispatch(queue, chunk=allowed)
                     if not ready:
                         break
                 row = ready.pop(0)
@@ -321,6 +308,7 @@ def _run_batch(
                 if outcome is None:
                     unsent.append(row)
                 else:
+                    credentials.answered(outcome)
                     recorder.add(row, outcome)
             recorder.maybe_flush()
     except LeaseLost:
@@ -341,15 +329,17 @@ def _run_batch(
     return stop
 
 
-def _wait_for_credentials(ctx: StepContext, credentials: Future, recorder: ResultRecorder) -> Outcome | None:
+def _wait_for_credentials(
+    ctx: StepContext, credentials: CredentialsCheck, recorder: ResultRecorder
+) -> Outcome | None:
     """Wait for the probe's answer, watching for a pause, an abort or a lost lease meanwhile."""
     activity = ctx.activity
     ctx.doing("checking the Atlas credentials")
-    while not credentials.done():
+    while credentials.waiting():
         stop = _should_stop(ctx, recorder)
         if stop:
             return stop
-        wait([credentials], timeout=0.25)
+        credentials.wait(0.25)
     ctx.doing(activity)
     return None
 
