@@ -87,6 +87,9 @@ class AtlasClient:
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
         self.requests_sent = 0  # for benchmarks and tests: every HTTP request, retries included
+        # Whether Atlas itself has answered a write of ours past authentication (GETs are public,
+        # so they never prove the credentials, nor does the proxy in front answering 5xx).
+        self.credentials_accepted = False
         # Since when Atlas has not answered (None while it answers), and the last failure: what
         # a caller shows while the client is still retrying.
         self.failing_since: float | None = None
@@ -411,6 +414,8 @@ class AtlasClient:
             )
         except requests.RequestException as exc:
             raise self._failing(self._transport_error(method, url, exc)) from None
+        if method != "GET" and response.status_code < 500 and response.status_code not in (401, 403):
+            self.credentials_accepted = True
         if response.status_code >= 400:
             error = self._http_error(response, url)
             if isinstance(error, Unavailable):

@@ -762,6 +762,32 @@ def test_check_credentials_wrong_password_raises_authentication_error_without_th
     assert "wrong-Pw-7731" not in f"{raised.value} {raised.value!r} {raised.value.body}"
 
 
+def test_only_atlas_answering_a_write_past_authentication_counts_as_accepting_the_credentials(
+    sim: SimulatorServer,
+) -> None:
+    """`credentials_accepted` opens an update step's window (releases/engine/credentials.py)."""
+    site = a_site(sim, "launched")
+    refused = make_client(sim, password="wrong-Pw-7731")
+    with pytest.raises(AuthenticationError):
+        refused.update_site_profile(site.id, site.profile, etag=site.etag)
+    assert not refused.credentials_accepted
+
+    client = make_client(sim, max_attempts=1)
+    client.list_sites({"status": "launched"})  # GETs are public: they prove nothing
+    assert client.get_site(site.id) is not None and not client.credentials_accepted
+    sim.set_faults(fail_next=1, fail_methods=("PATCH",))  # the proxy in front answers 503
+    with pytest.raises(Unavailable):
+        client.update_site_profile(site.id, site.profile, etag=site.etag)
+    assert not client.credentials_accepted
+
+    client.update_site_profile(site.id, site.profile, etag=site.etag)  # Atlas answers 200
+
+    assert client.credentials_accepted
+    probed = make_client(sim)
+    probed.check_credentials()  # 404/412: past authentication
+    assert probed.credentials_accepted
+
+
 def test_unreachable_atlas_raises_unavailable_with_a_clear_message() -> None:
     url = f"http://127.0.0.1:{closed_port()}/atlas/"
     client = AtlasClient(url, username=USERNAME, password=PASSWORD, environment="TEST", max_attempts=1)

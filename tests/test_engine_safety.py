@@ -24,6 +24,7 @@ from pathlib import Path
 from unittest.mock import patch
 
 import pytest
+from bson import ObjectId
 from django.db import connection
 from django.utils import timezone
 from kombu.exceptions import OperationalError as BrokerError
@@ -489,6 +490,70 @@ def test_an_update_steps_first_patch_goes_alone_and_the_others_follow_once_atlas
     # Then the window opens: the other writes overlap one another (at most 4 at once).
     assert any(b[2] < a[3] for a, b in itertools.pairwise(rest)), "the writes after the first went one by one"
     assert prod_sim.max_writes_in_flight == 4
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("meanwhile", ["moved onto the release profile", "deleted"])
+def test_a_first_patch_that_only_the_proxy_answered_proves_nothing_however_its_reread_ends(
+    prod_sim, monkeypatch, meanwhile
+):
+    """The proxy answers the first PATCH 503 (Atlas never saw the credentials) and the site changes
+    meanwhile, so the client's public re-read ends that site "done" or "gone": still no proof, so
+    the next PATCH goes alone too, and the wrong password still costs Atlas one refused login."""
+    step, user = step_14(prod_sim, parallelism=8)
+    few_targets(14, LEGACY)
+    profile = release_item(prod_sim)["_id"]
+    answered_by_the_proxy: list[str] = []
+    handle = prod_sim.injector._handle
+
+    def proxy_first(environ, start_response):
+        if environ["REQUEST_METHOD"] == "PATCH" and not answered_by_the_proxy:
+            answered_by_the_proxy.append(site_id := environ["PATH_INFO"].rsplit("/", 1)[1])
+            change = {"code.profile": profile} if meanwhile.startswith("moved") else {"_deleted": True}
+            with prod_sim.lock:
+                prod_sim.db["sites"].update_one({"_id": ObjectId(site_id)}, {"$set": change})
+            return prod_sim.injector._unavailable(503)
+        return handle(environ, start_response)
+
+    monkeypatch.setattr(prod_sim.injector, "_handle", proxy_first)
+    monkeypatch.setenv("ATLAS_PROD_PASSWORD", "changed-in-ldap-Zq7")
+    prod_sim.injector.record = True
+
+    assert run_inline(step, user) == StepState.FAILED
+
+    step.refresh_from_db()
+    assert step.message.startswith("Atlas PROD refused the credentials"), step.message
+    assert len(prod_sim.events.of_kind("auth_failed")) == 1, "one LDAP bind, not one per site"
+    writes = site_writes(prod_sim.injector.requests)
+    assert [e[4] for e in writes] == [503, 401] and writes[1][2] >= writes[0][3]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_password_changed_mid_step_costs_no_more_refusals_than_writes_already_out(prod_sim, monkeypatch):
+    """Once Atlas refused one write, no thread sends another (queued ones included): at most the
+    writes already on their way are refused with it."""
+    step, user = step_14(prod_sim, parallelism=4)
+    site_patches: list[str] = []
+    handle = prod_sim.injector._handle
+
+    def password_moves_at_the_40th(environ, start_response):
+        if environ["REQUEST_METHOD"] == "PATCH" and environ["PATH_INFO"].startswith("/sites/"):
+            site_patches.append(environ["PATH_INFO"])
+            if len(site_patches) == 40:
+                prod_sim.state.users["release-portal"] = "moved-in-ldap"
+        return handle(environ, start_response)
+
+    monkeypatch.setattr(prod_sim.injector, "_handle", password_moves_at_the_40th)
+    prod_sim.set_faults(write_latency_ms=50)
+    prod_sim.injector.record = True
+
+    assert run_inline(step, user) == StepState.FAILED
+
+    step.refresh_from_db()
+    assert step.message.startswith("Atlas PROD refused the credentials"), step.message
+    refused = [e for e in site_writes(prod_sim.injector.requests) if e[4] == 401]
+    assert 1 <= len(refused) <= 4 and len(prod_sim.events.of_kind("auth_failed")) == len(refused)
+    assert site_counts(step)[SiteState.SUCCEEDED] >= 40 - 4  # the 40th and the three before it may be refused
 
 
 @pytest.mark.django_db(transaction=True)

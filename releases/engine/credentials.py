@@ -10,7 +10,6 @@ import threading
 from concurrent.futures import Future, wait
 
 from .context import StepContext
-from .recorder import SiteOutcome
 
 
 class CredentialsCheck:
@@ -28,7 +27,7 @@ class CredentialsCheck:
     """
 
     def __init__(self, ctx: StepContext, *, probe: bool) -> None:
-        self.proven = False
+        self._client = ctx.client
         self._probe: Future | None = _start_probe(ctx) if probe else None
 
     def waiting(self) -> bool:
@@ -41,19 +40,16 @@ class CredentialsCheck:
 
     def writes_allowed(self, window: int) -> int:
         """How many writes may be out now: `window` once the credentials are proven, else one.
-        Raises what the probe met (a refusal, Atlas unreachable) before anything is dispatched."""
-        if not self.proven and self._probe is not None:
-            self._probe.result()
-            self.proven = True
-        return window if self.proven else 1
+        Raises what the probe met (a refusal, Atlas unreachable) before anything is dispatched.
 
-    def answered(self, outcome: SiteOutcome) -> None:
-        """A write's answer. One that Atlas gave past authentication proves the credentials; a
-        re-read only (GETs are public), no answer or a 5xx from the proxy in front proves nothing,
-        and the next write goes alone again. A 401/403 never gets here: it stops the step."""
-        status = outcome.http_status
-        if outcome.attempts and status is not None and status < 500 and status not in (401, 403):
-            self.proven = True
+        Proven means Atlas itself answered a write of ours past authentication (the client's
+        `credentials_accepted`: a 2xx, 404, 412, 422...). A write's recorded outcome is no proof:
+        after a 5xx from the proxy in front, a public re-read can find the site already done or
+        gone, and the outcome looks like an answer when Atlas never saw the credentials.
+        """
+        if self._probe is not None:
+            self._probe.result()
+        return window if self._client.credentials_accepted else 1
 
     def still_out(self) -> bool:
         """The probe has not answered (the step is ending without it: it must not be re-sent)."""

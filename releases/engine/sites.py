@@ -308,7 +308,6 @@ def _run_batch(
                 if outcome is None:
                     unsent.append(row)
                 else:
-                    credentials.answered(outcome)
                     recorder.add(row, outcome)
             recorder.maybe_flush()
     except LeaseLost:
@@ -447,6 +446,7 @@ def _stopping_on_outage(ctx: StepContext, call: Callable):
     try:
         return call()
     except AuthenticationError as exc:
+        ctx.halt.set()  # every other thread sends nothing more from now, queued writes included
         raise StopStep(credentials_refused(ctx, exc), sent=False) from None
     except Unavailable as exc:
         raise StopStep(unreachable(ctx, exc), sent=True) from None
