@@ -130,6 +130,8 @@ class FaultInjector:
         try:
             if write and faults.write_latency_ms > 0:
                 time.sleep(faults.write_latency_ms / 1000)
+            if self.state.stopped:  # the server stopped while this request slept: Atlas is gone
+                return self._unavailable()
             if (not faults.fail_methods or method in faults.fail_methods) and self._should_fail():
                 return self._unavailable(faults.fail_status)
             self._maybe_churn(environ, method, faults)

@@ -1,29 +1,158 @@
-"""`SimulatorServer`: a simulated Atlas served over real HTTP on the loopback interface."""
+"""`SimulatorServer`: a simulated Atlas served over real HTTP on the loopback interface.
 
+Served by waitress rather than werkzeug's development server: werkzeug answers every request
+with `Connection: close`, so each request costs a new TCP connection and a new thread, which
+made the simulator, not the client, the limit of a benchmark. Real Atlas sits behind Apache with
+keep-alive, so persistent connections are also the faithful choice.
+"""
+
+import logging
 import threading
+from collections.abc import Iterable
 from typing import Any
 
 from bson import ObjectId
-from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
+from waitress import wasyncore
+from waitress.adjustments import Adjustments
+from waitress.channel import HTTPChannel
+from waitress.server import TcpWSGIServer
+from waitress.task import ThreadedTaskDispatcher
 
 from .app import build_app
 from .events import EventLog
 from .faults import FaultInjector, Faults
-from .wsgi import normalize_prefix
+from .wsgi import StartResponse, WSGIApp, normalize_prefix
+
+# Request threads are started on demand up to this many: a request never waits for a free
+# thread (latencies and held requests sleep inside the request), short of this many at once.
+MAX_THREADS = 512
+# Open connections (idle keep-alive ones included) before waitress stops accepting.
+CONNECTION_LIMIT = 2048
+# An idle keep-alive connection is closed after this long: long enough that no test or
+# benchmark ever races a client reusing a connection the server is closing.
+IDLE_TIMEOUT_SECONDS = 3600
+
+log = logging.getLogger(__name__)
+# waitress's own messages, when requests are not logged: only warnings and errors (a client
+# that hung up mid-request is routine here, e.g. a client's read timeout).
+quiet_log = logging.getLogger(f"{__name__}.waitress")
+quiet_log.setLevel(logging.WARNING)
 
 
-class _QuietRequestHandler(WSGIRequestHandler):
-    def log_request(self, *args: Any, **kwargs: Any) -> None:
-        pass
+class _GrowingDispatcher(ThreadedTaskDispatcher):
+    """waitress's thread pool, but grown by one thread whenever a task would otherwise wait
+    (where waitress logs "Task queue depth"), up to `max_threads`: a simulator starts in a few
+    threads, yet its many slow requests never queue behind each other."""
+
+    def __init__(self, max_threads: int) -> None:
+        super().__init__()
+        self.max_threads = max_threads
+
+    def add_task(self, task: Any) -> None:
+        with self.lock:
+            self.queue.append(task)
+            self.queue_cv.notify()
+            running = len(self.threads) - self.stop_count
+            idle = running - self.active_count
+            if len(self.queue) <= idle or self.stop_count:
+                return
+            if running >= self.max_threads:
+                self.queue_logger.warning("Task queue depth is %d", len(self.queue) - idle)
+                return
+            # set_thread_count would take self.lock again: start the thread here.
+            thread_no = 0
+            while thread_no in self.threads:
+                thread_no += 1
+            self.threads.add(thread_no)
+            self.active_count += 1
+            self.start_new_thread(self.handler_thread, thread_no)
+
+    def stop(self) -> None:
+        """Let every thread end (idle ones now, busy ones after their request); drop queued
+        tasks. Never waits: a request may be sleeping for minutes."""
+        self.set_thread_count(0)
+        with self.lock:
+            pending = list(self.queue)
+            self.queue.clear()
+        for task in pending:
+            task.cancel()
+
+
+class _Channel(HTTPChannel):
+    """A connection, logging through its server's logger (quiet unless requests are logged)."""
+
+    @property
+    def logger(self) -> logging.Logger:  # type: ignore[override]
+        return self.server.logger
+
+
+class _Server(TcpWSGIServer):
+    """waitress's TCP server that can be closed from another thread, connections and all."""
+
+    channel_class = _Channel
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._trigger_lock = threading.Lock()
+        self._trigger_closed = False
+        super().__init__(*args, **kwargs)
+
+    def pull_trigger(self, thunk: Any = None) -> None:
+        # Request threads still running after `close_everything` must not write to the
+        # trigger's closed pipe: its file descriptor number may already be reused.
+        with self._trigger_lock:
+            if not self._trigger_closed:
+                self.trigger.pull_trigger(thunk)
+
+    def close_everything(self) -> None:
+        """In the loop thread: close the listening socket and every connection (a request
+        being handled gets no answer), then leave the loop."""
+        for dispatcher in list(self._map.values()):
+            if isinstance(dispatcher, HTTPChannel):
+                dispatcher.handle_close()  # marks it disconnected for its request thread
+            elif dispatcher is self:
+                wasyncore.dispatcher.close(self)  # the listening socket, not yet the trigger
+        self.trigger.del_channel()  # the map is now empty: the loop ends
+
+    def close_trigger(self) -> None:
+        with self._trigger_lock:
+            if not self._trigger_closed:
+                self._trigger_closed = True
+                self.trigger.close()
+
+
+class _AccessLog:
+    """One line per request, as werkzeug's server logged them (`log_requests=True`)."""
+
+    def __init__(self, app: WSGIApp) -> None:
+        self.app = app
+
+    def __call__(self, environ: dict, start_response: StartResponse) -> Iterable[bytes]:
+        def logged_start_response(status: str, headers: list, exc_info: Any = None) -> Any:
+            path = environ.get("PATH_INFO", "")
+            if environ.get("QUERY_STRING"):
+                path += "?" + environ["QUERY_STRING"]
+            log.info(
+                '%s "%s %s %s" %s',
+                environ.get("REMOTE_ADDR", "-"),
+                environ.get("REQUEST_METHOD"),
+                path,
+                environ.get("SERVER_PROTOCOL"),
+                status.split(" ", 1)[0],
+            )
+            return start_response(status, headers, exc_info)
+
+        return self.app(environ, logged_start_response)
 
 
 class SimulatorServer:
-    """Start a threaded WSGI server for one simulated Atlas in a daemon thread.
+    """Start a keep-alive, thread-pooled WSGI server for one simulated Atlas in a daemon thread.
 
     >>> with SimulatorServer("dev", pool_refill_delay=0) as atlas:
     ...     requests.get(atlas.url + "sites")
 
     Keyword arguments go to `build_app`. `url` ends with a slash and includes the prefix.
+    `stop()` makes Atlas gone at once: the port refuses connections and every open connection
+    is closed, including ones whose request is still being handled (it gets no answer).
     """
 
     def __init__(
@@ -41,15 +170,37 @@ class SimulatorServer:
         self.injector = FaultInjector(
             self.app, self.state, prefix=prefix, seed=build_app_kwargs.get("seed", 0)
         )
-        handler = WSGIRequestHandler if log_requests else _QuietRequestHandler
-        self._server: BaseWSGIServer = make_server(
-            host, port, self.injector, threaded=True, request_handler=handler
+        self._dispatcher = _GrowingDispatcher(MAX_THREADS)
+        if not log_requests:
+            self._dispatcher.logger = self._dispatcher.queue_logger = quiet_log
+        self._dispatcher.set_thread_count(4)
+        adjustments = Adjustments(
+            host=host,
+            port=port,
+            connection_limit=CONNECTION_LIMIT,
+            channel_timeout=IDLE_TIMEOUT_SECONDS,
+            asyncore_use_poll=True,  # select() fails past file descriptor 1024
+            ident="Atlas simulator",
         )
+        try:
+            self._server = _Server(
+                _AccessLog(self.injector) if log_requests else self.injector,
+                map={},
+                dispatcher=self._dispatcher,
+                adj=adjustments,
+            )
+        except BaseException:
+            self._dispatcher.stop()
+            raise
+        if not log_requests:
+            self._server.logger = quiet_log
         self.host = host
-        self.port: int = self._server.server_port
+        self.port: int = int(self._server.effective_port)
         self.url = f"http://{host}:{self.port}{prefix}/"
+        self._stop_lock = threading.Lock()
+        self._stopped = False
         self._thread = threading.Thread(
-            target=self._server.serve_forever, name=f"atlas-{environment}-{self.port}", daemon=True
+            target=self._server.run, name=f"atlas-{environment}-{self.port}", daemon=True
         )
         self._thread.start()
 
@@ -96,10 +247,20 @@ class SimulatorServer:
             self.state.tasks.run_now()
 
     def stop(self) -> None:
-        self.state.tasks.stop()
-        self._server.shutdown()
-        self._server.server_close()
+        """Atlas goes away: no more connections, every open one closed, nothing more applied.
+
+        Returns promptly even while requests sleep (latency, slow answers): their threads are
+        abandoned (daemons), and what they would still apply is refused.
+        """
+        with self._stop_lock:
+            if self._stopped:
+                return
+            self._stopped = True
+        self.state.stop()
+        self._server.pull_trigger(self._server.close_everything)
         self._thread.join(timeout=5)
+        self._server.close_trigger()
+        self._dispatcher.stop()
 
     def __enter__(self) -> "SimulatorServer":
         return self

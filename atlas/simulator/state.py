@@ -30,11 +30,18 @@ class SimulatorState:
     events: ev.EventLog = field(default_factory=ev.EventLog)
     seed_seconds: float = 0.0
     cascade_delay: float = 0.0  # seconds the code→site cascade sleeps per site (lock released)
+    stopped: bool = False  # the server stopped: requests still in its threads apply nothing
     tasks: AtlasTasks = field(init=False)
     _sids: set[str] = field(default_factory=set)
 
     def attach_tasks(self, *, delay: float) -> None:
         self.tasks = AtlasTasks(self.app, self.lock, self.events, self.rng, delay=delay)
+
+    def stop(self) -> None:
+        """Atlas is gone: no more requests or background work are applied."""
+        with self.lock:
+            self.stopped = True
+        self.tasks.stop()
 
     @property
     def db(self) -> Any:

@@ -76,8 +76,11 @@ class SerializedWSGI:
                 start_response
             )
         with self.state.lock:
-            response = BufferedResponse.of(self.app, environ)
-            self.state.tasks.after_request()
+            if self.state.stopped:  # a request the server abandoned when it stopped
+                response = json_error(503, "SERVICE UNAVAILABLE", "Atlas has stopped.")
+            else:
+                response = BufferedResponse.of(self.app, environ)
+                self.state.tasks.after_request()
         return response.send(start_response)
 
     def _mount(self, environ: dict) -> bool:
