@@ -10,7 +10,7 @@ from flask import Flask, Response, current_app, g, jsonify
 
 from . import behaviours, population
 from . import events as ev
-from .datalayer import CachedSchemaValidator, MongomockData, install_id_index
+from .datalayer import CachedSchemaValidator, MongomockData, install_fast_copies, install_id_index
 from .schema import ATLAS_VERSION, eve_settings
 from .state import SimulatorState
 from .wsgi import SerializedWSGI
@@ -55,6 +55,7 @@ def build_app(
     if environment not in ENVIRONMENTS:
         raise ValueError(f"unknown environment {environment!r}; expected one of {ENVIRONMENTS}")
     install_id_index()
+    install_fast_copies()
     app = Eve(
         settings=eve_settings(f"atlas_{environment}"),
         data=MongomockData,
