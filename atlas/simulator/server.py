@@ -180,6 +180,9 @@ class SimulatorServer:
             connection_limit=CONNECTION_LIMIT,
             channel_timeout=IDLE_TIMEOUT_SECONDS,
             asyncore_use_poll=True,  # select() fails past file descriptor 1024
+            # No proxy in front: pass X-Forwarded-* through untouched, as werkzeug's server did,
+            # without waitress's header-scrubbing middleware on every request.
+            clear_untrusted_proxy_headers=False,
             ident="Atlas simulator",
         )
         try:
