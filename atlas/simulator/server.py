@@ -262,6 +262,8 @@ class SimulatorServer:
         self.state.stop()
         self._server.pull_trigger(self._server.close_everything)
         self._thread.join(timeout=5)
+        if not self._thread.is_alive() and self._server._map:
+            self._server.close_everything()  # the loop had already ended (an error): close here
         self._server.close_trigger()
         self._dispatcher.stop()
 
