@@ -8,23 +8,15 @@ makes Atlas gone for pooled connections too. Nothing here is timed.
 import http.client
 import logging
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
 from bson import ObjectId
 
+from tests.test_engine_faults import wait_for
+
 AUTH = ("release-portal", "secret")
-
-
-def wait_for(condition, timeout: float = 30, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def session() -> requests.Session:

@@ -140,30 +140,27 @@ def _copy_field(obj: Any, container: Any) -> Any:
 # document read (datetimes back to aware UTC), testing each value against several types. The
 # versions below take the common cases first and hand anything else to mongomock's own.
 _PLAIN = frozenset({str, int, float, bool, type(None), bytes, ObjectId})  # neither changes these
-_patch_datetime_awareness = mongomock.helpers.patch_datetime_awareness_in_document
-_make_timezone_aware = mongomock.helpers.make_datetime_timezone_aware_in_document
 
 
-def _to_stored_datetimes(value: Any) -> Any:
-    cls = type(value)
-    if cls is dict:
-        return {key: _to_stored_datetimes(item) for key, item in value.items()}
-    if cls in _PLAIN:
-        return value
-    if cls is list:
-        return [_to_stored_datetimes(item) for item in value]
-    return _patch_datetime_awareness(value)
+def _walking(convert: Any) -> Any:
+    """A copy of a document that walks dicts and lists, keeps plain values, and hands anything
+    else (datetimes) to mongomock's own `convert`."""
+
+    def walk(value: Any) -> Any:
+        cls = type(value)
+        if cls is dict:
+            return {key: walk(item) for key, item in value.items()}
+        if cls in _PLAIN:
+            return value
+        if cls is list:
+            return [walk(item) for item in value]
+        return convert(value)
+
+    return walk
 
 
-def _to_aware_datetimes(value: Any) -> Any:
-    cls = type(value)
-    if cls is dict:
-        return {key: _to_aware_datetimes(item) for key, item in value.items()}
-    if cls in _PLAIN:
-        return value
-    if cls is list:
-        return [_to_aware_datetimes(item) for item in value]
-    return _make_timezone_aware(value)
+_to_stored_datetimes = _walking(mongomock.helpers.patch_datetime_awareness_in_document)
+_to_aware_datetimes = _walking(mongomock.helpers.make_datetime_timezone_aware_in_document)
 
 
 def install_fast_copies() -> None:
