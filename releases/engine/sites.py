@@ -161,32 +161,38 @@ def _run_batches(
 ) -> Outcome | None:
     total = snapshot.batch_count if snapshot else len(ctx.result.get("batches", []))
     recorder = ResultRecorder(ctx.step, ctx.owner)
-    for index in range(total):
-        requested = _pause_before_batch(ctx, index)
-        if requested:
-            return Outcome.stopped(requested)
-        grown = _freeze(ctx, snapshot, index)  # saves the result, the batch's start included
-        if grown:
-            return Outcome(
-                StepState.PAUSED,
-                f"more sites than confirmed: {grown}. Nothing of that batch was written: review the "
-                "targets (release preview) and resume to go on with them, or abort",
-            )
-        if snapshot is not None:
-            # Percent thresholds count against the sites frozen so far: while later batches are
-            # still being read, that can only pause the step sooner, never later.
-            recorder.targets(snapshot.frozen_sites)
-        name = ctx.result["batches"][index]["name"]
-        ctx.doing(f"writing batch {index + 1} of {total} ({name})")
-        stopped = _run_batch(ctx, _remaining(ctx, index), work, recorder, parallelism, credentials)
-        if stopped and _has_remaining(ctx, index):
-            return stopped
-        # Done, even when a stop came with its last answers: the pause before the next batch
-        # then counts from now, on this run or a resumed one.
-        ctx.result.setdefault("batch_finished_at", {})[str(index)] = time.time()
-        ctx.save_result()
-        if stopped:
-            return stopped
+    # One pool for every batch, as a plain client would: no batch waits for its threads to start.
+    pool = ThreadPoolExecutor(max_workers=parallelism, thread_name_prefix="atlas")
+    try:
+        for index in range(total):
+            requested = _pause_before_batch(ctx, index)
+            if requested:
+                return Outcome.stopped(requested)
+            grown = _freeze(ctx, snapshot, index)  # saves the result, the batch's start included
+            if grown:
+                return Outcome(
+                    StepState.PAUSED,
+                    f"more sites than confirmed: {grown}. Nothing of that batch was written: review the "
+                    "targets (release preview) and resume to go on with them, or abort",
+                )
+            if snapshot is not None:
+                # Percent thresholds count against the sites frozen so far: while later batches are
+                # still being read, that can only pause the step sooner, never later.
+                recorder.targets(snapshot.frozen_sites)
+            name = ctx.result["batches"][index]["name"]
+            ctx.doing(f"writing batch {index + 1} of {total} ({name})")
+            rows = _remaining(ctx, index)
+            stopped = _run_batch(ctx, rows, work, recorder, pool, parallelism, credentials)
+            if stopped and _has_remaining(ctx, index):
+                return stopped
+            # Done, even when a stop came with its last answers: the pause before the next batch
+            # then counts from now, on this run or a resumed one.
+            ctx.result.setdefault("batch_finished_at", {})[str(index)] = time.time()
+            ctx.save_result()
+            if stopped:
+                return stopped
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
     return None
 
 
@@ -240,6 +246,7 @@ def _run_batch(
     rows: Iterator[SiteResult],
     work: Work,
     recorder: ResultRecorder,
+    pool: ThreadPoolExecutor,
     parallelism: int,
     credentials: CredentialsCheck,
 ) -> Outcome | None:
@@ -269,7 +276,6 @@ def _run_batch(
     def guarded(row: SiteResult) -> SiteOutcome | None:
         return None if stopping.is_set() or ctx.lost else work(row)
 
-    pool = ThreadPoolExecutor(max_workers=parallelism, thread_name_prefix="atlas")
     try:
         while True:
             stop = stop or _should_stop(ctx, recorder)
@@ -319,8 +325,6 @@ def _run_batch(
         unsent += [row for future, row in in_flight.items() if future.cancel()]
         _keep_what_was_done(recorder, ready + unsent)
         raise
-    finally:
-        pool.shutdown(wait=False, cancel_futures=True)
     recorder.undispatch(ready + unsent)
     recorder.flush()
     if stop is not None and stop.message.startswith("failure threshold"):
