@@ -11,7 +11,8 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
+from queue import Empty, SimpleQueue
 
 from atlas.errors import AtlasError, AuthenticationError, Cancelled, NotFound, PossiblyDestroyed, Unavailable
 from atlas.selectors import exclude_profile
@@ -269,6 +270,7 @@ def _run_batch(
     ready: list[SiteResult] = []
     unsent: list[SiteResult] = []
     in_flight: dict = {}
+    finished: SimpleQueue = SimpleQueue()  # each write's future as it ends: O(1) a write to wait for
     stop: Outcome | None = None
     stopping = ctx.halt  # once set, the client sends nothing more (queued or retrying)
     stopping.clear()
@@ -295,10 +297,12 @@ def _run_batch(
                     if not ready:
                         break
                 row = ready.pop(0)
-                in_flight[pool.submit(guarded, row)] = row
+                future = pool.submit(guarded, row)
+                in_flight[future] = row
+                future.add_done_callback(finished.put)
             if not in_flight:
                 break
-            done, _ = wait(in_flight, timeout=0.5, return_when=FIRST_COMPLETED)
+            done = _answered(finished, timeout=0.5)
             for future in done:
                 row = in_flight.pop(future)
                 try:
@@ -330,6 +334,19 @@ def _run_batch(
     if stop is not None and stop.message.startswith("failure threshold"):
         stop = _threshold_outcome(ctx, recorder)  # count the writes that were in flight too
     return stop
+
+
+def _answered(finished: SimpleQueue, timeout: float) -> list[Future]:
+    """The writes that ended: waits up to `timeout` for the first, then takes those already there."""
+    try:
+        done = [finished.get(timeout=timeout)]
+    except Empty:
+        return []
+    while True:
+        try:
+            done.append(finished.get_nowait())
+        except Empty:
+            return done
 
 
 def _wait_for_credentials(
