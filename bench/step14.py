@@ -10,7 +10,7 @@ the answer to the last site PATCH.
 
     .venv/bin/python bench/step14.py                      # 2,400 sites, 20 ms, parallelism 8, 3 runs
     .venv/bin/python bench/step14.py --sites 12000 --latency-ms 100 --parallelism 16 --runs 1
-    .venv/bin/python bench/step14.py --matrix             # the table in bench/RESULTS.md (~25 min)
+    .venv/bin/python bench/step14.py --matrix             # the table in bench/RESULTS.md (~20 min)
 
 Columns: N (sites step 14 targeted), latency, parallelism, bare s and portal s (median of the
 runs, with min–max), ratio (median of per-run ratios), time to the first site PATCH (portal /

@@ -51,10 +51,6 @@ class CredentialsCheck:
             self._probe.result()
         return window if self._client.credentials_accepted else 1
 
-    def still_out(self) -> bool:
-        """The probe has not answered (the step is ending without it: it must not be re-sent)."""
-        return self.waiting()
-
 
 def _start_probe(ctx: StepContext) -> Future:
     """The client's side-effect-free credentials probe, on a thread of its own."""

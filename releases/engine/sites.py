@@ -94,8 +94,8 @@ def _run_site_step(ctx: StepContext, *, delete: bool) -> Outcome:
             snapshot.close()  # another worker owns the step: store nothing more
         raise
     finally:
-        if credentials.still_out():
-            ctx.halt.set()  # nothing was written: the probe is not sent, or not sent again
+        if credentials.waiting():
+            ctx.halt.set()  # the step ends with the probe out: it is not sent, or not sent again
         if snapshot is not None and not ctx.lost:
             _complete_snapshot(ctx, snapshot)
     if stopped is not None and stopped.message.startswith("failure threshold"):
