@@ -167,6 +167,16 @@ def test_killed_worker_mid_batch_is_replaced_and_no_site_is_patched_twice(prod_s
     owner = StepRun.objects.get(pk=step.pk).lease_owner
     (victim,) = [w for w in workers if w.owns(owner)]
     (survivor,) = [w for w in workers if not w.owns(owner)]
+
+    def frozen_with_writes_out() -> bool:
+        # Between two batches no row is dispatched: stop the owner where some are, then kill it.
+        victim.freeze()
+        if site_counts(step)[SiteState.DISPATCHED] > 0:
+            return True
+        victim.thaw()
+        return False
+
+    wait_for(frozen_with_writes_out, what="the owner frozen with writes out")
     victim.kill()
     # Rows whose outcome the dead worker never recorded: their PATCH may or may not have landed.
     assert site_counts(step)[SiteState.DISPATCHED] > 0
