@@ -15,7 +15,11 @@ the answer to the last site PATCH.
 Columns: N (sites step 14 targeted), latency, parallelism, bare s and portal s (median of the
 runs, with min–max), ratio (median of per-run ratios), time to the first site PATCH (portal /
 bare), mean site PATCHes in flight (portal / bare), database queries per site (all of the step's
-threads), worker CPU seconds per 1,000 sites, worker peak RSS (VmHWM of the worker process tree).
+threads), worker CPU seconds per 1,000 sites, worker peak RSS (VmHWM of the worker process tree),
+and whether the simulator, not the client, may have set the pace: the simulator process's CPU
+as a share of one core and the whole machine's CPU as a share of all its cores, over the run
+(portal / bare). One Python process uses at most one core (the GIL), so a simulator near 100 %
+of a core, or a machine near 100 %, is the limit of that row for both clients.
 """
 
 from __future__ import annotations
@@ -65,6 +69,36 @@ class Run:
     first_write: float
     in_flight: float
     patches: int
+    atlas_cpu: float = 0.0  # the simulator process's CPU seconds / the run's seconds (1.0 = a core)
+    machine_cpu: float = 0.0  # the machine's busy CPU seconds / (the command's seconds × cores)
+
+
+class CpuMeter:
+    """CPU used by one process and by the whole machine between `start` and `stop`."""
+
+    def __init__(self, pid: int) -> None:
+        self.process = psutil.Process(pid)
+
+    def start(self) -> None:
+        self.began = time.monotonic(), self._process(), self._machine()
+
+    def stop(self, run: Run) -> Run:
+        wall, process, machine = (now - then for now, then in zip(
+            (time.monotonic(), self._process(), self._machine()), self.began, strict=True))  # fmt: skip
+        # The simulator works only on requests, all inside the run on Atlas's clock; the
+        # machine's share is over the whole command (the portal's includes its start-up).
+        run.atlas_cpu = process / run.seconds
+        run.machine_cpu = machine / (wall * psutil.cpu_count())
+        return run
+
+    def _process(self) -> float:
+        times = self.process.cpu_times()
+        return times.user + times.system
+
+    @staticmethod
+    def _machine() -> float:
+        times = psutil.cpu_times()
+        return sum(times) - times.idle - getattr(times, "iowait", 0.0)
 
 
 def atlas_clock(log: list[list]) -> Run:
@@ -113,6 +147,7 @@ class Bench:
         for line in proc.stdout:
             if "Atlas simulator" in line:
                 self.url = f"http://127.0.0.1:{port}/"
+                self.atlas_cpu = CpuMeter(proc.pid)
                 return
         raise RuntimeError("the simulator did not start")
 
@@ -195,15 +230,17 @@ class Bench:
 
         self.atlas_log(clear=True)
         cpu = self.worker_cpu()
+        self.atlas_cpu.start()
         done = self.manage(
             "release", "launch", version, "--step", "14", "--user", "bench", "--yes", "--wait", check=False
         )
+        run = self.atlas_cpu.stop(atlas_clock(self.atlas_log()))
         cpu = self.worker_cpu() - cpu
         step = StepRun.objects.get(plan__version=version, number=14)
         if step.state != "succeeded":
             raise RuntimeError(f"step 14 ended {step.state}: {step.message}\n{done.stderr[-2000:]}")
         targeted = step.counts()["targeted"]
-        return atlas_clock(self.atlas_log()), targeted, step.result.get("db_queries", 0), cpu
+        return run, targeted, step.result.get("db_queries", 0), cpu
 
     # -- the bare client -------------------------------------------------------------------------
 
@@ -227,6 +264,7 @@ class Bench:
         ).json()["_id"]  # fmt: skip
         groups = UpdateGroup.objects.filter(environment__name="PROD", step_number=14, enabled=True)
         self.atlas_log(clear=True)
+        self.atlas_cpu.start()
 
         def patch(site: dict) -> None:
             response = session.patch(
@@ -250,7 +288,7 @@ class Bench:
                         break
                     page += 1
                 list(pool.map(patch, sites))
-        return atlas_clock(self.atlas_log())
+        return self.atlas_cpu.stop(atlas_clock(self.atlas_log()))
 
 
 def measure(sites: int, latency_ms: float, parallelism: int, runs: int) -> dict:
@@ -277,6 +315,10 @@ def measure(sites: int, latency_ms: float, parallelism: int, runs: int) -> dict:
                           statistics.median(r.in_flight for r in bare)),
             "queries": statistics.median(queries), "cpu": statistics.median(cpu),
             "rss": bench.worker_peak_rss(),
+            "atlas_cpu": (statistics.median(r.atlas_cpu for r in portal),
+                          statistics.median(r.atlas_cpu for r in bare)),
+            "machine_cpu": (statistics.median(r.machine_cpu for r in portal),
+                            statistics.median(r.machine_cpu for r in bare)),
         }  # fmt: skip
     finally:
         bench.stop()
@@ -290,15 +332,17 @@ def spread(values: list[float]) -> str:
 def print_table(rows: list[dict]) -> None:
     print(
         "| N | latency ms | parallelism | bare s | portal s | ratio | first write s (portal/bare) "
-        "| in flight (portal/bare) | queries/site | worker CPU s/1k sites | worker peak RSS MiB |"
+        "| in flight (portal/bare) | queries/site | worker CPU s/1k sites | worker peak RSS MiB "
+        "| simulator CPU % of a core (portal/bare) | machine CPU % (portal/bare) |"
     )
-    print("|---" * 11 + "|")
+    print("|---" * 13 + "|")
     for r in rows:
         print(
             f"| {r['N']} | {r['latency']:g} | {r['parallelism']} | {spread(r['bare'])} | {spread(r['portal'])} "
             f"| {spread(r['ratio'])} | {r['first_write'][0]:.3f} / {r['first_write'][1]:.3f} "
             f"| {r['in_flight'][0]:.1f} / {r['in_flight'][1]:.1f} | {r['queries']:.3f} | {r['cpu']:.2f} "
-            f"| {r['rss'] / 2**20:.0f} |",
+            f"| {r['rss'] / 2**20:.0f} | {r['atlas_cpu'][0]:.0%} / {r['atlas_cpu'][1]:.0%} "
+            f"| {r['machine_cpu'][0]:.0%} / {r['machine_cpu'][1]:.0%} |",
             flush=True,
         )
 

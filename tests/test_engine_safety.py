@@ -582,7 +582,7 @@ def test_a_pause_while_the_first_write_is_out_sends_nothing_more_and_records_its
 def test_a_delete_step_sends_no_delete_before_the_credentials_probe_answered_though_reads_overlap_it(
     prod_sim,
 ):
-    configure_environments({"PROD": prod_sim})
+    configure_environments({"PROD": prod_sim}, pool_wait_seconds=0)  # no wait for the pool's refill
     user = make_user()
     step = reach(services.create_plan("2.8.5", commit=R, user=user), user, 13)
     few_targets(13, {"status": "available", "update_group": 0})
