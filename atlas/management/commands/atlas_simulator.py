@@ -5,12 +5,14 @@ Needs no database: it never touches the ORM and skips the system checks.
 
 import os
 import signal
+import sys
 import threading
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from atlas.simulator import ENVIRONMENTS, SimulatorServer
+from atlas.simulator.server import SWITCH_INTERVAL_SECONDS
 
 
 class Command(BaseCommand):
@@ -43,6 +45,7 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
+        sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)  # this process is the simulator's own
         environment = options["environment"]
         password = options["password"]
         if password is None:
