@@ -8,15 +8,16 @@ process over HTTP. The bare client is a thread pool of the same size doing the s
 same run. Both are timed on Atlas's clock: the simulator's request log, from the first request to
 the answer to the last site PATCH.
 
-    .venv/bin/python bench/step14.py                      # 2,400 sites, 20 ms, parallelism 8, 3 runs
+    .venv/bin/python bench/step14.py                      # 2,300 sites, 20 ms, parallelism 8, 3 runs
     .venv/bin/python bench/step14.py --sites 12000 --latency-ms 100 --parallelism 16 --runs 1
-    .venv/bin/python bench/step14.py --matrix             # the table in bench/RESULTS.md (~20 min)
+    .venv/bin/python bench/step14.py --matrix             # the table in bench/RESULTS.md (20–30 min)
 
 Columns: N (sites step 14 targeted), latency, parallelism, bare s and portal s (median of the
 runs, with min–max), ratio (median of per-run ratios), time to the first site PATCH (portal /
 bare), mean site PATCHes in flight (portal / bare), database queries per site (all of the step's
 threads), worker CPU seconds per 1,000 sites, worker peak RSS (VmHWM of the worker process tree),
-and whether the simulator, not the client, may have set the pace: the simulator process's CPU
+and whether the simulator, not the client, may have set the pace: the mean time Atlas took per
+site PATCH (its latency plus its own work and waits; portal / bare), the simulator process's CPU
 as a share of one core and the whole machine's CPU as a share of all its cores, over the run
 (portal / bare). One Python process uses at most one core (the GIL), so a simulator near 100 %
 of a core, or a machine near 100 %, is the limit of that row for both clients.
@@ -69,6 +70,7 @@ class Run:
     first_write: float
     in_flight: float
     patches: int
+    per_patch: float  # mean seconds from a site PATCH's arrival to its answer (latency included)
     atlas_cpu: float = 0.0  # the simulator process's CPU seconds / the run's seconds (1.0 = a core)
     machine_cpu: float = 0.0  # the machine's busy CPU seconds / (the command's seconds × cores)
 
@@ -107,7 +109,7 @@ def atlas_clock(log: list[list]) -> Run:
     start = min(e[2] for e in log)
     first, last = min(e[2] for e in patches), max(e[3] for e in patches)
     busy = sum(e[3] - e[2] for e in patches)
-    return Run(last - start, first - start, busy / (last - first), len(patches))
+    return Run(last - start, first - start, busy / (last - first), len(patches), busy / len(patches))
 
 
 class Bench:
@@ -300,8 +302,13 @@ def measure(sites: int, latency_ms: float, parallelism: int, runs: int) -> dict:
         bare, portal, ratios, queries, cpu, targeted = [], [], [], [], [], 0
         for round_ in range(runs):
             version = bench.plan(round_)
-            bare.append(bench.bare(round_))
-            run, targeted, n_queries, seconds = bench.portal(version)
+            # Alternate which goes first, so that a drift in the machine's speed favours neither.
+            if round_ % 2:
+                run, targeted, n_queries, seconds = bench.portal(version)
+                bare.append(bench.bare(round_))
+            else:
+                bare.append(bench.bare(round_))
+                run, targeted, n_queries, seconds = bench.portal(version)
             portal.append(run)
             ratios.append(run.seconds / bare[-1].seconds)
             queries.append(n_queries / targeted)
@@ -313,6 +320,8 @@ def measure(sites: int, latency_ms: float, parallelism: int, runs: int) -> dict:
                             statistics.median(r.first_write for r in bare)),
             "in_flight": (statistics.median(r.in_flight for r in portal),
                           statistics.median(r.in_flight for r in bare)),
+            "per_patch": (statistics.median(r.per_patch for r in portal),
+                          statistics.median(r.per_patch for r in bare)),
             "queries": statistics.median(queries), "cpu": statistics.median(cpu),
             "rss": bench.worker_peak_rss(),
             "atlas_cpu": (statistics.median(r.atlas_cpu for r in portal),
@@ -333,15 +342,17 @@ def print_table(rows: list[dict]) -> None:
     print(
         "| N | latency ms | parallelism | bare s | portal s | ratio | first write s (portal/bare) "
         "| in flight (portal/bare) | queries/site | worker CPU s/1k sites | worker peak RSS MiB "
-        "| simulator CPU % of a core (portal/bare) | machine CPU % (portal/bare) |"
+        "| Atlas ms per PATCH (portal/bare) | simulator CPU % of a core (portal/bare) "
+        "| machine CPU % (portal/bare) |"
     )
-    print("|---" * 13 + "|")
+    print("|---" * 14 + "|")
     for r in rows:
         print(
             f"| {r['N']} | {r['latency']:g} | {r['parallelism']} | {spread(r['bare'])} | {spread(r['portal'])} "
             f"| {spread(r['ratio'])} | {r['first_write'][0]:.3f} / {r['first_write'][1]:.3f} "
             f"| {r['in_flight'][0]:.1f} / {r['in_flight'][1]:.1f} | {r['queries']:.3f} | {r['cpu']:.2f} "
-            f"| {r['rss'] / 2**20:.0f} | {r['atlas_cpu'][0]:.0%} / {r['atlas_cpu'][1]:.0%} "
+            f"| {r['rss'] / 2**20:.0f} | {r['per_patch'][0] * 1000:.1f} / {r['per_patch'][1] * 1000:.1f} "
+            f"| {r['atlas_cpu'][0]:.0%} / {r['atlas_cpu'][1]:.0%} "
             f"| {r['machine_cpu'][0]:.0%} / {r['machine_cpu'][1]:.0%} |",
             flush=True,
         )
