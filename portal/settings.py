@@ -80,7 +80,7 @@ MIDDLEWARE = [
 ]
 
 # Failed-login throttling (django-axes): after AXES_FAILURE_LIMIT failed logins for one username
-# from one address, that pair is locked out for AXES_COOLOFF_HOURS (a lockout is logged).
+# from one client address, that pair is locked out for AXES_COOLOFF_HOURS (a lockout is logged).
 AUTHENTICATION_BACKENDS = [
     "axes.backends.AxesStandaloneBackend",
     "django.contrib.auth.backends.ModelBackend",
@@ -90,6 +90,48 @@ AXES_COOLOFF_TIME = env.float("AXES_COOLOFF_HOURS", default=0.25)
 AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 AXES_RESET_ON_SUCCESS = True
 AXES_VERBOSE = False  # lockouts are still logged; not the banner at every start
+# The client address is the one the reverse proxies saw. PORTAL_TRUSTED_PROXIES is how many
+# proxies, each appending the address it received from to X-Forwarded-For, stand in front of the
+# web process: 0 (default) uses the connection's address (REMOTE_ADDR) and ignores the header;
+# N uses the Nth entry from the right, the one the outermost proxy wrote. Entries left of it come
+# from the client and are never read. Behind one proxy without this, every login would share the
+# proxy's address and five wrong guesses would lock a username out for everyone.
+try:
+    PORTAL_TRUSTED_PROXIES = env.int("PORTAL_TRUSTED_PROXIES", default=0)
+except ValueError:
+    PORTAL_TRUSTED_PROXIES = -1
+if PORTAL_TRUSTED_PROXIES < 0:
+    raise ImproperlyConfigured(
+        "PORTAL_TRUSTED_PROXIES must be a whole number, 0 or more (the number of reverse proxies)."
+    )
+
+
+def _login_client_address(request) -> str | None:
+    """The address a login attempt is counted against (AXES_CLIENT_IP_CALLABLE).
+
+    django-ipware is not installed, so axes's own AXES_IPWARE_* settings would be ignored: the
+    address is picked here. A header with fewer entries than trusted proxies (the request did not
+    come through all of them) or a malformed entry falls back to REMOTE_ADDR.
+    """
+    import ipaddress
+
+    from django.conf import settings
+
+    remote_addr = request.META.get("REMOTE_ADDR")
+    proxies = settings.PORTAL_TRUSTED_PROXIES
+    if proxies <= 0:
+        return remote_addr
+    forwarded = [part.strip() for part in request.META.get("HTTP_X_FORWARDED_FOR", "").split(",")]
+    forwarded = [part for part in forwarded if part]
+    if len(forwarded) < proxies:
+        return remote_addr
+    try:
+        return str(ipaddress.ip_address(forwarded[-proxies]))
+    except ValueError:
+        return remote_addr
+
+
+AXES_CLIENT_IP_CALLABLE = _login_client_address
 
 ROOT_URLCONF = "portal.urls"
 WSGI_APPLICATION = "portal.wsgi.application"
