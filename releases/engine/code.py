@@ -32,6 +32,9 @@ def deploy_code(ctx: StepContext) -> Outcome:
         refusal = _commit_clash(ctx, commit)
         if refusal:
             return Outcome(StepState.FAILED, refusal)
+        requested = ctx.beat(force=True)  # the last look before the POST (it may demote the current)
+        if requested:
+            return _stopped(ctx, requested, f"nothing sent: no code item created on {commit[:12]}")
         created = ctx.client.create_code(_code_payload(plan, commit, params.get("is_current", False)))
         ctx.result.update(code_id=created.id, reused=False)
     else:
@@ -42,6 +45,13 @@ def deploy_code(ctx: StepContext) -> Outcome:
                 f"{item.commit_hash}, not {commit}: check it in Atlas before deploying again",
             )
         if params.get("is_current") and not item.is_current:
+            requested = ctx.beat(force=True)  # the last look before the PATCH that demotes the current
+            if requested:
+                return _stopped(
+                    ctx,
+                    requested,
+                    f"nothing sent: code item {item.id} found on {commit[:12]}, not made current",
+                )
             ctx.client.patch_code(item.id, {"meta": {"is_current": True}}, etag=item.etag)
         ctx.result.update(code_id=item.id, reused=True)
     ctx.result.update(commit=commit, is_current=bool(params.get("is_current")))
@@ -89,12 +99,38 @@ def update_code(ctx: StepContext) -> Outcome:
     if ctx.result.get("commit_patch") not in ("answered", CASCADE_CONFIRMED):
         return _await_operator(ctx, item.id)
     if params.get("make_current"):
-        fresh = ctx.client.get_code(item.id)
-        if fresh is not None and not fresh.is_current:
+        fresh = ctx.client.get_code(item.id)  # If-Match from a fresh read: the commit PATCH changed it
+        if fresh is None:
+            return Outcome(StepState.FAILED, f"code item {item.id} disappeared from {ctx.environment}")
+        if not fresh.is_current:
+            # The last look before the PATCH that demotes the current item. A pause or abort that
+            # came while the commit PATCH was inside Atlas (its cascade can take minutes) stops the
+            # step here: the commit is stored, nothing more is sent, and a resume finds the commit
+            # stored and only makes the item current.
+            requested = ctx.beat(force=True)
+            if requested:
+                return _stopped(ctx, requested, f"{_commit_stored(ctx, item.id, commit)}; not made current")
             ctx.client.patch_code(item.id, {"meta": {"is_current": True}}, etag=fresh.etag)
         ctx.result["made_current"] = True
     ctx.save_result()
     return _wait_for_deploy(ctx, f"code item {item.id} now on {commit[:12]}")
+
+
+def _commit_stored(ctx: StepContext, code_id: str, commit: str) -> str:
+    """What the commit PATCH stored, for a step that stops after it."""
+    cascaded = ctx.result.get("cascaded_sites")
+    how = f" (Atlas cascaded it to {cascaded} sites)" if cascaded is not None else ""
+    return f"commit {commit[:12]} stored on code item {code_id}{how}"
+
+
+def _stopped(ctx: StepContext, requested: str, where: str) -> Outcome:
+    """The operator's pause or abort, saying what was stored and what was not, with the step's
+    result (saved with the stop): a resume or a relaunch starts from it and sends nothing twice."""
+    outcome = Outcome.stopped(requested)
+    then = "resume to finish" if outcome.state == StepState.PAUSED else "launch the step again to finish"
+    outcome.message = f"{outcome.message}: {where}: {then}"
+    outcome.result = dict(ctx.result)
+    return outcome
 
 
 def _patch_commit(ctx: StepContext, item: CodeItem, commit: str) -> Outcome | None:
@@ -210,5 +246,5 @@ def _wait_for_deploy(ctx: StepContext, what: str) -> Outcome:
     requested = ctx.sleep(ctx.environment.deploy_wait_seconds)
     if requested:
         # The write is done and is found again on resume, which then waits afresh.
-        return Outcome.stopped(requested)
+        return _stopped(ctx, requested, f"{what}, stored; the wait for Atlas's code deploy did not end")
     return Outcome(StepState.SUCCEEDED, what, ctx.result)
