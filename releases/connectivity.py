@@ -1,11 +1,33 @@
 """Test an environment's Atlas connection on request: the client's side-effect-free credentials
-check (atlas-api.md §2), audited. Never shows the password: only its variable's name."""
+check (atlas-api.md §2), audited. Never shows the password: only its variable's name.
+
+Also the credentials probe of previews (`CredentialsProbes`): Atlas binds to LDAP on every
+request, so a wrong password must cost one refused request per page or command, and a refusal is
+remembered for a minute (`REFUSAL_MEMORY_SECONDS`) across pages and commands, or a few refreshes
+of a confirmation page would lock the service account.
+"""
 
 from __future__ import annotations
 
-from atlas.errors import AtlasError
+import logging
+import time
+from functools import lru_cache
+
+from django.conf import settings
+from django.core.cache import caches
+from django.core.cache.backends.base import BaseCache
+from django.core.cache.backends.dummy import DummyCache
+from django.core.cache.backends.filebased import FileBasedCache
+from django.core.cache.backends.locmem import LocMemCache
+from django.utils.crypto import salted_hmac
+
+from atlas.errors import AtlasError, AuthenticationError
 
 from .models import AuditEvent, Environment, EnvironmentMisconfigured
+
+logger = logging.getLogger(__name__)
+
+REFUSAL_MEMORY_SECONDS = 60
 
 
 def test_connection(environment: Environment, user) -> tuple[bool, str]:
@@ -33,3 +55,120 @@ def test_connection(environment: Environment, user) -> tuple[bool, str]:
         message=message,
     )
     return ok, message
+
+
+# -- the credentials probe of previews ------------------------------------------------------------
+
+
+class CredentialsRefused(EnvironmentMisconfigured):
+    """Atlas refused the environment's credentials: just now (`seconds_ago` None), or within the
+    last minute, remembered (`seconds_ago` since that refusal) and not asked again."""
+
+    def __init__(self, message: str, seconds_ago: int | None = None) -> None:
+        super().__init__(message)
+        self.seconds_ago = seconds_ago
+
+
+class CredentialsProbes:
+    """Credentials probed at most once per environment: one of these per page or command (one
+    `reports.preview` or `reports.blast_radius` call), handed to every step's preview.
+
+    The first step of an environment asks Atlas (unless a refusal of these very credentials is
+    remembered); the others get the same answer, refusal or failure included, without a request.
+    """
+
+    def __init__(self) -> None:
+        self._answers: dict[int, Exception | None] = {}
+
+    def check(self, environment: Environment, client) -> None:
+        """Raise CredentialsRefused (or the AtlasError the probe met) unless Atlas accepts them."""
+        if environment.pk not in self._answers:
+            try:
+                check_credentials(environment, client)
+            except (AtlasError, EnvironmentMisconfigured) as exc:
+                self._answers[environment.pk] = exc
+            else:
+                self._answers[environment.pk] = None
+        answer = self._answers[environment.pk]
+        if answer is not None:
+            raise answer
+
+
+def check_credentials(environment: Environment, client) -> None:
+    """The client's side-effect-free probe (Atlas's GETs are public, so reads prove nothing), unless
+    Atlas refused these same credentials less than a minute ago.
+
+    Only a refusal is remembered. An accepted probe is not: it cannot lock the account (only
+    failed binds count towards a lockout), and a remembered acceptance would hide, for as long
+    as it is kept, a password changed or expired in the directory since, which is exactly what a
+    preview is there to show before a launch.
+    """
+    key = refusal_key(environment, environment.password())
+    refused_at = _remembered(key)
+    if refused_at is not None:
+        ago = max(0, int(time.time() - refused_at))
+        raise CredentialsRefused(
+            f"Atlas {environment.name} refused these credentials {ago} s ago (username "
+            f"{environment.username!r}, password variable {environment.password_env}); not asked "
+            "again for a minute, so the service account is not locked out: fix the variable, "
+            "a new password is tried at once",
+            seconds_ago=ago,
+        )
+    try:
+        client.check_credentials()
+    except AuthenticationError:
+        _remember(key)
+        raise CredentialsRefused(
+            f"Atlas {environment.name} refused the credentials (username {environment.username!r}, "
+            f"password variable {environment.password_env}): fix the variable before launching"
+        ) from None
+
+
+def refusal_key(environment: Environment, password: str) -> str:
+    """The cache key of a refusal of these credentials by this Atlas. The password is only in an
+    HMAC keyed with SECRET_KEY (never readable back, nor guessable without the key), so a changed
+    password (or URL, or username) is another key: asked again at once."""
+    digest = salted_hmac(
+        "releases.connectivity.refusal",
+        "\0".join((environment.api_url, environment.username, password)),
+        secret=settings.SECRET_KEY,
+        algorithm="sha256",
+    ).hexdigest()
+    return f"releases:atlas-refused:{environment.pk}:{digest}"
+
+
+def refusal_cache() -> BaseCache:
+    """Where refusals are remembered: a cache every process of the portal reads.
+
+    The default cache when it is shared. Django's default (none configured: LocMemCache) is
+    per process, so each gunicorn worker and each `manage.py release` would ask Atlas again: then a
+    file cache under VAR_DIR instead, shared by the processes of this host.
+    """
+    default = caches["default"]
+    if not isinstance(default, LocMemCache | DummyCache):
+        return default
+    return _host_cache()
+
+
+@lru_cache(maxsize=1)
+def _host_cache() -> BaseCache:
+    location = settings.VAR_DIR / "cache" / "atlas-refusals"
+    return FileBasedCache(
+        str(location), {"TIMEOUT": REFUSAL_MEMORY_SECONDS, "OPTIONS": {"MAX_ENTRIES": 1000}}
+    )
+
+
+def _remembered(key: str) -> float | None:
+    try:
+        value = refusal_cache().get(key)
+    except Exception:  # a cache that fails must not stop a preview: the probe is asked instead
+        logger.warning("could not read remembered Atlas refusals", exc_info=True)
+        return None
+    return value if isinstance(value, int | float) else None
+
+
+def _remember(key: str) -> None:
+    try:
+        refusal_cache().set(key, time.time(), REFUSAL_MEMORY_SECONDS)
+    except Exception:
+        logger.warning("could not remember an Atlas refusal", exc_info=True)

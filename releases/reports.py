@@ -8,9 +8,10 @@ from django.db.models import Count, Max, Min, Q
 from django.db.models.functions import TruncMinute, TruncSecond
 from django.utils import timezone
 
-from atlas.errors import AtlasError, AuthenticationError
+from atlas.errors import AtlasError
 from atlas.selectors import exclude_profile
 
+from .connectivity import CredentialsProbes, CredentialsRefused
 from .models import EnvironmentMisconfigured, ReleasePlan, SiteResult, StepRun, UpdateGroup
 from .states import ACTIVE, DONE, SiteState, StepKind, StepState
 
@@ -70,11 +71,19 @@ def preview(plan: ReleasePlan, number: int | None = None) -> list[dict]:
     steps = plan.steps.select_related("environment").order_by("number")
     if number is not None:
         steps = steps.filter(number=number)
-    return [preview_step(step) for step in steps]
+    probes = CredentialsProbes()  # one credentials probe per environment for the whole preview
+    return [preview_step(step, probes=probes) for step in steps]
 
 
-def preview_step(step: StepRun) -> dict:
-    """Exactly what the step would create, change or target now, read from Atlas (nothing written)."""
+def preview_step(step: StepRun, *, probes: CredentialsProbes | None = None) -> dict:
+    """Exactly what the step would create, change or target now, read from Atlas (nothing written).
+
+    The credentials are proven first (Atlas's GETs are public, so reads alone would preview a step
+    that then fails on its first write), through `probes`: pass one `CredentialsProbes` to every
+    step previewed for one page or command, so each environment is asked once. A step already
+    done writes nothing more, so its credentials are not asked; nor are a frozen site step's
+    (shown from the database alone).
+    """
     base = {
         "number": step.number,
         "environment": step.environment.name if step.environment else None,
@@ -90,11 +99,16 @@ def preview_step(step: StepRun) -> dict:
         if step.kind in (StepKind.DELETE_SITES, StepKind.UPDATE_SITES):
             _groups(step)  # a selector the portal would not send: refused before any request
         client = step.environment.client()
-        _check_credentials(client, step.environment)
+        if step.state not in DONE:
+            (probes or CredentialsProbes()).check(step.environment, client)
         item = _release_item(client, step.plan)
         if step.kind in (StepKind.DEPLOY_CODE, StepKind.UPDATE_CODE):
             return {**base, **_code_preview(client, step, item)}
         return {**base, **_sites_preview(client, step, item)}
+    except CredentialsRefused as exc:
+        remembered = exc.seconds_ago is not None
+        refused = {"refused": True, "remembered": remembered, "seconds_ago": exc.seconds_ago}
+        return {**base, "error": str(exc), "credentials": refused}
     except (AtlasError, EnvironmentMisconfigured) as exc:
         return {**base, "error": str(exc)}
 
@@ -187,18 +201,6 @@ def _code_preview(client, step: StepRun, item) -> dict:
     }
 
 
-def _check_credentials(client, environment) -> None:
-    """Atlas's GETs are public, so reads alone would preview a step that then fails on its first
-    write: prove the credentials first, with the client's side-effect-free check."""
-    try:
-        client.check_credentials()
-    except AuthenticationError:
-        raise EnvironmentMisconfigured(
-            f"Atlas {environment.name} refused the credentials (username {environment.username!r}, "
-            f"password variable {environment.password_env}): fix the variable before launching"
-        ) from None
-
-
 def _groups(step: StepRun) -> list[tuple[UpdateGroup, dict]]:
     """The step's enabled update groups in order, each with its checked selector."""
     groups = UpdateGroup.objects.filter(environment=step.environment, step_number=step.number, enabled=True)
@@ -238,7 +240,8 @@ def blast_radius(step: StepRun, *, stage: bool = False) -> dict:
     from .cli import stage_chain  # the chain `release launch --stage` and continue_stage follow
 
     steps = [s for s in stage_chain(step) if s.state not in DONE] if stage else [step]
-    previews = [preview_step(s) for s in steps]
+    probes = CredentialsProbes()  # one credentials probe per environment for the whole page
+    previews = [preview_step(s, probes=probes) for s in steps]
     deletions = sum(p.get("total", 0) for p in previews if p["kind"] == StepKind.DELETE_SITES)
     updates = sum(p.get("total", 0) for p in previews if p["kind"] == StepKind.UPDATE_SITES)
     return {
