@@ -77,6 +77,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "axes.middleware.AxesMiddleware",
+    "releases.channel.AdminChannelMiddleware",
 ]
 
 # Failed-login throttling (django-axes): after AXES_FAILURE_LIMIT failed logins for one username

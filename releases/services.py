@@ -14,7 +14,9 @@ from celery import current_app
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
+from django.db.models import Q
 
+from . import channel as channels
 from . import notify
 from .models import (
     AuditEvent,
@@ -65,22 +67,40 @@ def resolve_user(username: str):
     return user
 
 
+# Pause is an emergency brake: any release manager may pull it on any environment (audited).
+# Everything else that acts on a protected environment's step needs its permission too.
+PROTECTED_ACTIONS = ("launch", "abort", "resume", "retry_failed", "skip", "environment_set")
+# On a two-person environment these are only requests until another person approves them: each
+# sends writes to Atlas again. Pause and abort never need two people.
+TWO_PERSON_ACTIONS = ("launch", "resume", "retry_failed")
+
+
+def permission_refusal(user, action: str, environment=None) -> str:
+    """Why `user` may not do `action` (on `environment`): '' when they may. Audits nothing:
+    the admin asks it to decide which controls to offer, `authorize` to refuse."""
+    missing = [] if user.has_perm(PERMISSIONS[action]) else [PERMISSIONS[action]]
+    # Acting on a protected environment (or changing its protection) needs the protected
+    # permission too, or anyone with change_environment could unprotect PROD and then launch there.
+    if action in PROTECTED_ACTIONS and environment is not None and environment.protected:
+        if not user.has_perm("releases.launch_protected"):
+            missing.append("releases.launch_protected")
+    if not missing:
+        return ""
+    where = (
+        f" (on the protected environment {environment.name})"
+        if environment is not None and ("releases.launch_protected" in missing and action != "approve")
+        else ""
+    )
+    return f"{user.get_username()} lacks the permission {', '.join(missing)}{where}"
+
+
 def authorize(user, action: str, *, plan=None, step=None, environment=None, parameters=None) -> None:
     """Raise ActionRefused (and audit it) unless `user` may do `action` (there)."""
     environment = environment or (step.environment if step else None)
-    missing = [] if user.has_perm(PERMISSIONS[action]) else [PERMISSIONS[action]]
-    # Changing a protected environment (or its protection) needs the protected permission too,
-    # or anyone with change_environment could unprotect PROD and then launch there.
-    if (
-        action in ("launch", "resume", "retry_failed", "skip", "environment_set")
-        and environment is not None
-        and environment.protected
-    ):
-        if not user.has_perm("releases.launch_protected"):
-            missing.append("releases.launch_protected")
-    if missing:
+    refusal = permission_refusal(user, action, environment)
+    if refusal:
         _refuse(
-            f"{user.get_username()} lacks the permission {', '.join(missing)}",
+            refusal,
             action,
             user=user,
             plan=plan,
@@ -199,7 +219,7 @@ def launch(
     if refusal:
         _refuse(refusal, "launch", user=user, step=step, parameters=params)
     if via == "launch" and step.environment is not None and step.environment.two_person:
-        return request_launch(step, user, stage=stage, confirmed=confirmed)  # run on approval
+        return request_action(step, user, "launch", stage=stage, confirmed=confirmed)  # run on approval
     try:
         with transaction.atomic():
             step.launch(user, continue_stage=stage)
@@ -221,41 +241,67 @@ def launch(
     return step
 
 
-def request_launch(step: StepRun, user, *, stage: bool = False, confirmed: dict | None = None) -> StepRun:
-    """The first half of a launch under the two-person rule: recorded (audited), nothing runs
-    until another user with the protected permission approves (`approve`)."""
+def request_action(
+    step: StepRun, user, action: str = "launch", *, stage: bool = False, confirmed: dict | None = None
+) -> StepRun:
+    """The first half of an operation under the two-person rule (a launch, a resume, a retry of
+    failed sites): recorded and audited; nothing runs until another user with the protected
+    permission approves that very request (`approvals.approve`)."""
+    audit_action = f"{action}_request"
     params = {"step": step.number, "stage": stage}
     if confirmed:
         params["confirmed"] = {str(number): counts for number, counts in confirmed.items()}
-    refusal = _launch_refusal(step)
+    refusal = action_refusal(step, action)
     if refusal:
-        _refuse(refusal, "launch_request", user=user, step=step, parameters=params)
+        _refuse(refusal, audit_action, user=user, step=step, parameters=params)
     waiting = f"step {step.number} already waits for an approval"
     if step.launch_requests.filter(state=LaunchRequest.State.PENDING).exists():
-        _refuse(waiting, "launch_request", user=user, step=step, parameters=params)
+        _refuse(waiting, audit_action, user=user, step=step, parameters=params)
+    via = channels.current()
     try:
         with transaction.atomic():
-            LaunchRequest.objects.create(
+            request = LaunchRequest.objects.create(
                 step=step,
+                action=action,
                 stage=stage,
                 confirmed=params.get("confirmed"),
                 requested_by=user,
                 requested_by_username=user.get_username(),
+                requested_channel=via.name,
+                requested_account=via.account,
             )
             AuditEvent.record(
-                "launch_request",
+                audit_action,
                 user=user,
                 step=step,
-                parameters=params,
+                parameters={**params, "request": request.pk},
                 message=f"{step.environment} requires two people: waiting for another user's approval",
             )
     except IntegrityError:  # another request got there first (one pending request per step)
-        _refuse(waiting, "launch_request", user=user, step=step, parameters=params)
+        _refuse(waiting, audit_action, user=user, step=step, parameters=params)
     return step
 
 
+def request_launch(step: StepRun, user, *, stage: bool = False, confirmed: dict | None = None) -> StepRun:
+    return request_action(step, user, "launch", stage=stage, confirmed=confirmed)
+
+
+def action_refusal(step: StepRun, action: str = "launch") -> str:
+    """Why `action` on `step` would be refused now ('' if it would not): asked before recording a
+    request, so a request that could never run is not left waiting for an approver."""
+    if action == "resume":
+        return (
+            "" if step.state == StepState.PAUSED else f"step {step.number} is not paused (it is {step.state})"
+        )
+    if action == "retry_failed":
+        if step.state not in (StepState.PAUSED, StepState.FAILED):
+            return f"step {step.number} is neither paused nor failed (it is {step.state})"
+        return ""
+    return _launch_refusal(step)
+
+
 def _launch_refusal(step: StepRun) -> str:
-    """Why a launch would be refused now ('' if it would not): asked before recording a request."""
+    """Why a launch would be refused now ('' if it would not)."""
     if step.kind in MANUAL_KINDS:
         return f"step {step.number} is a manual gate: record it with `release finalize`"
     if step.state not in LAUNCHABLE:
@@ -354,19 +400,27 @@ def _request(plan: ReleasePlan, user, action: str, states) -> StepRun:
     return step
 
 
-def resume(plan: ReleasePlan, user) -> StepRun:
+def resume(plan: ReleasePlan, user, *, approved: bool = False) -> StepRun:
     step = plan.steps.select_related("environment").filter(state=StepState.PAUSED).order_by("number").first()
     if step is None:
         _refuse(f"release {plan.version} has no paused step to resume", "resume", user=user, plan=plan)
-    return _resume(step, user, "resume", retry_failed=False)
+    return resume_step(step, user, approved=approved)
 
 
-def retry_failed(step: StepRun, user) -> StepRun:
-    return _resume(step, user, "retry_failed", retry_failed=True)
+def resume_step(step: StepRun, user, *, approved: bool = False) -> StepRun:
+    return _resume(step, user, "resume", retry_failed=False, approved=approved)
 
 
-def _resume(step: StepRun, user, action: str, *, retry_failed: bool) -> StepRun:
+def retry_failed(step: StepRun, user, *, approved: bool = False) -> StepRun:
+    return _resume(step, user, "retry_failed", retry_failed=True, approved=approved)
+
+
+def _resume(step: StepRun, user, action: str, *, retry_failed: bool, approved: bool) -> StepRun:
+    """Resume (or retry the failed sites of) a step. On a two-person environment this is only a
+    request, run when another person approves it (`approved`: the approval's own call)."""
     authorize(user, action, step=step)
+    if not approved and step.environment is not None and step.environment.two_person:
+        return request_action(step, user, action)
     try:
         with transaction.atomic():
             step.resume(retry_failed=retry_failed)
@@ -410,17 +464,20 @@ def finalize(plan: ReleasePlan, *, tag: str, commit: str, user) -> ReleasePlan:
             "the final commit equals the release-branch commit (the --no-ff merge makes a new one)"
         )
     problems.extend(step.blockers())
+    # Any step after the gate that was ever launched may have written to Atlas, whatever its
+    # state now (a step skipped after an unanswered PATCH /code shows `skipped`).
     started = (
         plan.steps.filter(number__gt=step.number)
-        .exclude(state__in=[StepState.PENDING, StepState.SKIPPED])
+        .filter(Q(started_at__isnull=False) | ~Q(state__in=[StepState.PENDING, StepState.SKIPPED]))
         .order_by("number")
     )
     if started.exists():
         # The final commit is what DEV, TEST and PROD receive from step 8 on: changing it after
-        # that would make the record lie about what was deployed.
+        # a write may have carried it to Atlas would make the record lie about what was deployed.
+        first = started.first()
         problems.append(
-            f"step {started.first().number} has already run with the final commit "
-            f"{plan.final_commit or '(none)'}: it can no longer change"
+            f"step {first.number} ({first.state}) has already run with the final commit "
+            f"{plan.final_commit or '(none)'} and may have written it to Atlas: it can no longer change"
         )
     if problems:
         _refuse(
@@ -485,8 +542,57 @@ PROTECTED_SETTINGS = (
 )
 
 
+def weakenings(env: Environment, requested: dict) -> list[str]:
+    """What in `requested` would weaken `env`'s protection, in words ("two_person on → off")."""
+    found = []
+    for field in ("two_person", "protected", "verify_tls"):
+        if field in requested and getattr(env, field) and not requested[field]:
+            found.append(f"{field} on → off")
+    if "parallelism" in requested and (requested["parallelism"] or 0) > env.parallelism:
+        found.append(f"parallelism {env.parallelism} → {requested['parallelism']}")
+    if {"failure_threshold_count", "failure_threshold_percent"} & requested.keys():
+        old = (env.failure_threshold_count, env.failure_threshold_percent)
+        new = (
+            requested.get("failure_threshold_count", old[0]),
+            requested.get("failure_threshold_percent", old[1]),
+        )
+        if _looser(old, new):
+            found.append(f"failure threshold {_threshold_text(*old)} → {_threshold_text(*new)}")
+    return found
+
+
+def _looser(old: tuple, new: tuple) -> bool:
+    """Whether threshold `new` (count, percent) lets more sites fail than `old` may: a higher
+    count or percentage, no limit, or a change between a count and a percentage (not comparable)."""
+    if old == new or old == (None, None):
+        return False
+    if new == (None, None):
+        return True
+    if old[0] is not None and new[0] is not None and new[1] is None and old[1] is None:
+        return new[0] > old[0]
+    if old[1] is not None and new[1] is not None and new[0] is None and old[0] is None:
+        return new[1] > old[1]
+    return True
+
+
+def _threshold_text(count, percent) -> str:
+    if count is not None:
+        return f"{count} sites"
+    return f"{percent:g}%" if percent is not None else "none"
+
+
 def environment_change_refusal(user, env: Environment, requested: dict) -> str:
-    """Why `user` may not make the `requested` changes to `env` as it is now ('' if they may)."""
+    """Why `user` may not make the `requested` changes to `env` as it is now ('' if they may).
+
+    On a two-person environment, weakening its protection is reserved to superusers: otherwise
+    one PROD release manager could turn the rule off, act alone, and turn it back on."""
+    if env.two_person and not user.is_superuser:
+        weaker = weakenings(env, requested)
+        if weaker:
+            return (
+                f"{env.name} requires two people: weakening its protection ({', '.join(weaker)}) is "
+                f"reserved to superusers, and {user.get_username()} is not one"
+            )
     missing = [] if user.has_perm(PERMISSIONS["environment_set"]) else [PERMISSIONS["environment_set"]]
     why = []
     if env.protected or requested.get("protected"):

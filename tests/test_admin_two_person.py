@@ -11,6 +11,7 @@ from django.core.management.base import CommandError
 from django.db import connection
 
 from releases import approvals, roles, services
+from releases import channel as channels
 from releases.models import AuditEvent, Environment, LaunchRequest, StepRun
 from tests.admin_helpers import confirm_launch, mark_done, url
 from tests.support import R, configure_environments, make_user, tasks_not_sent
@@ -79,14 +80,15 @@ def test_a_launch_is_only_requested_then_another_user_approves_it(
     request = LaunchRequest.objects.get(step=step, state="pending")
     assert request.requested_by_username == "alice" and request.stage
     html = client.get(url("change", plan)).content.decode()
-    assert "waiting for approval (requested by alice)" in html
+    assert f"launch of the stage waiting for approval (request #{request.pk} by alice)" in html
     assert url("approve", plan, 12) not in html  # never the requester
 
     client.force_login(approver)
     assert url("approve", plan, 12) in client.get(url("change", plan)).content.decode()
     page = client.get(url("approve", plan, 12))
-    assert 'value="Yes, approve and launch step 12"' in page.content.decode()
-    client.post(url("approve", plan, 12))
+    assert 'value="Yes, approve the launch of the stage of step 12"' in page.content.decode()
+    assert f'name="request" value="{request.pk}"' in page.content.decode()
+    client.post(url("approve", plan, 12), {"request": request.pk})
     step.refresh_from_db()
     assert (step.state, step.launched_by_username, step.continue_stage) == ("running", "alice", True)
     assert sent_tasks.call_count == 1
@@ -102,8 +104,9 @@ def test_a_launch_is_only_requested_then_another_user_approves_it(
 def test_the_requester_cannot_approve_their_own_launch(requester, plan):
     step = services.get_step(plan, 12)
     services.launch(step, requester)
+    request = approvals.pending_request(step)
     with pytest.raises(services.ActionRefused, match="another person must approve"):
-        approvals.approve(step, requester)
+        approvals.approve(step, requester, request_id=request.pk)
     assert StepRun.objects.get(pk=step.pk).state == "pending"
     assert AuditEvent.objects.filter(action="approve", outcome="refused", username="alice").count() == 1
 
@@ -121,12 +124,20 @@ def test_a_user_without_the_protected_permission_gets_a_refusal_page(client, req
 
 @pytest.mark.django_db
 def test_release_approve_command_launches_and_refuses_the_requester(requester, approver, plan):
-    call_command("release", "launch", "2.8.5", "--step", "12", "--yes", "--user", "alice", stdout=StringIO())
+    with channels.acting_through(channels.ADMIN):  # alice asked in the browser
+        services.launch(services.get_step(plan, 12), requester)
+    request = LaunchRequest.objects.get(step__plan=plan, step__number=12, state="pending")
     with pytest.raises(CommandError, match="another person"):
-        call_command("release", "approve", "2.8.5", "--step", "12", "--user", "alice", stdout=StringIO())
+        call_command(
+            "release", "approve", "2.8.5", "--step", "12", "--request", str(request.pk), "--user", "alice",
+            stdout=StringIO(),
+        )  # fmt: skip
     out = StringIO()
-    call_command("release", "approve", "2.8.5", "--step", "12", "--user", "bob", stdout=out)
-    assert "approved: running" in out.getvalue()
+    call_command(
+        "release", "approve", "2.8.5", "--step", "12", "--request", str(request.pk), "--user", "bob",
+        stdout=out,
+    )  # fmt: skip
+    assert f"approved request #{request.pk}: running" in out.getvalue()
     assert StepRun.objects.get(plan=plan, number=12).state == "running"
 
 
@@ -140,7 +151,7 @@ def test_launch_wait_waits_through_the_approval(requester, approver, plan):
             while not LaunchRequest.objects.filter(step=step, state="pending").exists():
                 assert time.monotonic() < deadline
                 time.sleep(0.1)
-            approvals.approve(step, approver)
+            approvals.approve(step, approver, request_id=approvals.pending_request(step).pk)
         finally:
             connection.close()  # this thread's own connection: the test database is dropped later
 

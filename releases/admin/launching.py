@@ -1,8 +1,9 @@
 """Launching from the plan page: the confirmation page with the blast radius of everything the
 launch may reach, then the POST; and the second person's approval under the two-person rule.
 
-The counts the operator saw travel signed in the form and go to `services.launch(confirmed=…)`,
-as `release launch` does: a batch that grew since then pauses the step before its first write.
+The counts the operator saw travel signed in the form, bound to the plan, the step, the stage
+flag and the user they were shown to, and go to `services.launch(confirmed=…)` as `release launch`
+does: a batch that grew since then, or was not shown, pauses the step before its first write.
 """
 
 from __future__ import annotations
@@ -69,7 +70,9 @@ class LaunchMixin:
         }
         radius = reports.blast_radius(step, stage=stage)
         context["radius"] = radius
-        context["token"] = signing.dumps(radius["confirmed"], salt=SALT)
+        context["token"] = signing.dumps(
+            _bound(plan, step, stage, request.user, radius["confirmed"]), salt=SALT
+        )
         request.current_app = self.admin_site.name
         return TemplateResponse(request, "admin/releases/launch_confirmation.html", context)
 
@@ -85,9 +88,18 @@ class LaunchMixin:
         if not error:
             try:
                 raw = signing.loads(request.POST.get("confirmed", ""), salt=SALT, max_age=MAX_AGE)
-                confirmed = {int(n): counts for n, counts in raw.items()}
-            except (signing.BadSignature, ValueError, AttributeError):
+                counts = raw.pop("counts")
+                confirmed = {int(n): batches for n, batches in counts.items()}
+            except (signing.BadSignature, ValueError, AttributeError, KeyError, TypeError):
                 error = "This confirmation is stale or incomplete: review the targets below again."
+            else:
+                expected = _bound(step.plan, step, params["stage"], request.user, counts)
+                expected.pop("counts")
+                if raw != expected:
+                    error = (
+                        "This confirmation was shown for another launch (another plan, step, stage or "
+                        "user): review the targets of this one below."
+                    )
         if error:
             AuditEvent.record(
                 "launch",
@@ -129,11 +141,11 @@ class LaunchMixin:
             )
         if request.method == "POST":
             try:
-                approvals.approve(step, request.user)
+                approvals.approve(step, request.user, request_id=_request_id(request))
             except services.ActionRefused as exc:
                 self.message_user(request, f"Approval refused: {exc}", messages.ERROR)
             else:
-                self.message_user(request, f"Approved and launched step {step.number}.", messages.SUCCESS)
+                self.message_user(request, f"Approved: step {step.number} is {step.state}.", messages.SUCCESS)
             return self.plan_redirect(plan)
         launch_request = approvals.pending_request(step)
         context = {
@@ -157,7 +169,20 @@ class LaunchMixin:
             self._run(
                 request,
                 plan,
-                lambda: approvals.withdraw_request(step, request.user),
+                lambda: approvals.withdraw_request(step, request.user, request_id=_request_id(request)),
                 "Withdrew the launch of",
             )
         return self.plan_redirect(plan)
+
+
+def _bound(plan, step, stage: bool, user, counts: dict) -> dict:
+    """What a confirmation token carries: the counts and the one launch they were shown for."""
+    return {"plan": plan.pk, "step": step.number, "stage": bool(stage), "user": user.pk, "counts": counts}
+
+
+def _request_id(request) -> int | None:
+    """The launch request an approve or withdraw form names (None when it names none)."""
+    try:
+        return int(request.POST.get("request", ""))
+    except ValueError:
+        return None

@@ -14,7 +14,7 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.views.decorators.http import require_POST
 
-from .. import progress, services
+from .. import approvals, progress, services
 from ..models import LaunchRequest
 from ..states import ACTIVE, DONE, LAUNCHABLE, MANUAL_KINDS, SKIPPABLE, StepKind, StepState
 from .refusal import refusal_page
@@ -98,12 +98,14 @@ class ReleaseOperationsMixin:
             and user.has_perm(PROTECTED_PERMISSION)
             and request.requested_by_id != user.pk,
             "can_withdraw": request is not None and (request.requested_by_id == user.pk or operate),
-            "can_pause": operate and step.state == StepState.RUNNING,
-            "can_resume": operate and step.state == StepState.PAUSED,
+            # Pause is the emergency brake: any release manager, any environment.
+            "can_pause": user.has_perm(LAUNCH_PERMISSION) and step.state == StepState.RUNNING,
+            "can_resume": operate and step.state == StepState.PAUSED and request is None,
             "can_abort": operate and step.state in ACTIVE,
             "can_retry": operate
             and step.state in (StepState.PAUSED, StepState.FAILED)
-            and counts["failed"] > 0,
+            and counts["failed"] > 0
+            and request is None,
             "can_skip": operate and site_step and step.state in SKIPPABLE,
             "can_finalize": user.has_perm(FINALIZE_PERMISSION) and _finalize_open(step, steps),
         }
@@ -117,10 +119,9 @@ class ReleaseOperationsMixin:
         if request.method == "POST":
             return self._plan_action(request, object_id, "Abort requested for", services.abort)
         step = plan.steps.select_related("environment").filter(state__in=ACTIVE).first()
-        if not request.user.has_perm(LAUNCH_PERMISSION):
-            reason = (
-                f"{request.user.get_username()} lacks the permission {LAUNCH_PERMISSION}: it cannot abort."
-            )
+        refusal = services.permission_refusal(request.user, "abort", step.environment if step else None)
+        if refusal:
+            reason = f"{refusal}: it cannot abort."
             return refusal_page(
                 self, request, title="Abort refused", reason=reason, back_url=self.plan_url(plan)
             )
@@ -142,14 +143,18 @@ class ReleaseOperationsMixin:
         return self._plan_action(request, object_id, "Pause requested for", services.pause)
 
     def resume_view(self, request, object_id):
-        return self._plan_action(request, object_id, "Resumed", services.resume)
+        return self._plan_action(request, object_id, "Resumed", services.resume, requestable=True)
 
     def retry_view(self, request, object_id, number):
         plan, step, redirect = self.plan_and_step(request, object_id, number)
         if redirect:
             return redirect
         return self._run(
-            request, plan, lambda: services.retry_failed(step, request.user), "Retrying failed sites of"
+            request,
+            plan,
+            lambda: services.retry_failed(step, request.user),
+            "Retrying failed sites of",
+            requestable=True,
         )
 
     def skip_view(self, request, object_id, number):
@@ -185,17 +190,26 @@ class ReleaseOperationsMixin:
         request.session[FORM_ERROR] = {"form": form, "step": number, "message": str(exc), "values": values}
         return HttpResponseRedirect(f"{self.plan_url(plan)}#step-{number}")
 
-    def _plan_action(self, request, object_id, verb, operation):
+    def _plan_action(self, request, object_id, verb, operation, *, requestable: bool = False):
         plan = self.get_object(request, unquote(object_id))
         if plan is None:
             return self._get_obj_does_not_exist_redirect(request, self.opts, object_id)
-        return self._run(request, plan, lambda: operation(plan, request.user), verb)
+        return self._run(request, plan, lambda: operation(plan, request.user), verb, requestable=requestable)
 
-    def _run(self, request, plan, operation, verb):
+    def _run(self, request, plan, operation, verb, *, requestable: bool = False):
         try:
             step = operation()
         except services.ActionRefused as exc:
             self.message_user(request, f"Refused: {exc}", messages.ERROR)
+            return self.plan_redirect(plan)
+        waiting = approvals.pending_request(step) if requestable else None
+        if waiting is not None and waiting.requested_by_id == request.user.pk:
+            self.message_user(
+                request,
+                f"The {waiting.what} of step {step.number} is requested (#{waiting.pk}): {step.environment} "
+                "requires two people, another PROD release manager must approve it.",
+                messages.WARNING,
+            )
         else:
             self.message_user(request, f"{verb} step {step.number} ({step.title}).", messages.SUCCESS)
         return self.plan_redirect(plan)

@@ -129,8 +129,14 @@ def _complete_snapshot(ctx: StepContext, snapshot: Snapshot) -> None:
 def _grown(ctx: StepContext, batch: dict) -> str:
     """Whether the batch's snapshot holds more sites than the operator confirmed (fewer is fine,
     and is said in the step's message)."""
-    seen = (ctx.step.confirmed_targets or {}).get(batch["name"])
-    if seen is None or batch["count"] == seen:
+    confirmed = ctx.step.confirmed_targets
+    if confirmed is None:  # launched without a confirmation (`--yes`): nothing to compare
+        return ""
+    seen = confirmed.get(batch["name"])
+    if seen is None:
+        # A batch the operator never saw (a group added since the confirmation).
+        return f"{batch['name']} has {batch['count']} (not in the confirmation)" if batch["count"] else ""
+    if batch["count"] == seen:
         return ""
     if batch["count"] < seen:
         ctx.result.setdefault("shrunk", []).append(f"{batch['name']} has {batch['count']} (confirmed {seen})")

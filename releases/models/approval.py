@@ -2,10 +2,18 @@ from django.conf import settings
 from django.db import models
 from django.db.models import Q
 
+from .. import channel as channels
+
 
 class LaunchRequest(models.Model):
-    """A launch asked for on an environment under the two-person rule, waiting for a second
-    person's approval (`services.request_launch`, `services.approve`)."""
+    """An operation asked for on an environment under the two-person rule — a launch, or a resume
+    or retry of failed sites (anything that sends writes again) — waiting for a second person's
+    approval (`services.request_action`, `approvals.approve`)."""
+
+    class Action(models.TextChoices):
+        LAUNCH = "launch", "launch"
+        RESUME = "resume", "resume"
+        RETRY_FAILED = "retry_failed", "retry failed sites"
 
     class State(models.TextChoices):
         PENDING = "pending", "Waiting for approval"
@@ -13,6 +21,7 @@ class LaunchRequest(models.Model):
         WITHDRAWN = "withdrawn", "Withdrawn"
 
     step = models.ForeignKey("releases.StepRun", on_delete=models.CASCADE, related_name="launch_requests")
+    action = models.CharField(max_length=16, choices=Action.choices, default=Action.LAUNCH)
     stage = models.BooleanField(default=False, help_text="Launch the environment's stage from this step.")
     confirmed = models.JSONField(
         null=True, blank=True, help_text="Sites per batch the requester saw when confirming."
@@ -23,6 +32,9 @@ class LaunchRequest(models.Model):
     # Copied so the record survives the user's deletion or rename.
     requested_by_username = models.CharField(max_length=150)
     requested_at = models.DateTimeField(auto_now_add=True)
+    # Where the request came from: a shell approval from the same OS account is refused.
+    requested_channel = models.CharField(max_length=8, choices=channels.CHOICES, default=channels.SYSTEM)
+    requested_account = models.CharField(max_length=150, blank=True)
     state = models.CharField(max_length=10, choices=State.choices, default=State.PENDING)
     decided_by_username = models.CharField(max_length=150, blank=True)
     decided_at = models.DateTimeField(null=True, blank=True)
@@ -37,4 +49,11 @@ class LaunchRequest(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"{self.step}: requested by {self.requested_by_username} ({self.state})"
+        return f"{self.step}: {self.what} requested by {self.requested_by_username} ({self.state})"
+
+    @property
+    def what(self) -> str:
+        """The operation in words: "launch of the stage", "resume", "retry failed sites"."""
+        if self.action == self.Action.LAUNCH:
+            return "launch of the stage" if self.stage else "launch"
+        return self.get_action_display()

@@ -1,6 +1,8 @@
 from django.conf import settings
 from django.db import models
 
+from .. import channel as channels
+
 
 class AppendOnly(ValueError):
     """An attempt to change or delete an audit event."""
@@ -59,6 +61,18 @@ class AuditEvent(models.Model):
     plan_version = models.CharField("release", max_length=40, blank=True)
     step_number = models.PositiveSmallIntegerField("step", null=True, blank=True)
     environment_name = models.CharField("environment", max_length=16, blank=True)
+    channel = models.CharField(
+        max_length=8,
+        choices=channels.CHOICES,
+        default=channels.SYSTEM,
+        help_text="Where the action came from: the admin, the shell (manage.py), the API, or the system.",
+    )
+    channel_account = models.CharField(
+        "account",
+        max_length=150,
+        blank=True,
+        help_text="The operating-system account that ran a shell command, or the API token's name.",
+    )
     parameters = models.JSONField(default=dict, blank=True)
     reason = models.TextField(blank=True)
     message = models.TextField(blank=True)
@@ -98,6 +112,7 @@ class AuditEvent(models.Model):
         reason: str = "",
         message: str = "",
     ) -> "AuditEvent":
+        via = channels.current()
         if user is not None and not username:
             username = user.get_username()
         if step is not None:
@@ -114,6 +129,8 @@ class AuditEvent(models.Model):
             plan_version=plan.version if plan is not None else "",
             step_number=step.number if step is not None else None,
             environment_name=environment.name if environment is not None else "",
+            channel=via.name,
+            channel_account=via.account,
             parameters=parameters or {},
             reason=reason,
             message=message[:4000],

@@ -11,6 +11,7 @@ import os
 
 from django.core.management.base import BaseCommand, CommandError
 
+from releases import channel as channels
 from releases import cli, services
 from releases.models import Environment
 from releases.states import FailurePolicy
@@ -81,6 +82,7 @@ class Command(BaseCommand):
             "--user", required=True, metavar="NAME", help="Staff account the change is recorded under."
         )
 
+    @channels.from_shell
     def handle(self, *args, action, **options):
         cli.refuse_unstorable(options)
         with cli.refusals():

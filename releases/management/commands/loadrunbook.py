@@ -4,6 +4,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand
 from django.db import transaction
 
+from releases import channel as channels
 from releases.models import AuditEvent, Environment, UpdateGroup
 from releases.runbook import DEFAULT_GROUPS, ENVIRONMENTS
 
@@ -24,6 +25,7 @@ class Command(BaseCommand):
         )
 
     @transaction.atomic
+    @channels.from_shell
     def handle(self, *args, update=False, reset_edited=False, **options):
         created_envs, created_groups, refreshed = [], 0, 0
         for name, order, protected in ENVIRONMENTS:

@@ -11,6 +11,7 @@ import sys
 from django.core.management.base import BaseCommand, CommandError
 
 from releases import approvals, cli, reports, services
+from releases import channel as channels
 from releases.models import AuditEvent, ReleasePlan
 from releases.runbook import ENVIRONMENTS
 from releases.states import DONE, StepState
@@ -65,9 +66,16 @@ class Command(BaseCommand):
         p.add_argument("--reason", required=True, help="Why the step is skipped (recorded in the audit).")
         _user(p)
         _json(p)
-        p = sub.add_parser("approve", help="Approve a launch waiting under the two-person rule.")
+        p = sub.add_parser(
+            "approve",
+            help="Approve the request waiting under the two-person rule: shows it and asks, "
+            "unless --request names it.",
+        )
         _version(p)
         p.add_argument("--step", type=int, required=True)
+        p.add_argument(
+            "--request", type=int, metavar="ID", help="The request to approve (as `release status` shows it)."
+        )
         _user(p)
         _json(p)
         p = sub.add_parser("status", help="The plan's steps, their states and counts.")
@@ -108,6 +116,7 @@ class Command(BaseCommand):
         _wait(p)
         _json(p)
 
+    @channels.from_shell
     def handle(self, *args, action, **options):
         self.json = options.get("json", False)
         if options.get("timeout") is not None and not options.get("wait"):
@@ -166,25 +175,35 @@ class Command(BaseCommand):
             )
             confirmed = reports.confirmed_counts(previews)
         services.launch(target, acting, stage=bool(stage), confirmed=confirmed)
-        waiting = approvals.pending_request(target)
-        if waiting is not None and not wait:
-            return self._done(target, "launch", "launch requested: another user must approve it")
-        if waiting is not None:
-            report = lambda line: cli.note(self.stderr, line)  # noqa: E731
-            decided = cli.wait_for_approval(target, waiting, report, timeout=timeout)
-            if decided == "timeout":
-                raise CommandError(
-                    f"timed out after {timeout:g}s waiting for the approval of step {target.number} "
-                    "(the request stays open)",
-                    returncode=cli.TIMED_OUT,
-                )
-            if decided != "approved":
-                raise CommandError(
-                    f"step {target.number} was not approved ({decided})", returncode=cli.REFUSED
-                )
+        if self._approval_awaited(target, "launch", wait, timeout):
+            return None
         if not wait:
             return self._launched(target, stage)
         self._follow(plan, target, stage=bool(stage), timeout=timeout, action="launch")
+
+    def _approval_awaited(self, target, action: str, wait: bool, timeout) -> bool:
+        """After an operation that the two-person rule may have turned into a request: without
+        --wait, say so and return True (done); with --wait, wait for the decision (raising unless
+        approved) and return False (follow the step as usual)."""
+        waiting = approvals.pending_request(target)
+        if waiting is None:
+            return False
+        if not wait:
+            self._done(
+                target, action, f"{waiting.what} requested (#{waiting.pk}): another user must approve it"
+            )
+            return True
+        report = lambda line: cli.note(self.stderr, line)  # noqa: E731
+        decided = cli.wait_for_approval(target, waiting, report, timeout=timeout)
+        if decided == "timeout":
+            raise CommandError(
+                f"timed out after {timeout:g}s waiting for the approval of step {target.number} "
+                "(the request stays open)",
+                returncode=cli.TIMED_OUT,
+            )
+        if decided != "approved":
+            raise CommandError(f"step {target.number} was not approved ({decided})", returncode=cli.REFUSED)
+        return False
 
     def _confirm(self, step, user, params, *, stage: bool, stdin) -> None:
         refusal = cli.launch_refusal(step)
@@ -221,10 +240,31 @@ class Command(BaseCommand):
             + f": tag {plan.final_tag} at {plan.final_commit}; steps 8–14 deploy this commit."
         )
 
-    def _approve(self, version, step, user, **options):
+    def _approve(self, version, step, user, request, **options):
         plan = cli.get_plan(version)
-        target = approvals.approve(services.get_step(plan, step), services.resolve_user(user))
-        self._done(target, "approve", f"approved: {target.state}")
+        acting = services.resolve_user(user)
+        target = services.get_step(plan, step)
+        if request is None:
+            request = self._ask_approval(target, acting, options.get("stdin", sys.stdin))
+        target = approvals.approve(target, acting, request_id=request)
+        self._done(target, "approve", f"approved request #{request}: {target.state}")
+
+    def _ask_approval(self, step, user, stdin) -> int:
+        """Show the request waiting on `step` and ask; its id is what the approval then names."""
+        waiting = approvals.pending_request(step)
+        if waiting is None:
+            approvals.approve(step, user, request_id=None)  # refused and audited: nothing waits
+        line = approvals.describe_request(waiting)
+        if not (hasattr(stdin, "isatty") and stdin.isatty()):
+            raise CommandError(
+                f"{line}\nrefusing to approve without seeing it: stdin is not a terminal "
+                f"(pass --request {waiting.pk} to approve this request)",
+                returncode=cli.REFUSED,
+            )
+        cli.note(self.stderr, line)
+        if cli.ask(stdin, self.stderr, f"Approve request #{waiting.pk}? [y/N] ").lower() not in ("y", "yes"):
+            raise CommandError("not approved: nothing was changed", returncode=cli.REFUSED)
+        return waiting.pk
 
     def _pause(self, version, user, **options):
         step = services.pause(cli.get_plan(version), services.resolve_user(user))
@@ -242,6 +282,8 @@ class Command(BaseCommand):
     def _resume(self, version, user, wait, timeout, **options):
         plan = cli.get_plan(version)
         step = services.resume(plan, services.resolve_user(user))
+        if self._approval_awaited(step, "resume", wait, timeout):
+            return None
         if wait:
             return self._follow(plan, step, stage=step.continue_stage, timeout=timeout, action="resume")
         self._done(step, "resume", "resumed")
@@ -250,6 +292,8 @@ class Command(BaseCommand):
         plan = cli.get_plan(version)
         acting = services.resolve_user(user)
         target = services.retry_failed(services.get_step(plan, step), acting)
+        if self._approval_awaited(target, "retry-failed", wait, timeout):
+            return None
         if wait:
             return self._follow(
                 plan, target, stage=target.continue_stage, timeout=timeout, action="retry-failed"
