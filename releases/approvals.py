@@ -106,9 +106,12 @@ def withdraw_request(step: StepRun, user, *, request_id: int | None = None) -> S
     that an approval (or another withdrawal) decided first is refused, and audited as refused."""
     params = {"step": step.number, "request": request_id}
     request = _named_request(step, user, request_id, "withdraw", params, required=False)
-    if request.requested_by_id != user.pk:
-        authorize(user, "approve", plan=step.plan, step=step, parameters=params)
     params["request"] = request.pk
+    if request.requested_by_id != user.pk:  # someone else's request: only an approver withdraws it
+        refusal = services.permission_refusal(user, "approve", step.environment)
+        if refusal:
+            _refuse(f"{refusal}: only the requester or an approver withdraws a request", "withdraw",
+                    user=user, step=step, parameters=params)  # fmt: skip
     taken = LaunchRequest.objects.filter(pk=request.pk, state=LaunchRequest.State.PENDING).update(
         state=LaunchRequest.State.WITHDRAWN,
         decided_by_username=user.get_username(),

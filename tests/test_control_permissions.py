@@ -50,11 +50,9 @@ STEP = {"DEV": 4, "PROD": 14}  # a site step of each environment (update_sites)
 FINALIZE_STEP = 7
 CONTROLS = ("launch", "approve", "withdraw", "pause", "resume", "abort", "retry", "skip", "finalize")
 # The audit action an allowed control records, and those its refusal may be recorded under
-# (a withdrawal by someone other than the requester is authorized as an approval).
+# (a withdrawal of someone else's request needs an approver: the requester or an approver withdraws).
 OK_ACTION = {control: control for control in CONTROLS} | {"retry": "retry_failed"}
-REFUSED_ACTIONS = {control: {OK_ACTION[control]} for control in CONTROLS} | {
-    "withdraw": {"withdraw", "approve"}
-}
+REFUSED_ACTIONS = {control: {OK_ACTION[control]} for control in CONTROLS}
 REASON = "done by hand"
 
 RM, PM = "release-manager", "prod-manager"
@@ -65,7 +63,7 @@ POLICY = {
     # control     DEV        PROD
     "launch":   ({RM, PM}, {PM}),
     "approve":  ({PM},     {PM}),      # a request another user made; never a release-manager
-    "withdraw": ({RM, PM}, {PM}),      # another user's request (the requester's own is not tested)
+    "withdraw": ({PM},     {PM}),      # another user's request: only an approver (the requester's own is not tested)
     "pause":    ({RM, PM}, {RM, PM}),  # the emergency brake any release manager may pull, audited
     "resume":   ({RM, PM}, {PM}),
     "abort":    ({RM, PM}, {PM}),

@@ -97,7 +97,8 @@ class ReleaseOperationsMixin:
             "can_approve": request is not None
             and user.has_perm(PROTECTED_PERMISSION)
             and request.requested_by_id != user.pk,
-            "can_withdraw": request is not None and (request.requested_by_id == user.pk or operate),
+            "can_withdraw": request is not None
+            and (request.requested_by_id == user.pk or user.has_perm(PROTECTED_PERMISSION)),
             # Pause is the emergency brake: any release manager, any environment.
             "can_pause": user.has_perm(LAUNCH_PERMISSION) and step.state == StepState.RUNNING,
             "can_resume": operate and step.state == StepState.PAUSED and request is None,

@@ -215,8 +215,9 @@ class Command(BaseCommand):
             )  # fmt: skip
             raise CommandError(refusal, returncode=cli.REFUSED)
         cli.require_terminal(stdin)
+        radius = reports.blast_radius(step, stage=stage)  # one credentials probe per environment
         steps = [s for s in cli.stage_chain(step) if s.state not in DONE] if stage else [step]
-        previews = [reports.preview_step(s) for s in steps]
+        previews = radius["previews"]
         cli.confirm_launch(steps, previews, stdin, self.stderr)
         return previews
 
