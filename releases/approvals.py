@@ -134,6 +134,9 @@ def withdraw_request(step: StepRun, user, *, request_id: int | None = None) -> S
 def _named_request(step, user, request_id, action, params, *, required=True) -> LaunchRequest:
     """The pending request of `step` that `request_id` names (refused and audited otherwise)."""
     pending = pending_request(step)
+    if pending is None and request_id is None:
+        _refuse(f"step {step.number} has nothing waiting for approval", action, user=user, step=step,
+                parameters=params)  # fmt: skip
     if request_id is None and required:
         _refuse(
             "the approval names no request: open the request again and approve what it shows",
@@ -143,7 +146,7 @@ def _named_request(step, user, request_id, action, params, *, required=True) -> 
             parameters=params,
         )
     if request_id is None:
-        request_id = pending.pk if pending is not None else None
+        request_id = pending.pk
     if pending is not None and pending.pk == request_id:
         return pending
     named = LaunchRequest.objects.filter(pk=request_id, step=step).first() if request_id else None
@@ -151,10 +154,8 @@ def _named_request(step, user, request_id, action, params, *, required=True) -> 
         why = (
             f"request #{named.pk} is no longer pending (it was {named.state} by {named.decided_by_username})"
         )
-    elif request_id is not None:
-        why = f"step {step.number} has no request #{request_id}"
     else:
-        why = f"step {step.number} has nothing waiting for approval"
+        why = f"step {step.number} has no request #{request_id}"
     if pending is not None:
         why += f"; request #{pending.pk} ({pending.what}, by {pending.requested_by_username}) waits now: look at it first"
     _refuse(why, action, user=user, step=step, parameters=params)

@@ -15,6 +15,7 @@ from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.db.models import Q
+from django.utils import timezone
 
 from . import channel as channels
 from . import notify
@@ -397,7 +398,29 @@ def _request(plan: ReleasePlan, user, action: str, states) -> StepRun:
     except TransitionRefused as exc:
         _refuse(str(exc), action, user=user, step=step)
     AuditEvent.record(action, user=user, step=step)
+    if action == "abort":
+        _close_requests(step, user, "aborted")
     return step
+
+
+def _close_requests(step: StepRun, user, why: str) -> None:
+    """A step that was aborted or skipped leaves nothing waiting for approval: its pending request
+    (a resume, a retry, a launch) is withdrawn, audited, so it neither runs later nor blocks a
+    relaunch."""
+    for request in step.launch_requests.filter(state=LaunchRequest.State.PENDING):
+        closed = LaunchRequest.objects.filter(pk=request.pk, state=LaunchRequest.State.PENDING).update(
+            state=LaunchRequest.State.WITHDRAWN,
+            decided_by_username=user.get_username(),
+            decided_at=timezone.now(),
+        )
+        if closed:
+            AuditEvent.record(
+                "withdraw",
+                user=user,
+                step=step,
+                parameters={"request": request.pk, "action": request.action},
+                message=f"request #{request.pk} ({request.what}) withdrawn: the step was {why}",
+            )
 
 
 def resume(plan: ReleasePlan, user, *, approved: bool = False) -> StepRun:
@@ -441,6 +464,7 @@ def skip(step: StepRun, user, reason: str) -> StepRun:
     except TransitionRefused as exc:
         _refuse(str(exc), "skip", user=user, step=step, reason=reason)
     AuditEvent.record("skip", user=user, step=step, reason=reason)
+    _close_requests(step, user, "skipped")
     return step
 
 

@@ -811,7 +811,7 @@ def test_finalize_is_refused_once_step_8_has_run_and_a_refinalize_before_is_audi
     assert refinalize.parameters["commit"] == other
 
     assert run_inline(step8, user) == StepState.SUCCEEDED
-    with pytest.raises(services.ActionRefused, match="step 8 has already run"):
+    with pytest.raises(services.ActionRefused, match=r"step 8 \(succeeded\) has already run"):
         services.finalize(plan, tag="2.8.5", commit=T, user=user)
     plan.refresh_from_db()
     assert plan.final_commit == other

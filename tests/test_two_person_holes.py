@@ -461,3 +461,36 @@ def test_a_shell_approval_of_an_admin_request_is_allowed(client, requester, appr
     )
     launch = AuditEvent.objects.get(action="launch", outcome="ok")
     assert (launch.username, launch.channel) == ("alice", "shell")  # run by bob's approval, in the shell
+
+
+# -- loose ends: nothing waits for an approval that can never run ---------------------------------
+
+
+def test_release_approve_with_nothing_waiting_says_so(requester, approver, plan):
+    with pytest.raises(CommandError, match="step 12 has nothing waiting for approval"):
+        release("approve", "2.8.5", "--step", "12", "--user", "bob")
+    assert refused("approve", "bob") == 1
+
+
+@pytest.mark.parametrize("stop", ["abort", "skip"])
+def test_aborting_or_skipping_a_step_withdraws_its_pending_request(
+    requester, approver, plan, sent_tasks, stop
+):
+    step = step12(plan)
+    paused(step)
+    release("resume", "2.8.5", "--user", "alice")
+    request = pending(plan)
+    assert request is not None and request.action == "resume"
+
+    if stop == "abort":
+        release("abort", "2.8.5", "--user", "alice")
+    else:
+        release("skip", "2.8.5", "--step", "12", "--reason", "done by hand", "--user", "alice")
+
+    request.refresh_from_db()
+    assert request.state == "withdrawn" and request.decided_by_username == "alice"
+    withdrawal = AuditEvent.objects.get(action="withdraw", outcome="ok", step=step)
+    assert f"request #{request.pk}" in withdrawal.message and stop[:4] in withdrawal.message
+    with pytest.raises(CommandError, match="no longer pending"):  # it can never run later
+        release("approve", "2.8.5", "--step", "12", "--request", str(request.pk), "--user", "bob")
+    assert sent_tasks.call_count == 0

@@ -148,9 +148,10 @@ class LaunchMixin:
                 self.message_user(request, f"Approved: step {step.number} is {step.state}.", messages.SUCCESS)
             return self.plan_redirect(plan)
         launch_request = approvals.pending_request(step)
+        what = launch_request.what if launch_request else "launch"
         context = {
             **self.admin_site.each_context(request),
-            "title": f"Approve the launch of step {step.number} of release {plan.version}?",
+            "title": f"Approve the {what} of step {step.number} of release {plan.version}?",
             "opts": self.opts,
             "original": plan,
             "step": step,
@@ -170,7 +171,7 @@ class LaunchMixin:
                 request,
                 plan,
                 lambda: approvals.withdraw_request(step, request.user, request_id=_request_id(request)),
-                "Withdrew the launch of",
+                "Withdrew the request for",
             )
         return self.plan_redirect(plan)
 
