@@ -84,7 +84,7 @@ def test_csv_export_has_the_documented_columns(client, auditor):
     header, row = list(csv.reader(io.StringIO(content)))
     assert header == CSV_COLUMNS == [
         "id", "at", "username", "action", "outcome", "release", "step", "environment", "reason",
-        "message", "parameters",
+        "message", "parameters", "channel", "account",
     ]  # fmt: skip
     values = dict(zip(header, row, strict=True))
     assert values["id"] == str(event.pk)
@@ -92,6 +92,7 @@ def test_csv_export_has_the_documented_columns(client, auditor):
     assert (values["username"], values["action"], values["outcome"]) == ("ops-lead", "skip", "ok")
     assert (values["reason"], values["step"], values["release"]) == ("not needed", "", "")
     assert values["parameters"] == '{"changes": {"position": [2, 1]}}'
+    assert (values["channel"], values["account"]) == ("system", "")
 
 
 def test_csv_export_defuses_spreadsheet_formulas(client, auditor):

@@ -14,6 +14,8 @@ CSV columns (fixed; scripts rely on them), one row per event, newest first:
     reason        the reason given (a skip's), if any
     message       what the portal said (a refusal's why, a step's end)
     parameters    the event's parameters as JSON (before/after values of a change, counts, …)
+    channel       where it came from: admin, shell, api or system
+    account       the operating-system account of a shell command (the API: the token's name)
 
 A text cell that a spreadsheet would run as a formula (starting with =, +, -, @, a tab or a carriage
 return) is written with a leading apostrophe.
@@ -44,6 +46,8 @@ CSV_COLUMNS = [
     "reason",
     "message",
     "parameters",
+    "channel",
+    "account",
 ]
 _FIELDS = [
     "id",
@@ -57,7 +61,10 @@ _FIELDS = [
     "reason",
     "message",
     "parameters",
+    "channel",
+    "channel_account",
 ]
+_PARAMETERS = _FIELDS.index("parameters")
 CHUNK = 2000  # rows fetched from the database at a time while streaming
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
@@ -88,7 +95,7 @@ def csv_rows(queryset):
     for row in queryset.values_list(*_FIELDS).iterator(chunk_size=CHUNK):
         values = list(row)
         values[1] = at_second(values[1])
-        values[-1] = json.dumps(values[-1], sort_keys=True, default=str)
+        values[_PARAMETERS] = json.dumps(values[_PARAMETERS], sort_keys=True, default=str)
         yield writer.writerow([_cell(v) for v in values])
 
 
@@ -104,14 +111,19 @@ class AuditEventAdmin(ReadOnlyAdmin):
         "plan_version",
         "step_number",
         "environment_name",
+        "channel_display",
         "message",
     )
-    list_filter = ("outcome", "action", "environment_name", "plan_version", "username", "at")
+    list_filter = ("outcome", "action", "environment_name", "plan_version", "username", "channel", "at")
     date_hierarchy = "at"
     search_fields = ("username", "action", "message", "plan_version")
     exclude = ("user", "plan", "step", "environment")
     readonly_fields = ("at_display",)
     show_full_result_count = False  # a second COUNT over the whole trail on every page is wasted
+
+    @admin.display(description="channel", ordering="channel")
+    def channel_display(self, obj):
+        return f"{obj.channel} ({obj.channel_account})" if obj.channel_account else obj.channel
 
     @admin.display(description="at", ordering="at")
     def at_display(self, obj):
