@@ -65,14 +65,8 @@ def get_plan(version: str) -> ReleasePlan:
 
 
 def stage_chain(step: StepRun) -> list[StepRun]:
-    """`step` and the steps a stage launch continues with: the same environment, up to a manual gate."""
-    later = step.plan.steps.select_related("environment").filter(number__gt=step.number).order_by("number")
-    chain = [step]
-    for following in later:
-        if following.environment_id != step.environment_id or following.kind in MANUAL_KINDS:
-            break
-        chain.append(following)
-    return chain
+    """`step` and the steps a stage launch continues with (StepRun.stage_chain)."""
+    return step.stage_chain()
 
 
 def launch_refusal(step: StepRun) -> str:

@@ -237,9 +237,7 @@ def blast_radius(step: StepRun, *, stage: bool = False) -> dict:
     """Everything a launch may reach, read from Atlas now: the step, and for a stage every later
     step of its environment up to a manual gate, with sites per batch, deletions and updates
     apart, and the counts to confirm (`confirmed_counts`), as `release launch` shows them."""
-    from .cli import stage_chain  # the chain `release launch --stage` and continue_stage follow
-
-    steps = [s for s in stage_chain(step) if s.state not in DONE] if stage else [step]
+    steps = [s for s in step.stage_chain() if s.state not in DONE] if stage else [step]
     probes = CredentialsProbes()  # one credentials probe per environment for the whole page
     previews = [preview_step(s, probes=probes) for s in steps]
     deletions = sum(p.get("total", 0) for p in previews if p["kind"] == StepKind.DELETE_SITES)

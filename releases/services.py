@@ -225,7 +225,11 @@ def launch(
         with transaction.atomic():
             step.launch(user, continue_stage=stage)
             if confirmed is not None:
-                _record_confirmed(step, confirmed)
+                _record_confirmed(step, confirmed, stage=stage)
+            elif via != "stage":
+                # Launched without a confirmation (`--yes`): an earlier launch's counts are not this one's.
+                StepRun.objects.filter(pk=step.pk).update(confirmed_targets=None)
+                step.confirmed_targets = None
             AuditEvent.record("launch", user=user, step=step, parameters=params)
             _enqueue(step, strict=via != "stage")
     except TransitionRefused as exc:
@@ -329,8 +333,16 @@ def _selector_refusal(step: StepRun) -> str:
     return ""
 
 
-def _record_confirmed(step: StepRun, confirmed: dict) -> None:
-    """Keep each reached step's confirmed counts on the step itself (the engine compares)."""
+def _record_confirmed(step: StepRun, confirmed: dict, *, stage: bool) -> None:
+    """Keep each reached step's confirmed counts on the step itself (the engine compares). A site
+    step the launch reaches but the confirmation does not show (its preview failed) confirmed no
+    batch: each of its batches pauses it before its first write."""
+    reached = step.stage_chain() if stage else [step]
+    confirmed = dict(confirmed)
+    for other in reached:
+        if other.kind in (StepKind.DELETE_SITES, StepKind.UPDATE_SITES) and other.state not in DONE:
+            if other.number not in confirmed and str(other.number) not in confirmed:
+                confirmed[other.number] = {}
     for number, counts in confirmed.items():
         step.plan.steps.filter(number=int(number)).exclude(state__in=DONE).update(confirmed_targets=counts)
     if step.number in confirmed or str(step.number) in confirmed:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import time
 
-from atlas.errors import OutcomeUnknown
+from atlas.errors import Cancelled, OutcomeUnknown
 from atlas.types import CodeItem
 
 from ..states import CASCADE_AWAITING, CASCADE_CONFIRMED, StepState
@@ -22,6 +23,29 @@ def find_release_item(ctx: StepContext) -> CodeItem | None:
     return items[0] if items else None
 
 
+def _stoppable(kind):
+    """A code step whose writes stop for the operator: a pause or abort that comes while a write
+    is being retried (a 503, a timeout) stops the step before the retry is sent. What the first
+    attempt did is unknown, so the result keeps saying the write was sent: a resume reads Atlas
+    first (the commit PATCH's grace period, the release item found again) and sends nothing twice."""
+
+    @functools.wraps(kind)
+    def run(ctx: StepContext) -> Outcome:
+        with ctx.resends_ask_the_operator():
+            try:
+                return kind(ctx)
+            except Cancelled as exc:
+                requested = ctx.beat()  # raises LeaseLost when that is why the client stopped
+                if not requested:
+                    raise
+                ctx.save_result()
+                return _stopped(ctx, requested, f"{exc}; its earlier attempt's outcome is unknown and "
+                                "is read from Atlas again before anything is sent")  # fmt: skip
+
+    return run
+
+
+@_stoppable
 def deploy_code(ctx: StepContext) -> Outcome:
     plan, params = ctx.step.plan, ctx.step.params
     commit = plan.commit_for(params.get("commit", "release"))
@@ -59,6 +83,7 @@ def deploy_code(ctx: StepContext) -> Outcome:
     return _wait_for_deploy(ctx, f"code item {ctx.result['code_id']} on {commit[:12]}")
 
 
+@_stoppable
 def update_code(ctx: StepContext) -> Outcome:
     """Point the release item at the final commit (a PATCH without `meta`, so Atlas cascades to
     every site on the item), then optionally make it current in a second PATCH.

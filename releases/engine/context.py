@@ -11,6 +11,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -182,7 +184,25 @@ class StepContext:
             if requested:
                 return requested
             time.sleep(min(left, 0.25))
-        return self.beat()
+        # The last look asks the database, not the heartbeat's answer of up to a beat ago: a pause
+        # or abort that came at the very end of the wait is not lost.
+        return self.beat(force=True)
+
+    def requested_now(self) -> str:
+        """The operator's request as the database says it now ('' to go on); renews the lease."""
+        return self.beat(force=True)
+
+    @contextmanager
+    def resends_ask_the_operator(self) -> Iterator[None]:
+        """While it holds, the client sends a write (or a retry of one after a 503 or a timeout)
+        only if no pause or abort came meanwhile, asked of the database each time: for the code
+        steps, whose few writes each change a whole environment."""
+        previous = self.client.proceed
+        self.client.proceed = lambda: previous() and not self.requested_now()
+        try:
+            yield
+        finally:
+            self.client.proceed = previous
 
     def save_result(self) -> None:
         """Write the step's result, only while this worker still holds the step."""

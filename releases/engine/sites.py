@@ -72,6 +72,9 @@ def _run_site_step(ctx: StepContext, *, delete: bool) -> Outcome:
     if not ctx.result.get("snapshot"):
         if delete:
             ctx.result["pool_before"] = ctx.client.count("sites", {"status": "available"})
+        # A snapshot that an earlier run left unfinished is read again whole: its batches too.
+        ctx.result.pop("batches", None)
+        ctx.result.pop("shrunk", None)
         try:
             snapshot = Snapshot(ctx, item.id, only_available=delete)
         except NoSelectors as exc:

@@ -12,6 +12,7 @@ from ..states import (
     CASCADE_CONFIRMED,
     DONE,
     LAUNCHABLE,
+    MANUAL_KINDS,
     SKIPPABLE,
     SiteState,
     StepKind,
@@ -126,6 +127,19 @@ class StepRun(models.Model):
         return f"{self.plan.version} step {self.number}: {self.title}"
 
     # -- guards ----------------------------------------------------------------------------
+
+    def stage_chain(self) -> list["StepRun"]:
+        """This step and the steps a stage launch from it continues with: the same environment,
+        up to a manual gate (`release launch --stage`, `services.continue_stage`, the previews)."""
+        later = (
+            self.plan.steps.select_related("environment").filter(number__gt=self.number).order_by("number")
+        )
+        chain = [self]
+        for following in later:
+            if following.environment_id != self.environment_id or following.kind in MANUAL_KINDS:
+                break
+            chain.append(following)
+        return chain
 
     def blockers(self) -> list[str]:
         """Why this step may not start now (empty when it may)."""
@@ -284,6 +298,23 @@ class StepRun(models.Model):
         changes = dict(
             state=state, message=message, lease_owner="", lease_expires_at=None, requested="", activity=""
         )
+        if state == StepState.SUCCEEDED:
+            # A pause or abort asked as the step's last write ended: the step did succeed, but the
+            # stage stops here rather than launching its next step as if nobody had asked.
+            for asked in ("abort", "pause"):
+                stopped = {
+                    **changes,
+                    "finished_at": timezone.now(),
+                    "continue_stage": False,
+                    "message": f"{message} (the stage stops here: {asked} was asked as the step ended)"[
+                        :4000
+                    ],
+                    **({"result": result} if result is not None else {}),
+                }
+                if mine.filter(requested=asked).update(**stopped):
+                    for key, value in stopped.items():
+                        setattr(self, key, value)
+                    return True
         if state != StepState.PAUSED:
             changes["finished_at"] = timezone.now()
         if result is not None:
