@@ -9,13 +9,14 @@ import sys
 import threading
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import CommandError, CommandParser
 
 from atlas.simulator import ENVIRONMENTS, SimulatorServer
 from atlas.simulator.server import SWITCH_INTERVAL_SECONDS
+from portal import commands
 
 
-class Command(BaseCommand):
+class Command(commands.Command):
     help = "Serve a simulated Atlas (real Eve over mongomock) with a realistic population."
     requires_system_checks: list[str] = []
     requires_migrations_checks = False

@@ -9,8 +9,9 @@ from __future__ import annotations
 import argparse
 import os
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 
+from portal import commands
 from releases import channel as channels
 from releases import cli, services
 from releases.models import Environment
@@ -36,11 +37,11 @@ SETTABLE = {
 }
 
 
-class Command(BaseCommand):
+class Command(commands.Command):
     help = "Show or change an Atlas environment's settings. `set` requires --user and is audited."
 
     def add_arguments(self, parser):
-        sub = parser.add_subparsers(dest="action", required=True, metavar="SUBCOMMAND")
+        sub = commands.subcommands(parser, dest="action", required=True, metavar="SUBCOMMAND")
         p = sub.add_parser("show", help="Show one environment, or all of them.")
         p.add_argument("name", nargs="?", metavar="NAME", help="DEV, TEST or PROD (default: all).")
         p.add_argument("--json", action="store_true", help="Print one JSON document on stdout.")

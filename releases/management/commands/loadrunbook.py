@@ -1,15 +1,15 @@
 """Create the three environments, their update groups and the default runbook. Idempotent."""
 
 from django.conf import settings
-from django.core.management.base import BaseCommand
 from django.db import transaction
 
+from portal import commands
 from releases import channel as channels
 from releases.models import AuditEvent, Environment, UpdateGroup
 from releases.runbook import DEFAULT_GROUPS, ENVIRONMENTS
 
 
-class Command(BaseCommand):
+class Command(commands.Command):
     help = "Create DEV/TEST/PROD from the ATLAS_* variables and the seed runbook's selectors."
 
     def add_arguments(self, parser):

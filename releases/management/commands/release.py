@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import sys
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 
+from portal import commands
 from releases import approvals, cli, reports, services
 from releases import channel as channels
 from releases.models import AuditEvent, ReleasePlan
@@ -19,7 +20,7 @@ from releases.states import DONE, StepState
 HELP_USER = "Staff account the action is recorded under (required; its permissions are checked)."
 
 
-class Command(BaseCommand):
+class Command(commands.Command):
     help = (
         "Create, preview, launch and follow release plans. Mutating subcommands require --user. "
         "Exit codes: 0 done, 1 refused or not succeeded, 2 bad usage, 3 --timeout passed."
@@ -30,7 +31,7 @@ class Command(BaseCommand):
     requires_system_checks = []
 
     def add_arguments(self, parser):
-        sub = parser.add_subparsers(dest="action", required=True, metavar="SUBCOMMAND")
+        sub = commands.subcommands(parser, dest="action", required=True, metavar="SUBCOMMAND")
         self._add_create(sub)
         p = sub.add_parser("preview", help="Show what a step (or every step) would do, read from Atlas.")
         _version(p)

@@ -20,8 +20,9 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Permission
 from django.core.management import call_command
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 
+from portal import commands
 from releases import roles
 from releases.models import Environment
 
@@ -54,7 +55,7 @@ DEMO_ACCOUNTS = {
 }  # fmt: skip
 
 
-class Command(BaseCommand):
+class Command(commands.Command):
     help = "Run the portal with three simulated Atlas environments and a worker (Ctrl-C stops all)."
 
     def add_arguments(self, parser):
