@@ -2,15 +2,17 @@
 
 import random
 import time
+from collections.abc import Iterable
 from typing import Any
 
 from eve import Eve
 from eve.auth import BasicAuth
 from flask import Flask, Response, current_app, g, jsonify
 
-from . import behaviours, population
+from . import behaviours, drush, population
 from . import events as ev
 from .datalayer import CachedSchemaValidator, MongomockData, install_fast_copies, install_id_index
+from .drupal import DrupalSettings
 from .schema import ATLAS_VERSION, eve_settings
 from .state import SimulatorState
 from .wsgi import SerializedWSGI
@@ -43,12 +45,23 @@ def build_app(
     prefix: str = "",
     pool_refill_delay: float = 2.0,
     pool_size: int | None = None,
+    update_workers: int = 4,
+    update_ms: float = 50,
+    command_workers: int = 4,
+    command_ms: float = 10,
+    broken_rate: float = 0.0,
+    cron_seconds: float = 0.0,
+    drush_denied: Iterable[str] = (),
 ) -> Flask:
     """Build a seeded simulated Atlas for `environment` (dev, test or prod).
 
     `sites` overrides the environment's population size; `users` adds accounts beside
     `username`/`password`; `prefix` serves the API under `/<prefix>/` (as Atlas is under
     `/atlas` behind Apache); `pool_size` defaults to the seeded number of available sites.
+    Atlas's update queue runs `update_workers` site updates at once, `update_ms` each; its
+    command queue `command_workers` drush runs, `command_ms` each; `broken_rate` of the updates
+    onto new code break their site; with `cron_seconds` every site reports its statistics once
+    per that period; `drush_denied` users lack the drush role (see `drupal` and `drush`).
     The returned app carries `app.simulator` (a `SimulatorState`).
     """
     environment = environment.lower()
@@ -69,8 +82,21 @@ def build_app(
         rng=random.Random(f"atlas-{environment}-{seed}"),
     )
     state.attach_tasks(delay=pool_refill_delay)
+    state.attach_drupal(
+        DrupalSettings(
+            update_workers=update_workers,
+            update_ms=update_ms,
+            command_workers=command_workers,
+            command_ms=command_ms,
+            broken_rate=broken_rate,
+            cron_seconds=cron_seconds,
+        ),
+        seed=seed,
+    )
+    state.drush_denied.update(drush_denied)
     app.simulator = state
     behaviours.register(app, state)
+    drush.register(app, state)
     _add_routes(app, state)
     seeded = _seed(app, state, sites=sites, seed=seed)
     state.tasks.pool_size = seeded.available if pool_size is None else pool_size

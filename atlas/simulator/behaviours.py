@@ -212,6 +212,8 @@ class AtlasHooks:
             item.setdefault("dates", {}).setdefault("created", item["_created"])
 
     def after_sites_inserted(self, items: list[dict]) -> None:
+        self.state.drupal.statistics.create(items)
+        self.state.drupal.paths_changed()
         if any(item.get("status") == "pending" for item in items):
             self.state.tasks.request_provision()
 
@@ -226,7 +228,14 @@ class AtlasHooks:
             self.log.record(ev.SITE_UPDATE, original["_id"], profile=str(profile), source=source)
 
     def after_site_updated(self, updates: dict, original: dict) -> None:
+        if "code" in updates:
+            source = "cascade" if g.get("atlas_cascade") else "client"
+            self.state.drupal.queue_update(original, updates, source)
+        if "path" in updates:
+            self.state.drupal.paths_changed()
         status = updates.get("status")
+        if status == "down":
+            self.state.drupal.statistics.drop(original["_id"])  # take_down deletes them
         if status in TASK_OUTCOME:
             self.state.tasks.request_transition(original["_id"], status)
         if original.get("status") in POOL_STATUSES and status and status not in POOL_STATUSES:
@@ -246,6 +255,8 @@ class AtlasHooks:
         self.log.record(
             ev.SITE_REMOVE, site_id, sid=site.get("sid"), path=site.get("path"), status=site.get("status")
         )
+        self.state.drupal.remove(site_id)
 
     def after_site_deleted(self, original: dict) -> None:
+        self.state.drupal.paths_changed()
         self.state.tasks.request_refill()

@@ -23,6 +23,16 @@ TRANSITION = "transition"  # an Atlas task finished a status change (installing 
 TOUCH = "touch"  # an Atlas task wrote to a site (bumps its _etag)
 POOL_TAKE = "pool_take"  # an install or restore took an available site from the pool
 AUTH_FAILED = "auth_failed"  # a request whose Basic credentials Atlas refused (an LDAP bind each)
+# Atlas's update_queue (id: the site). Every queued update ends with one update_finished.
+UPDATE_QUEUED = "update_queued"  # a PATCH carrying `code` queued a site_update (profile, source)
+UPDATE_STARTED = "update_started"  # a worker took it: the profile symlink now points at the new code
+UPDATE_FINISHED = "update_finished"  # updb and cache clear done (broken, pending, superseded, skipped)
+# Drush (id: the drush item, then the site) and what the sites themselves do.
+DRUSH_EXECUTE = "drush_execute"  # POST /drush/<id>/execute was accepted (drush_prepare queued)
+DRUSH_PREPARE = "drush_prepare"  # drush_prepare read the item's query: `matched` sites, or `error`
+DRUSH_RUN = "drush_run"  # the commands ran on one site (`ok`: the site could bootstrap)
+STATISTICS_REPORT = "statistics_report"  # a site wrote its statistics item (version, error, source)
+PAGE_GET = "page_get"  # a GET of a site's page (path, status; id: the site, or "" for none)
 
 
 class EventLog:

@@ -24,6 +24,23 @@ UNAVAILABLE_BODY = (
     b"<p>The server is temporarily unable to service your request.</p>\n</body></html>\n"
 )
 
+TOO_LONG_BODY = (
+    b'<!DOCTYPE HTML PUBLIC "-//IETF//DTD HTML 2.0//EN">\n<html><head>\n'
+    b"<title>414 Request-URI Too Long</title>\n</head><body>\n<h1>Request-URI Too Long</h1>\n"
+    b"<p>The requested URL's length exceeds the capacity limit for this server.<br />\n</p>\n"
+    b"</body></html>\n"
+)
+
+
+def _request_line_length(environ: dict) -> int:
+    """The length of the path and query string as sent (still percent-encoded)."""
+    path = environ.get("RAW_URI") or environ.get("REQUEST_URI")
+    if not path:
+        path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
+        if environ.get("QUERY_STRING"):
+            path += "?" + environ["QUERY_STRING"]
+    return len(path)
+
 
 @dataclass(frozen=True)
 class Faults:
@@ -46,6 +63,9 @@ class Faults:
       site first: the worst case of the churn, a DELETE racing an install.
     - `cascade_delay_ms`: the code→site cascade of a code PATCH sleeps this long per site
       (without holding the simulator's lock), as Atlas's is slow: the item is stored first.
+    - `max_url_length`: a request whose path and query string are longer is refused with 414,
+      as Apache does past its `LimitRequestLine` (8190 by default); Atlas's own GET of a drush
+      item's query fails the same way. 0: no limit.
     """
 
     write_latency_ms: float = 0
@@ -59,6 +79,7 @@ class Faults:
     pool_take_rate: float = 0.0
     take_before_delete_rate: float = 0.0
     cascade_delay_ms: float = 0
+    max_url_length: int = 0
 
 
 class FaultInjector:
@@ -86,6 +107,7 @@ class FaultInjector:
             self.faults = faults
             self._fail_next = faults.fail_next or 0
         self.state.cascade_delay = faults.cascade_delay_ms / 1000
+        self.state.max_url_length = faults.max_url_length
 
     def _roll(self, rate: float) -> bool:
         if rate <= 0:
@@ -132,6 +154,8 @@ class FaultInjector:
                 time.sleep(faults.write_latency_ms / 1000)
             if self.state.stopped:  # the server stopped while this request slept: Atlas is gone
                 return self._unavailable()
+            if faults.max_url_length and _request_line_length(environ) > faults.max_url_length:
+                return self._too_long()
             if (not faults.fail_methods or method in faults.fail_methods) and self._should_fail():
                 return self._unavailable(faults.fail_status)
             self._maybe_churn(environ, method, faults)
@@ -166,6 +190,14 @@ class FaultInjector:
         target = self._site_id(environ)
         if target and self._roll(faults.etag_race_rate):
             self.state.touch_site(target)
+
+    @staticmethod
+    def _too_long() -> BufferedResponse:
+        headers = [
+            ("Content-Type", "text/html; charset=iso-8859-1"),
+            ("Content-Length", str(len(TOO_LONG_BODY))),
+        ]
+        return BufferedResponse("414 Request-URI Too Long", headers, TOO_LONG_BODY)
 
     @staticmethod
     def _unavailable(status: int = 503) -> BufferedResponse:

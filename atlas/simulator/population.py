@@ -17,7 +17,10 @@ from bson import ObjectId
 from eve.utils import config, document_etag
 
 from .cohorts import Cohort, cohorts_for
+from .datalayer import store_new
+from .drupal import NO_INSTANCE_STATUSES
 from .slugs import SlugMaker
+from .statistics import code_schema, report_payload
 
 if TYPE_CHECKING:
     from .state import SimulatorState
@@ -80,6 +83,10 @@ def seed(state: "SimulatorState", *, sites: int | None, seed: int) -> Seeded:
     documents = _site_documents(cohorts, code_ids, rng, clock)
     _insert_with_versions(state.db, "sites", documents)
     state.remember_sids(doc["sid"] for doc in documents)
+    versions = {code_ids[spec.key]: spec.version for spec in code_specs(state.environment)}
+    # No shadow copies: Eve's late_versioning_catch writes version 1's at an item's first write,
+    # as for documents stored before versioning was turned on.
+    store_new(state.db["statistics"], _statistics_documents(documents, versions, rng, clock))
     available = sum(1 for doc in documents if doc["status"] == "available")
     return Seeded(code=code_ids, sites=len(documents), available=available)
 
@@ -176,15 +183,54 @@ def _site_dates(status: str, rng: random.Random) -> dict[str, datetime]:
     return dates
 
 
-def _with_eve_meta(document: dict, resource: str, created: datetime, updated: datetime) -> dict:
-    """Add the fields Eve's POST writes; the ETag is Eve's own, computed as POST does."""
+def _statistics_documents(
+    sites: list[dict], versions: dict[ObjectId, str], rng: random.Random, clock: _IdClock
+) -> list[dict]:
+    """Each site's statistics item, created with the site. Sites with an instance wrote their
+    last report from cron a few hours before the seed date: their profile's version, clean."""
+    documents = []
+    for site in sites:
+        if site["status"] == "down":
+            continue  # take_down deleted it
+        created = site["dates"]["created"]
+        document: dict[str, Any] = {"site": site["_id"]}
+        updated = created
+        if site["status"] not in NO_INSTANCE_STATUSES and site["status"] != "available":
+            updated = max(created, SEEDED_AT - timedelta(seconds=rng.randint(0, 12 * 3600)))
+            version = versions[site["code"]["profile"]]
+            document.update(
+                report_payload(
+                    site["_id"],
+                    path=site["path"],
+                    status=site["status"],
+                    version=version,
+                    schema=code_schema(version),
+                    error=False,
+                    at=updated.timestamp(),
+                )
+            )
+        document["_id"] = clock.object_id(created)
+        # Nobody writes a site's report but the site, and a client never recomputes an ETag:
+        # a random one spares Eve's JSON encoding of thousands of reports.
+        etag = f"{rng.getrandbits(160):040x}"
+        documents.append(_with_eve_meta(document, "statistics", created, updated, etag=etag))
+    return documents
+
+
+def _with_eve_meta(
+    document: dict, resource: str, created: datetime, updated: datetime, etag: str | None = None
+) -> dict:
+    """Add the fields Eve's POST writes; the ETag is Eve's own, computed as POST does, unless
+    one is given."""
     document[config.DATE_CREATED] = created
     document[config.LAST_UPDATED] = updated
     document[config.DELETED] = False
     document[config.VERSION] = 1
-    ignore_fields = config.DOMAIN[resource]["etag_ignore_fields"]
-    without_id = {key: value for key, value in document.items() if key != "_id"}
-    document[config.ETAG] = document_etag(without_id, ignore_fields=ignore_fields)
+    if etag is None:
+        ignore_fields = config.DOMAIN[resource]["etag_ignore_fields"]
+        without_id = {key: value for key, value in document.items() if key != "_id"}
+        etag = document_etag(without_id, ignore_fields=ignore_fields)
+    document[config.ETAG] = etag
     return document
 
 
@@ -192,7 +238,7 @@ def _insert_with_versions(db: Any, resource: str, documents: list[dict]) -> None
     """Insert documents and their version-1 shadow copies as Eve's versioning stores them."""
     if not documents:
         return
-    db[resource].insert_many(documents)
+    store_new(db[resource], documents)
     schema_fields = set(config.DOMAIN[resource]["schema"])
     kept = schema_fields | {config.LAST_UPDATED, config.ETAG, config.DELETED}
     shadows = []
@@ -201,7 +247,7 @@ def _insert_with_versions(db: Any, resource: str, documents: list[dict]) -> None
         shadow["_id" + config.VERSION_ID_SUFFIX] = document["_id"]
         shadow[config.VERSION] = document[config.VERSION]
         shadows.append(shadow)
-    db[resource + config.VERSIONS].insert_many(shadows)
+    store_new(db[resource + config.VERSIONS], shadows)
 
 
 def aggregate(sites: Any) -> dict[str, Any]:

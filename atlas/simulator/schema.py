@@ -1,7 +1,9 @@
 """The Eve domain and settings of the simulated Atlas (atlas-api.md §1 and §2).
 
-The resources mirror `atlas/data_structure.py` of CuBoulder/atlas for the two resources the
-release portal drives, `code` and `sites`; the settings mirror Atlas's Eve configuration.
+The resources mirror `atlas/data_structure.py` of CuBoulder/atlas for what the release portal
+drives or reads: `code` and `sites`, the sites' own `statistics` reports (the fields a release
+needs, and a few content counts) and `drush` items; the settings mirror Atlas's Eve
+configuration.
 """
 
 from typing import Any
@@ -110,9 +112,61 @@ SITES_SCHEMA: dict[str, Any] = {
             "taken_down": {"type": "datetime", "nullable": True},
         },
     },
-    # Atlas relates this to `statistics`, a resource the simulator does not serve.
+    # Atlas relates this to `statistics` (a data relation the simulator does not check).
     "statistics": {"type": "objectid"},
     "install": {"type": "boolean", "default": True, "nullable": True},
+    "created_by": {"type": "string"},
+    "modified_by": {"type": "string"},
+}
+
+
+def _nullable(kind: str) -> dict[str, Any]:
+    return {"type": kind, "nullable": True}
+
+
+# Atlas's STATISTICS_SCHEMA, reduced to what a site reports about its code and a few counts.
+STATISTICS_SCHEMA: dict[str, Any] = {
+    "site": {
+        "type": "objectid",
+        "data_relation": {"resource": "sites", "field": "_id"},
+        "required": True,
+        "unique": True,
+    },
+    "name": {"type": "string", "minlength": 1, "nullable": True},
+    "status": {"type": "string", "minlength": 1, "nullable": True},
+    "nodes_total": _nullable("integer"),
+    "node_revision_total": _nullable("integer"),
+    "nodes_by_type": {
+        "type": "dict",
+        "nullable": True,
+        "schema": {kind: _nullable("integer") for kind in ("page", "article", "person", "file", "webform")},
+    },
+    "days_since_last_edit": _nullable("integer"),
+    "days_since_last_login": _nullable("integer"),
+    "beans_total": _nullable("integer"),
+    "variable_cron_last": _nullable("integer"),
+    # The profile's `.info` version as read from disk: new as soon as the symlink is switched.
+    "express_code_version": _nullable("string"),
+    # express_core's schema in the site's database: moves only when `drush updb` ran.
+    "express_core_schema_version": _nullable("integer"),
+    "theme_is_responsive": _nullable("boolean"),
+    # True when Drupal has an error-level requirement; pending database updates are one.
+    "drupal_system_status": _nullable("boolean"),
+    "created_by": _nullable("string"),
+    "modified_by": _nullable("string"),
+}
+
+# Atlas's DRUSH_SCHEMA. `query` defaults to the boolean True there (Cerberus 0.9 fills it after
+# validating); the simulator fills it in its insert hook, as for the code item's defaults.
+DRUSH_SCHEMA: dict[str, Any] = {
+    "label": {"type": "string", "required": True},
+    "commands": {
+        "type": "list",
+        "schema": {"type": "string", "minlength": 5},
+        "required": True,
+        "unique": True,
+    },
+    "query": {"type": "string", "minlength": 9},
     "created_by": {"type": "string"},
     "modified_by": {"type": "string"},
 }
@@ -134,10 +188,29 @@ SITES_RESOURCE: dict[str, Any] = {
 }
 
 
+STATISTICS_RESOURCE: dict[str, Any] = {
+    "item_title": "statistics",
+    "versioning": True,
+    "soft_delete": True,
+    "schema": STATISTICS_SCHEMA,
+}
+
+DRUSH_RESOURCE: dict[str, Any] = {
+    "item_title": "drush",
+    "versioning": True,
+    "schema": DRUSH_SCHEMA,
+}
+
+
 def eve_settings(dbname: str) -> dict[str, Any]:
     """Eve settings as Atlas configures them (atlas-api.md §2)."""
     return {
-        "DOMAIN": {"code": CODE_RESOURCE, "sites": SITES_RESOURCE},
+        "DOMAIN": {
+            "code": CODE_RESOURCE,
+            "sites": SITES_RESOURCE,
+            "statistics": STATISTICS_RESOURCE,
+            "drush": DRUSH_RESOURCE,
+        },
         "MONGO_DBNAME": dbname,
         "DATE_FORMAT": DATE_FORMAT,
         "RESOURCE_METHODS": ["GET", "POST"],

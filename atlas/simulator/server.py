@@ -21,6 +21,7 @@ from waitress.task import ThreadedTaskDispatcher
 from .app import build_app
 from .events import EventLog
 from .faults import FaultInjector, Faults
+from .pages import PAGES_PATH, SitePages
 from .wsgi import StartResponse, WSGIApp, normalize_prefix
 
 # Request threads are started on demand up to this many: a request never waits for a free
@@ -158,6 +159,8 @@ class SimulatorServer:
     ...     requests.get(atlas.url + "sites")
 
     Keyword arguments go to `build_app`. `url` ends with a slash and includes the prefix.
+    `site_url` is the environment's site base URL: the sites' pages, served by the same server
+    (`<site_url>/<path>`, the homepage at `site_url` itself).
     `stop()` makes Atlas gone at once: the port refuses connections and every open connection
     is closed, including ones whose request is still being handled (it gets no answer).
     """
@@ -171,12 +174,15 @@ class SimulatorServer:
         log_requests: bool = False,
         **build_app_kwargs: Any,
     ) -> None:
+        prefix = normalize_prefix(build_app_kwargs.get("prefix", ""))
+        if prefix == PAGES_PATH:
+            raise ValueError(f"the prefix {prefix!r} is where the sites' pages are served")
         self.app = build_app(environment, **build_app_kwargs)
         self.state = self.app.simulator
-        prefix = normalize_prefix(build_app_kwargs.get("prefix", ""))
         self.injector = FaultInjector(
             self.app, self.state, prefix=prefix, seed=build_app_kwargs.get("seed", 0)
         )
+        served = SitePages(self.injector, self.state)
         self._dispatcher = _GrowingDispatcher(MAX_THREADS)
         if not log_requests:
             self._dispatcher.logger = self._dispatcher.queue_logger = quiet_log
@@ -194,7 +200,7 @@ class SimulatorServer:
         )
         try:
             self._server = _Server(
-                _AccessLog(self.injector) if log_requests else self.injector,
+                _AccessLog(served) if log_requests else served,
                 map={},
                 dispatcher=self._dispatcher,
                 adj=adjustments,
@@ -207,6 +213,7 @@ class SimulatorServer:
         self.host = host
         self.port: int = int(self._server.effective_port)
         self.url = f"http://{host}:{self.port}{prefix}/"
+        self.site_url = f"http://{host}:{self.port}{PAGES_PATH}"
         self._stop_lock = threading.Lock()
         self._stopped = False
         self._thread = threading.Thread(
@@ -247,6 +254,33 @@ class SimulatorServer:
     def touch_site(self, site_id: str | ObjectId) -> bool:
         """Make the site's current `_etag` stale, as a write by Atlas's own tasks would."""
         return self.state.touch_site(site_id)
+
+    # -- the sites and Atlas's queues (atlas-api.md §3.6) ---------------------------------
+
+    def break_on_update(self, *paths: str, report: str = "error") -> None:
+        """The sites at `paths` break when their next update onto code they never ran ends:
+        their page answers 500, and `drush atlas-statistics` writes `report`: "error" (an
+        error-level status), "clean" (only the page shows it) or "none" (drush cannot run)."""
+        with self.state.lock:
+            self.state.drupal.break_on_update(list(paths), report)
+
+    def deny_drush(self, *usernames: str) -> None:
+        """These accounts lack the drush role: `POST /drush/<id>/execute` answers 403."""
+        with self.state.lock:
+            self.state.drush_denied.update(usernames)
+
+    def report_statistics(self, site_id: str | ObjectId) -> bool:
+        """The site writes its statistics report now, as its cron would."""
+        with self.state.lock:
+            return self.state.drupal.report(ObjectId(site_id), source="cron")
+
+    def wait_for_updates(self, timeout: float = 30) -> bool:
+        """Until the update queue is empty and no update is running (False after `timeout`)."""
+        return self.state.drupal.updates.wait_idle(timeout)
+
+    def wait_for_commands(self, timeout: float = 30) -> bool:
+        """Until the command queue (drush) is empty and idle (False after `timeout`)."""
+        return self.state.drupal.commands.wait_idle(timeout)
 
     def reset_events(self) -> None:
         self.state.events.clear()

@@ -11,6 +11,7 @@ from eve.methods.patch import patch_internal
 from flask import Flask
 
 from . import events as ev
+from .drupal import Drupal, DrupalSettings
 from .tasks import AtlasTasks
 
 
@@ -31,17 +32,24 @@ class SimulatorState:
     seed_seconds: float = 0.0
     cascade_delay: float = 0.0  # seconds the code→site cascade sleeps per site (lock released)
     stopped: bool = False  # the server stopped: requests still in its threads apply nothing
+    drush_denied: set[str] = field(default_factory=set)  # users lacking the `drush` role
+    max_url_length: int = 0  # longer request lines are refused with 414 (0: no limit)
     tasks: AtlasTasks = field(init=False)
+    drupal: Drupal = field(init=False)
     _sids: set[str] = field(default_factory=set)
 
     def attach_tasks(self, *, delay: float) -> None:
         self.tasks = AtlasTasks(self.app, self.lock, self.events, self.rng, delay=delay)
+
+    def attach_drupal(self, settings: DrupalSettings, *, seed: int) -> None:
+        self.drupal = Drupal(self, settings, seed=seed)
 
     def stop(self) -> None:
         """Atlas is gone: no more requests or background work are applied."""
         with self.lock:
             self.stopped = True
         self.tasks.stop()
+        self.drupal.stop()
 
     @property
     def db(self) -> Any:

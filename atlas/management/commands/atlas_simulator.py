@@ -44,10 +44,40 @@ class Command(commands.Command):
         parser.add_argument(
             "--pool-refill-delay", type=float, default=2.0, help="Seconds before the pool refills."
         )
+        parser.add_argument(
+            "--update-workers", type=int, default=4, help="Site updates Atlas runs at once (update_queue)."
+        )
+        parser.add_argument(
+            "--update-ms", type=float, default=1500, help="Milliseconds one site update takes."
+        )
+        parser.add_argument(
+            "--broken-rate",
+            type=float,
+            default=0.0,
+            help="Share of site updates onto new code that break their site (its page answers 500).",
+        )
+        parser.add_argument(
+            "--command-workers", type=int, default=4, help="Drush runs Atlas runs at once (command_queue)."
+        )
+        parser.add_argument(
+            "--command-ms", type=float, default=100, help="Milliseconds one drush run on one site takes."
+        )
+        parser.add_argument(
+            "--cron-seconds",
+            type=float,
+            default=0.0,
+            help="Every site reports its statistics once per this many seconds (0: no cron reports).",
+        )
+        parser.add_argument(
+            "--no-drush-role",
+            action="store_true",
+            help="The --username account lacks the drush role: POST /drush/<id>/execute answers 403.",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)  # this process is the simulator's own
         environment = options["environment"]
+        self._check_numbers(options)
         password = options["password"]
         if password is None:
             password = os.environ.get(f"ATLAS_{environment.upper()}_PASSWORD") or "secret"
@@ -61,6 +91,13 @@ class Command(commands.Command):
                 password=password,
                 prefix=options["prefix"],
                 pool_refill_delay=options["pool_refill_delay"],
+                update_workers=options["update_workers"],
+                update_ms=options["update_ms"],
+                broken_rate=options["broken_rate"],
+                command_workers=options["command_workers"],
+                command_ms=options["command_ms"],
+                cron_seconds=options["cron_seconds"],
+                drush_denied=[options["username"]] if options["no_drush_role"] else [],
                 log_requests=options["verbosity"] > 1,
             )
         except OSError as error:
@@ -79,12 +116,24 @@ class Command(commands.Command):
         finally:
             server.stop()
 
+    def _check_numbers(self, options: dict) -> None:
+        for name in ("update_workers", "command_workers"):
+            if options[name] < 1:
+                raise CommandError(f"--{name.replace('_', '-')} must be at least 1")
+        for name in ("update_ms", "command_ms", "cron_seconds"):
+            if options[name] < 0:
+                raise CommandError(f"--{name.replace('_', '-')} must not be negative")
+        if not 0 <= options["broken_rate"] <= 1:
+            raise CommandError("--broken-rate must be between 0 and 1")
+
     def _announce(self, server: SimulatorServer, username: str) -> None:
         with server.lock:
             count = server.db["sites"].count_documents({})
+        settings = server.state.drupal.settings
         self.stdout.write(
             f"Atlas simulator ({server.environment}, {count} sites, seeded in "
-            f"{server.seed_seconds:.2f} s) at {server.url} — writes as user {username!r}. "
-            "Ctrl-C to stop.",
+            f"{server.seed_seconds:.2f} s) at {server.url} — writes as user {username!r}; "
+            f"the sites' pages at {server.site_url}; {settings.update_workers} update workers, "
+            f"{settings.update_ms:g} ms per site update. Ctrl-C to stop.",
         )
         self.stdout.flush()
