@@ -22,6 +22,7 @@ from django.contrib.auth.models import Permission
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
+from atlas.simulator.pages import PAGES_PATH
 from portal import commands
 from releases import roles
 from releases.models import Environment
@@ -34,6 +35,9 @@ DEMO_TIMINGS = {
     "ATLAS_BATCH_PAUSE_SECONDS": 1.0,
     "ATLAS_POOL_WAIT_SECONDS": 60.0,
 }
+# How long a simulated site update takes: long enough that a demo shows sites updating at Atlas,
+# then verified (and PROD's canary waiting), short enough that a release still takes minutes.
+DEMO_UPDATE_MS = 1500
 # The simulators' passwords, unless ATLAS_<ENV>_PASSWORD is set (the README's command lines export
 # the same values, so `manage.py release …` in another shell reaches the demo's simulators).
 SIMULATOR_PASSWORDS = {name: f"{name.lower()}-simulator" for name in ("DEV", "TEST", "PROD")}
@@ -69,6 +73,8 @@ class Command(commands.Command):
         for key, value in DEMO_TIMINGS.items():
             if key not in os.environ and not no_simulators:
                 setattr(settings, key, value)
+        if not no_simulators:
+            _point_site_urls_at_simulators()
         call_command("migrate", verbosity=0)
         call_command("loadrunbook", verbosity=0)
         self._ensure_accounts()
@@ -115,6 +121,7 @@ class Command(commands.Command):
             if port is None:
                 self.stdout.write(f"{env.name} points at {env.api_url}: not starting a simulator for it")
                 continue
+            self._use_simulator_site_url(env, port)
             args = [
                 "manage.py",
                 "atlas_simulator",
@@ -124,11 +131,22 @@ class Command(commands.Command):
                 env.name.lower(),
                 "--username",
                 env.username,
+                "--update-ms",
+                str(DEMO_UPDATE_MS),
             ]
             if env.name == "PROD":
                 args += ["--sites", str(prod_sites)]
             children.append((self._spawn(f"atlas-{env.name.lower()}", *args), env.api_url))
         return children
+
+    def _use_simulator_site_url(self, env: Environment, port: int) -> None:
+        """A row created by an earlier run keeps the placeholder site URL (example.edu, which
+        answers nothing): point it at its simulator's pages. A URL an operator set is kept."""
+        wanted = simulator_site_url(port)
+        if env.site_url == wanted or (env.site_url and not _placeholder(env.site_url)):
+            return
+        Environment.objects.filter(pk=env.pk).update(site_url=wanted)
+        self.stdout.write(f"{env.name}: site URL {wanted} (its simulator's pages)")
 
     def _spawn(self, label: str, *args: str) -> subprocess.Popen:
         self.stdout.write(f"starting {label}")
@@ -219,6 +237,26 @@ def _worker_answers() -> bool:
 
 def _interrupt(signum, frame):
     raise KeyboardInterrupt
+
+
+def simulator_site_url(port: int) -> str:
+    """Where a simulator on `port` serves its sites' pages (`SimulatorServer.site_url`)."""
+    return f"http://127.0.0.1:{port}{PAGES_PATH}"
+
+
+def _point_site_urls_at_simulators() -> None:
+    """Environments created now get their simulator's site URL, unless ATLAS_<ENV>_SITE_URL says
+    otherwise (the settings' default is a placeholder that answers nothing)."""
+    for name, defaults in settings.ATLAS_DEFAULTS.items():
+        port = _local_port(defaults["url"])
+        if port is not None and f"ATLAS_{name}_SITE_URL" not in os.environ:
+            defaults["site_url"] = simulator_site_url(port)
+
+
+def _placeholder(url: str) -> bool:
+    from urllib.parse import urlsplit
+
+    return (urlsplit(url).hostname or "").endswith(".example.edu")
 
 
 def _local_port(url: str) -> int | None:
