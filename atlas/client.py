@@ -34,6 +34,9 @@ from .errors import (
 )
 from .selectors import validate_where
 from .types import CodeItem, DeleteResult, Site, WriteResult
+from .verification import SiteChecks, site_page_url
+
+__all__ = ["AtlasClient", "site_page_url"]
 
 logger = logging.getLogger(__name__)
 
@@ -45,8 +48,11 @@ SITE_PROJECTION = {"sid": 1, "path": 1, "status": 1, "update_group": 1, "code": 
 Reread = Callable[[], tuple[bool, str]]
 
 
-class AtlasClient:
-    """One Atlas environment. Thread-safe for concurrent writes (one pooled `requests.Session`)."""
+class AtlasClient(SiteChecks):
+    """One Atlas environment. Thread-safe for concurrent writes (one pooled `requests.Session`).
+
+    What tells whether a site's update worked (statistics, drush, pages) is in `SiteChecks`.
+    """
 
     def __init__(
         self,
@@ -64,6 +70,8 @@ class AtlasClient:
         backoff_cap: float = 8.0,
         pool_size: int = 16,
         page_size: int = PAGE_SIZE,
+        page_timeout: float = 10.0,
+        statistics_chunk: int = PAGE_SIZE,
     ) -> None:
         self.base_url = base_url if base_url.endswith("/") else base_url + "/"
         parts = urlsplit(self.base_url)
@@ -97,9 +105,16 @@ class AtlasClient:
         # Asked before every write is sent, retries included: a caller that decided to stop (a
         # pause, an abort, a lost lease) sends nothing more, even from a retry loop under way.
         self.proceed: Callable[[], bool] = lambda: True
+        self._init_site_checks(
+            verify=verify,
+            page_timeout=page_timeout,
+            pool_size=pool_size,
+            statistics_chunk=min(statistics_chunk, PAGE_SIZE),
+        )
 
     def close(self) -> None:
         self.session.close()
+        self.page_session.close()
 
     # -- reads ---------------------------------------------------------------------------------
 

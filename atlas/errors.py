@@ -38,6 +38,11 @@ class AuthenticationError(AtlasError):
     caller must stop at once rather than retry (repeated failures can lock the account)."""
 
 
+class DrushRoleMissing(AuthenticationError):
+    """403 on `POST /drush/<id>/execute`: the credentials are good, but the account lacks the
+    `drush` role, so Atlas will not run drush (fresh statistics reports) for it."""
+
+
 class NotFound(AtlasError):
     """404: no such item (a soft-deleted item also answers 404, with its document)."""
 

@@ -6,6 +6,12 @@ The rest of the portal never touches raw Eve envelopes.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+# Atlas's DATE_FORMAT (atlas-api.md §0.8): whole seconds, always GMT.
+DATE_FORMAT = "%Y-%m-%d %H:%M:%S GMT"
+# What a date Atlas did not send (or sent unreadable) compares as: before any write.
+NEVER = datetime.min.replace(tzinfo=UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +92,13 @@ class WriteResult:
     already: bool = False
     body: dict = field(default_factory=dict)
 
+    @property
+    def updated(self) -> datetime:
+        """The item's `_updated` in Atlas's answer (Atlas's clock, whole seconds): what a later
+        statistics report's `updated` must be strictly after to have been written after this
+        write. `NEVER` when there was no answer body (a re-read found the write applied)."""
+        return parse_date(self.body.get("_updated"))
+
 
 @dataclass(frozen=True, slots=True)
 class DeleteResult:
@@ -98,6 +111,71 @@ class DeleteResult:
     status: int | None = None
     site_status: str = ""
     after_conflict: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Statistics:
+    """A site's `statistics` item: what the site last reported about itself (atlas-api.md §3.6).
+
+    - `version`: `express_code_version`, the profile version on the site's disk (new as soon as
+      its update switched the code, before `drush updb` ran); None until the site reported.
+    - `error`: `drupal_system_status`: True when the site has an error-level requirement, and
+      pending database updates are one; None until the site reported.
+    - `updated`: the item's `_updated` (aware, whole seconds): when the report was written.
+    """
+
+    site_id: str
+    version: str | None
+    error: bool | None
+    updated: datetime
+    schema_version: int | None = None
+    id: str = ""
+    etag: str = ""
+
+    @classmethod
+    def from_document(cls, doc: dict) -> Statistics:
+        error = doc.get("drupal_system_status")
+        schema = doc.get("express_core_schema_version")
+        return cls(
+            site_id=str(doc.get("site", "")),
+            version=_str_or_none(doc.get("express_code_version")),
+            error=error if isinstance(error, bool) else None,
+            updated=parse_date(doc.get("_updated")),
+            schema_version=schema if isinstance(schema, int) and not isinstance(schema, bool) else None,
+            id=str(doc.get("_id", "")),
+            etag=str(doc.get("_etag", "")),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class DrushItem:
+    """A `drush` item: `commands` run on every site matching `query` (a where-JSON string, as
+    stored; None when it holds Atlas's default, the boolean True) at each execute."""
+
+    id: str
+    etag: str
+    label: str = ""
+    commands: tuple[str, ...] = ()
+    query: str | None = None
+
+    @classmethod
+    def from_document(cls, doc: dict) -> DrushItem:
+        query = doc.get("query")
+        return cls(
+            id=str(doc["_id"]),
+            etag=str(doc.get("_etag", "")),
+            label=str(doc.get("label", "")),
+            commands=tuple(str(command) for command in doc.get("commands") or ()),
+            query=query if isinstance(query, str) else None,
+        )
+
+
+def parse_date(value: object) -> datetime:
+    """An Atlas date (`2019-02-15 18:30:00 GMT`) as an aware datetime; `NEVER` if unreadable."""
+    try:
+        return datetime.strptime(str(value), DATE_FORMAT).replace(tzinfo=UTC)
+    except ValueError:
+        return NEVER
 
 
 def _str_or_none(value: object) -> str | None:
