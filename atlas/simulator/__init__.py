@@ -2,7 +2,10 @@
 
 - `build_app(environment, ...)` builds one seeded simulated Atlas (a Flask/Eve app).
 - `SimulatorServer(environment, port=0, ...)` serves one over HTTP on 127.0.0.1, with event
-  log, fault injection and race controls for tests and benchmarks.
+  log, fault injection and race controls for tests and benchmarks, and the sites' pages at its
+  `site_url`.
+- The sites themselves (`drupal`): Atlas's update queue, their statistics reports (drush, cron)
+  and their pages, so a client can tell when a site's update worked, as with Atlas.
 """
 
 from .app import ENVIRONMENTS, build_app

@@ -45,12 +45,12 @@ def build_app(
     prefix: str = "",
     pool_refill_delay: float = 2.0,
     pool_size: int | None = None,
-    update_workers: int = 4,
-    update_ms: float = 50,
-    command_workers: int = 4,
-    command_ms: float = 10,
-    broken_rate: float = 0.0,
-    cron_seconds: float = 0.0,
+    update_workers: int = DrupalSettings.update_workers,
+    update_ms: float = DrupalSettings.update_ms,
+    command_workers: int = DrupalSettings.command_workers,
+    command_ms: float = DrupalSettings.command_ms,
+    broken_rate: float = DrupalSettings.broken_rate,
+    cron_seconds: float = DrupalSettings.cron_seconds,
     drush_denied: Iterable[str] = (),
 ) -> Flask:
     """Build a seeded simulated Atlas for `environment` (dev, test or prod).
