@@ -208,7 +208,7 @@ def test_run_drush_with_bad_credentials_is_an_authentication_error(simulator):
 
 def test_a_site_is_seen_updated_only_after_its_update_ran(simulator):
     """What the portal's verification relies on, end to end through the client."""
-    sim = simulator("dev", update_workers=1, update_ms=300, command_ms=1)
+    sim = simulator("dev", update_workers=1, update_ms=1000, command_ms=1)
     client = client_for(sim)
     release = release_profile(client)
     site = client.list_sites({"path": "webcentral"})[0]

@@ -162,7 +162,7 @@ def test_a_second_patch_while_the_first_is_queued_runs_both_in_order(simulator):
 
 
 def test_a_report_before_the_update_started_shows_the_old_version(simulator):
-    sim = simulator("dev", update_workers=1, update_ms=400, command_ms=1)
+    sim = simulator("dev", update_workers=1, update_ms=1000, command_ms=1)
     item = release_item(sim)
     busy, site = launched_sites(sim, 2)
     patch_profile(sim, busy, item["_id"])
@@ -176,7 +176,7 @@ def test_a_report_before_the_update_started_shows_the_old_version(simulator):
 
 
 def test_a_report_while_the_update_runs_shows_the_new_version_with_pending_updates(simulator):
-    sim = simulator("dev", update_workers=1, update_ms=600, command_ms=1)
+    sim = simulator("dev", update_workers=1, update_ms=1500, command_ms=1)
     item = release_item(sim)
     (site,) = launched_sites(sim, 1)
     patch_profile(sim, site, item["_id"])
@@ -241,7 +241,7 @@ def test_drush_reports_every_matching_site_and_only_those(simulator):
 def test_drush_reads_the_query_when_its_prepare_task_runs(simulator):
     """Execute only queues drush_prepare: a query PATCHed after an execute, before the
     command queue got to it, is the one that runs."""
-    sim = simulator("dev", command_workers=1, command_ms=300)
+    sim = simulator("dev", command_workers=1, command_ms=600)
     sites = launched_sites(sim, 4)
     drush_statistics(sim, [sites[0]["_id"]])
     wait_for(lambda: sim.events.of_kind("drush_prepare"))
@@ -362,7 +362,7 @@ def test_pages_are_outside_atlas_and_its_faults(simulator):
 
 
 def test_a_site_broken_by_its_update_answers_500_once_the_update_ended(simulator):
-    sim = simulator("dev", update_ms=300, command_ms=1)
+    sim = simulator("dev", update_ms=500, command_ms=1)
     item = release_item(sim)
     (site,) = launched_sites(sim, 1)
     sim.break_on_update(site["path"])
