@@ -1,9 +1,9 @@
 """Site steps: delete available sites (3, 10, 13) and update sites in batches (4, 6, 11, 14).
 
 The targets are snapshotted once, at launch, and persisted as SiteResult rows. Each batch then
-runs with at most `environment.parallelism` Atlas writes in flight. Before a write is sent its row
-is marked `dispatched` (durably, a chunk at a time); a dispatched row found on resume has an
-unknown outcome and is re-read from Atlas before anything is sent again.
+runs with at most `environment.parallelism` Atlas writes in flight (`dispatch.BatchDispatcher`).
+Before a write is sent its row is marked `dispatched` (durably, a chunk at a time); a dispatched
+row found on resume has an unknown outcome and is re-read from Atlas before anything is sent again.
 """
 
 from __future__ import annotations
@@ -11,8 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
-from queue import Empty, SimpleQueue
+from concurrent.futures import ThreadPoolExecutor
 
 from atlas.errors import AtlasError, AuthenticationError, Cancelled, NotFound, PossiblyDestroyed, Unavailable
 from atlas.selectors import exclude_profile
@@ -24,21 +23,11 @@ from ..states import FailurePolicy, SiteState, StepState
 from .code import find_release_item
 from .context import LeaseLost, Outcome, StepContext, credentials_refused, unreachable
 from .credentials import CredentialsCheck
+from .dispatch import BatchDispatcher, StopStep, Work, needs_check, threshold_outcome
 from .recorder import ResultRecorder, SiteOutcome
 from .snapshot import NoSelectors, Snapshot
 
 logger = logging.getLogger(__name__)
-Work = Callable[[SiteResult], SiteOutcome]
-
-
-class StopStep(Exception):
-    """Raised from a site's work when continuing the step cannot help (Atlas refuses the
-    credentials, or does not answer): the batch stops sending at once."""
-
-    def __init__(self, outcome: Outcome, *, sent: bool) -> None:
-        super().__init__(outcome.message)
-        self.outcome = outcome
-        self.sent = sent  # False: the request was refused before anything was applied
 
 
 def update_sites(ctx: StepContext) -> Outcome:
@@ -53,7 +42,7 @@ def with_checks(ctx: StepContext, message: str) -> str:
     """`message`, naming the sites to check in Atlas if there are any (a pause, an outage, an
     abort or a failure of a delete step names them too)."""
     try:
-        check = _needs_check(ctx)
+        check = needs_check(ctx)
     except Exception:  # the database is away too: the rows still carry the flag
         logger.exception("step %s: could not list the sites to check", ctx.step.pk)
         return message
@@ -102,7 +91,7 @@ def _run_site_step(ctx: StepContext, *, delete: bool) -> Outcome:
         if snapshot is not None and not ctx.lost:
             _complete_snapshot(ctx, snapshot)
     if stopped is not None and stopped.message.startswith("failure threshold"):
-        stopped = _threshold_outcome(ctx)  # counted now that every target is frozen
+        stopped = threshold_outcome(ctx)  # counted now that every target is frozen
     if stopped:
         return stopped
     if delete:
@@ -192,7 +181,7 @@ def _run_batches(
             name = ctx.result["batches"][index]["name"]
             ctx.doing(f"writing batch {index + 1} of {total} ({name})")
             rows = _remaining(ctx, index)
-            stopped = _run_batch(ctx, rows, work, recorder, pool, parallelism, credentials)
+            stopped = BatchDispatcher(ctx, rows, work, recorder, pool, parallelism, credentials).run()
             if stopped and _has_remaining(ctx, index):
                 return stopped
             # Done, even when a stop came with its last answers: the pause before the next batch
@@ -249,158 +238,6 @@ def _pause_before_batch(ctx: StepContext, index: int) -> str:
     # When the batch's writes began (after the pause): the release report's batch durations.
     ctx.result.setdefault("batch_started_at", {})[str(index)] = time.time()
     return ""
-
-
-def _run_batch(
-    ctx: StepContext,
-    rows: Iterator[SiteResult],
-    work: Work,
-    recorder: ResultRecorder,
-    pool: ThreadPoolExecutor,
-    parallelism: int,
-    credentials: CredentialsCheck,
-) -> Outcome | None:
-    """At most `parallelism` writes in flight; as many again queued so no thread waits for us.
-
-    Until Atlas has accepted the credentials one write at a time, and none before a delete step's
-    probe answered (`CredentialsCheck`); an operator's request or a lost lease meanwhile stops the
-    batch first.
-
-    A queued site is sent only if no stop (pause, abort, threshold, lost lease, an error) came
-    meanwhile; one that is not sent goes back to pending. A write in flight when the step stops
-    cannot be called back: its row stays `dispatched` unless its answer arrives, and whoever runs
-    the step next re-reads it from Atlas before sending anything.
-    """
-    # Writes queued behind the threads, so a thread never waits for this loop to hand it work
-    # (recording results, renewing nothing: the heartbeat has its own thread).
-    window = parallelism * 2 + 8
-    allowed = 1
-    queue = iter(rows)
-    ready: list[SiteResult] = []
-    unsent: list[SiteResult] = []
-    in_flight: dict = {}
-    finished: SimpleQueue = SimpleQueue()  # each write's future as it ends: O(1) a write to wait for
-    stop: Outcome | None = None
-    stopping = ctx.halt  # once set, the client sends nothing more (queued or retrying)
-    stopping.clear()
-
-    def guarded(row: SiteResult) -> SiteOutcome | None:
-        return None if stopping.is_set() or ctx.lost else work(row)
-
-    try:
-        while True:
-            stop = stop or _should_stop(ctx, recorder)
-            if stop:
-                stopping.set()
-            if stop is None:
-                if credentials.waiting():
-                    stop = _wait_for_credentials(ctx, credentials, recorder)
-                    continue
-                allowed = credentials.writes_allowed(window)  # raises what the probe met
-            while stop is None and len(in_flight) < allowed:
-                if not ready:
-                    # Marked dispatched a window at a time (one lease-checked query): a fraction
-                    # of a query a site, and a lost lease is found within one window. While the
-                    # credentials are unproven, only the one write that goes.
-                    ready = recorder.dispatch(queue, chunk=allowed)
-                    if not ready:
-                        break
-                row = ready.pop(0)
-                future = pool.submit(guarded, row)
-                in_flight[future] = row
-                future.add_done_callback(finished.put)
-            if not in_flight:
-                break
-            done = _answered(finished, timeout=0.5)
-            for future in done:
-                row = in_flight.pop(future)
-                try:
-                    outcome = future.result()
-                except StopStep as exc:
-                    stop = stop or exc.outcome
-                    stopping.set()
-                    if not exc.sent:
-                        unsent.append(row)
-                    continue
-                except Cancelled:
-                    continue  # stopped between attempts: left dispatched, re-read by the next run
-                if outcome is None:
-                    unsent.append(row)
-                else:
-                    recorder.add(row, outcome)
-            recorder.maybe_flush()
-    except LeaseLost:
-        stopping.set()  # another worker owns the step now: write nothing more
-        raise
-    except BaseException:
-        stopping.set()
-        # Queued writes that never started are known unsent: back to pending, not "unanswered".
-        unsent += [row for future, row in in_flight.items() if future.cancel()]
-        _keep_what_was_done(recorder, ready + unsent)
-        raise
-    recorder.undispatch(ready + unsent)
-    recorder.flush()
-    if stop is not None and stop.message.startswith("failure threshold"):
-        stop = _threshold_outcome(ctx, recorder)  # count the writes that were in flight too
-    return stop
-
-
-def _answered(finished: SimpleQueue, timeout: float) -> list[Future]:
-    """The writes that ended: waits up to `timeout` for the first, then takes those already there."""
-    try:
-        done = [finished.get(timeout=timeout)]
-    except Empty:
-        return []
-    while True:
-        try:
-            done.append(finished.get_nowait())
-        except Empty:
-            return done
-
-
-def _wait_for_credentials(
-    ctx: StepContext, credentials: CredentialsCheck, recorder: ResultRecorder
-) -> Outcome | None:
-    """Wait for the probe's answer, watching for a pause, an abort or a lost lease meanwhile."""
-    activity = ctx.activity
-    ctx.doing("checking the Atlas credentials")
-    while credentials.waiting():
-        stop = _should_stop(ctx, recorder)
-        if stop:
-            return stop
-        credentials.wait(0.25)
-    ctx.doing(activity)
-    return None
-
-
-def _keep_what_was_done(recorder: ResultRecorder, unsent: list[SiteResult]) -> None:
-    """After an unexpected error: record the answers already received and return the sites never
-    sent to pending, if the database lets us; the error itself is what the step reports."""
-    try:
-        recorder.undispatch(unsent)
-        recorder.flush()
-    except Exception:
-        logger.exception("step %s: could not record results after an error", recorder.step.pk)
-
-
-def _should_stop(ctx: StepContext, recorder: ResultRecorder) -> Outcome | None:
-    requested = ctx.beat()
-    if requested:
-        return Outcome.stopped(requested)
-    if ctx.environment.threshold_reached(recorder.failed_total(), recorder.targeted):
-        return _threshold_outcome(ctx, recorder)
-    return None
-
-
-def _threshold_outcome(ctx: StepContext, recorder: ResultRecorder | None = None) -> Outcome:
-    if recorder is not None and recorder.targeted:
-        failed, targeted = recorder.failed_total(), recorder.targeted
-    else:
-        counts = with_database(ctx.step.counts, "counting the step's sites")
-        failed, targeted = counts["failed"], counts["targeted"]
-    limit = ctx.environment.threshold_description()
-    message = f"failure threshold ({limit}) reached: {failed} of {targeted} sites failed"
-    return Outcome(StepState.PAUSED, "; ".join(filter(None, [message, _needs_check(ctx)])))
 
 
 def _updater(ctx: StepContext, profile_id: str) -> Work:
@@ -524,7 +361,7 @@ def _final_outcome(ctx: StepContext) -> Outcome:
     if ctx.result.get("shrunk"):
         notes.append("fewer sites than confirmed: " + "; ".join(ctx.result["shrunk"]))
     summary = f"{counts['succeeded']} succeeded, {counts['failed']} failed, {counts['skipped']} skipped"
-    check = _needs_check(ctx)
+    check = needs_check(ctx)
     if check:
         return Outcome(StepState.FAILED, "; ".join([summary, *notes, check]), ctx.result)
     if counts["failed"]:
@@ -534,19 +371,3 @@ def _final_outcome(ctx: StepContext) -> Outcome:
             state, "; ".join([summary, *notes]) + ": retry the failed sites, skip or abort", ctx.result
         )
     return Outcome(StepState.SUCCEEDED, "; ".join([summary, *notes]), ctx.result)
-
-
-def _needs_check(ctx: StepContext) -> str:
-    """Sites whose instance may have been destroyed: named in the step's message (and so in its
-    audit event); retrying never touches them, an operator must look at each in Atlas."""
-    rows = SiteResult.objects.filter(step=ctx.step, needs_check=True).order_by("id")
-    paths = with_database(lambda: list(rows.values_list("path", "site_id")[:21]), "reading the step's sites")
-    if not paths:
-        return ""
-    total = len(paths) if len(paths) <= 20 else with_database(rows.count, "counting the step's sites")
-    named = ", ".join(f"{path or '?'} ({site_id})" for path, site_id in paths[:20])
-    more = f" and {total - 20} more" if total > 20 else ""
-    return (
-        f"{total} sites possibly lost their instance to a DELETE while they were not available: {named}"
-        f"{more}. Check each in Atlas; retrying the failed sites leaves them alone"
-    )
