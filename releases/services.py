@@ -31,7 +31,7 @@ from .models import (
 )
 from .models.plan import SHA_VALIDATOR, VERSION_VALIDATOR
 from .runbook import STEPS
-from .states import ACTIVE, DONE, LAUNCHABLE, MANUAL_KINDS, StepKind, StepState
+from .states import ACTIVE, CANARY_WAITING, DONE, LAUNCHABLE, MANUAL_KINDS, StepKind, StepState
 
 logger = logging.getLogger(__name__)
 RUN_STEP_TASK = "releases.tasks.run_step"
@@ -383,7 +383,9 @@ def complete_step(step: StepRun, owner: str, outcome) -> str | None:
         )
         if step.state == StepState.SUCCEEDED and step.continue_stage:
             continue_stage(step)
-    notify.step_event(step, step.state)
+    canary = step.state == StepState.PAUSED and (step.result or {}).get("canary") == CANARY_WAITING
+    notify.step_event(step, "paused: the canary batch is verified, waiting for an operator to continue" if canary
+                      else step.state)  # fmt: skip
     return step.state
 
 
@@ -581,11 +583,18 @@ PROTECTED_SETTINGS = (
 def weakenings(env: Environment, requested: dict) -> list[str]:
     """What in `requested` would weaken `env`'s protection, in words ("two_person on → off")."""
     found = []
-    for field in ("two_person", "protected", "verify_tls"):
+    for field in ("two_person", "protected", "verify_tls", "verify", "canary"):
         if field in requested and getattr(env, field) and not requested[field]:
             found.append(f"{field} on → off")
     if "parallelism" in requested and (requested["parallelism"] or 0) > env.parallelism:
         found.append(f"parallelism {env.parallelism} → {requested['parallelism']}")
+    if {"max_unverified", "parallelism"} & requested.keys():
+        after = Environment(
+            parallelism=requested.get("parallelism", env.parallelism),
+            max_unverified=requested.get("max_unverified", env.max_unverified),
+        ).unverified_limit()
+        if after > env.unverified_limit():
+            found.append(f"sites updating at once {env.unverified_limit()} → {after}")
     if {"failure_threshold_count", "failure_threshold_percent"} & requested.keys():
         old = (env.failure_threshold_count, env.failure_threshold_percent)
         new = (

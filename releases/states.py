@@ -24,6 +24,8 @@ SKIPPABLE = (StepState.PENDING, StepState.PAUSED, StepState.FAILED, StepState.AB
 class SiteState(models.TextChoices):
     PENDING = "pending", "Pending"
     DISPATCHED = "dispatched", "Dispatched"  # sent, outcome not yet recorded: re-read before re-sending
+    # Atlas answered its PATCH and queued the real update: succeeded once verified (never re-sent).
+    UPDATING = "updating", "Updating at Atlas"
     SUCCEEDED = "succeeded", "Succeeded"
     FAILED = "failed", "Failed"
     SKIPPED = "skipped", "Skipped"
@@ -50,3 +52,8 @@ class FailurePolicy(models.TextChoices):
 # by a PATCH whose answer the portal never received; only a resume turns it into the confirmation.
 CASCADE_AWAITING = "awaiting the operator's confirmation"
 CASCADE_CONFIRMED = "confirmed by the operator"
+
+# An update step's canary (Environment.canary): waiting for an operator after its first verified
+# batch; only the operator's resume (StepRun.resume) lets it pass.
+CANARY_WAITING = "waiting for an operator"
+CANARY_PASSED = "continued by the operator"

@@ -56,10 +56,13 @@ def configure_environments(sims: dict[str, SimulatorServer], **overrides) -> dic
         parallelism=4,
         max_attempts=6,
         read_timeout_seconds=5,
+        canary=False,  # PROD's canary is its own tests' business (tests/test_verification.py)
     )
     values.update(overrides)
     for name, sim in sims.items():
-        Environment.objects.filter(name=name).update(api_url=sim.url, username="release-portal", **values)
+        Environment.objects.filter(name=name).update(
+            api_url=sim.url, site_url=sim.site_url, username="release-portal", **values
+        )
     return {e.name: e for e in Environment.objects.all()}
 
 

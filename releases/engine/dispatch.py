@@ -17,10 +17,11 @@ from atlas.errors import Cancelled
 
 from ..db import with_database
 from ..models import SiteResult
-from ..states import StepState
+from ..states import SiteState, StepState
 from .context import LeaseLost, Outcome, StepContext
 from .credentials import CredentialsCheck
 from .recorder import ResultRecorder, SiteOutcome
+from .verify import VerificationImpossible, Verifier
 
 logger = logging.getLogger(__name__)
 Work = Callable[[SiteResult], SiteOutcome]
@@ -61,8 +62,10 @@ class BatchDispatcher:
         pool: ThreadPoolExecutor,
         parallelism: int,
         credentials: CredentialsCheck,
+        verifier: Verifier | None = None,
     ) -> None:
         self.ctx = ctx
+        self.verifier = verifier  # an update step with verification on: answered is not done
         self.rows = iter(rows)
         self.work = work
         self.recorder = recorder
@@ -86,7 +89,7 @@ class BatchDispatcher:
             while True:
                 self.stop()
                 self.fill()
-                if not self.in_flight:
+                if not self.in_flight and not self._updating():
                     break
                 self.collect()
                 self.verify()
@@ -120,6 +123,10 @@ class BatchDispatcher:
         if self.stopped is not None:
             return
         self.allowed = self.credentials.writes_allowed(self.window)
+        if self.verifier is not None:
+            # Atlas's update queue is the real throttle: the sites PATCHed and not yet verified,
+            # with those whose PATCH is out, stay within `max_unverified`.
+            self.allowed = min(self.allowed, self.verifier.room())
         while len(self.in_flight) < self.allowed:
             if not self.ready:
                 # Marked dispatched a window at a time (one lease-checked query): a fraction of a
@@ -154,21 +161,40 @@ class BatchDispatcher:
                 self.unsent.append(row)
             else:
                 self.recorder.add(row, outcome)
+                if outcome.state == SiteState.UPDATING:
+                    self.verifier.answered()
         self.recorder.maybe_flush()
 
     def verify(self) -> None:
-        """Nothing yet: every answered write is final when `collect` records it.
+        """A verification round when one is due (`Verifier.poll`): sites whose own report and
+        page show the release succeed, those past their deadline fail (and count against the
+        threshold `stop` checks). Nothing while stopping: the sites stay `updating`, and whoever
+        runs the step next goes on verifying them without sending anything again."""
+        if self.verifier is None or self.stopped is not None:
+            return
+        try:
+            if self.verifier.poll(flush=self.recorder.flush) and self._updating():
+                self.ctx.doing(self._verifying_line())
+        except VerificationImpossible as exc:
+            self.stopped = Outcome(
+                StepState.PAUSED,
+                f"verification is impossible: {exc}. The sites PATCHed so far stay 'updating'; "
+                "grant the account Atlas's drush role and resume, or turn verification off "
+                f"(environment set {self.ctx.environment.name} --verify off) and resume",
+            )
+            self.halt.set()
 
-        The next change verifies sites here. A site whose PATCH Atlas answered is then `updating`
-        (Atlas runs the update later, on its queue) until verified, so the dispatcher will hold a
-        step-wide verifier, passed in like the recorder (none for a delete step, or with
-        verification off), which knows how many of the step's sites are updating and the
-        environment's `unverified_limit()`. `collect` records an answered PATCH as updating and
-        counts it there; this phase runs a verification round when one is due (reads, then the
-        verified and the failed sites recorded, failures counting towards the threshold that
-        `stop` checks); `fill` bounds the writes out by the verifier's room as well as by
-        `allowed`; and `run` goes on while anything is in flight or updating.
-        """
+    def _updating(self) -> int:
+        """Sites of the batch answered and not yet verified (0 without verification or once stopping)."""
+        if self.verifier is None or self.stopped is not None:
+            return 0
+        return self.verifier.waiting
+
+    def _verifying_line(self) -> str:
+        return (
+            f"{len(self.in_flight)} PATCHes out, {self.verifier.waiting} sites updating at Atlas "
+            f"(at most {self.verifier.limit}), waiting for their reports and pages"
+        )
 
     # -- helpers --------------------------------------------------------------------------------
 

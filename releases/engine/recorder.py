@@ -12,6 +12,7 @@ import time
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from itertools import islice
 
 from django.db import transaction
@@ -24,7 +25,9 @@ from .context import LeaseLost
 
 FLUSH_ROWS = 250
 FLUSH_SECONDS = 2.0  # results are written every 250 sites or 2 s: a fraction of a query a site
-RESULT_FIELDS = ["state", "attempts", "http_status", "response", "message", "finished_at", "needs_check"]
+RESULT_FIELDS = [
+    "state", "attempts", "http_status", "response", "message", "finished_at", "needs_check", "patched_at",
+]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,7 @@ class SiteOutcome:
     message: str
     attempts: int
     needs_check: bool = False  # an operator must look at the site in Atlas (never retried)
+    patched_at: datetime | None = None  # `updating`: when Atlas stored the PATCH (its clock)
 
 
 class ResultRecorder:
@@ -84,6 +88,7 @@ class ResultRecorder:
         row.message = outcome.message[:2000]
         row.finished_at = timezone.now()
         row.needs_check = outcome.needs_check
+        row.patched_at = outcome.patched_at
         if outcome.state == SiteState.FAILED:
             self._failed_now += 1
         self._buffer.append(row)
@@ -98,6 +103,10 @@ class ResultRecorder:
 
     def failed_total(self) -> int:
         return self._failed_before + self._failed_now
+
+    def failed_verification(self, count: int) -> None:
+        """Sites that failed verification (recorded by the verifier) count like any other failure."""
+        self._failed_now += count
 
     def maybe_flush(self) -> None:
         if len(self._buffer) >= FLUSH_ROWS or time.monotonic() - self._last_flush >= FLUSH_SECONDS:
@@ -114,20 +123,24 @@ class ResultRecorder:
         # (bulk_update's SQL costs the worker more CPU than the Atlas calls it records). Each
         # takes the latest finish of its flush (at most FLUSH_SECONDS late, never early). Atlas's
         # answer is kept for the sites that did not simply succeed.
+        # Sites now updating at Atlas are alike too: they take the latest PATCH time of their
+        # flush, so a report counts for them only if written after all of theirs (never early).
         alike: dict[tuple, list[SiteResult]] = defaultdict(list)
         other: list[SiteResult] = []
         for row in self._buffer:
-            if row.state == SiteState.SUCCEEDED and not row.needs_check:
-                alike[(row.attempts, row.http_status, row.message)].append(row)
+            if row.state in (SiteState.SUCCEEDED, SiteState.UPDATING) and not row.needs_check:
+                alike[(row.state, row.attempts, row.http_status, row.message)].append(row)
             else:
                 other.append(row)
         with transaction.atomic():
             if not self._mine().select_for_update().exists():
                 raise LeaseLost(f"step {self.step.pk}: lease lost before recording results")
-            for (attempts, status, message), rows in alike.items():
+            for (state, attempts, status, message), rows in alike.items():
+                patched = [row.patched_at for row in rows if row.patched_at is not None]
                 SiteResult.objects.filter(pk__in=[row.pk for row in rows]).update(
-                    state=SiteState.SUCCEEDED, attempts=attempts, http_status=status, message=message,
+                    state=state, attempts=attempts, http_status=status, message=message,
                     finished_at=max(row.finished_at for row in rows), response=None, needs_check=False,
+                    patched_at=max(patched) if patched else None,
                 )  # fmt: skip
             if other:
                 SiteResult.objects.bulk_update(other, RESULT_FIELDS, batch_size=500)

@@ -19,13 +19,14 @@ from atlas.selectors import exclude_profile
 from ..db import with_database
 from ..models import SiteResult
 from ..runbook import SWEEP_SELECTOR
-from ..states import FailurePolicy, SiteState, StepState
+from ..states import CANARY_PASSED, CANARY_WAITING, FailurePolicy, SiteState, StepKind, StepState
 from .code import find_release_item
 from .context import LeaseLost, Outcome, StepContext, credentials_refused, unreachable
 from .credentials import CredentialsCheck
 from .dispatch import BatchDispatcher, StopStep, Work, needs_check, threshold_outcome
 from .recorder import ResultRecorder, SiteOutcome
 from .snapshot import NoSelectors, Snapshot
+from .verify import Verifier, answered_at
 
 logger = logging.getLogger(__name__)
 
@@ -160,6 +161,7 @@ def _run_batches(
 ) -> Outcome | None:
     total = snapshot.batch_count if snapshot else len(ctx.result.get("batches", []))
     recorder = ResultRecorder(ctx.step, ctx.owner)
+    verifier = _verifier(ctx, recorder)
     # One pool for every batch, as a plain client would: no batch waits for its threads to start.
     pool = ThreadPoolExecutor(max_workers=parallelism, thread_name_prefix="atlas")
     try:
@@ -181,7 +183,8 @@ def _run_batches(
             name = ctx.result["batches"][index]["name"]
             ctx.doing(f"writing batch {index + 1} of {total} ({name})")
             rows = _remaining(ctx, index)
-            stopped = BatchDispatcher(ctx, rows, work, recorder, pool, parallelism, credentials).run()
+            dispatcher = BatchDispatcher(ctx, rows, work, recorder, pool, parallelism, credentials, verifier)
+            stopped = dispatcher.run()
             if stopped and _has_remaining(ctx, index):
                 return stopped
             # Done, even when a stop came with its last answers: the pause before the next batch
@@ -190,14 +193,57 @@ def _run_batches(
             ctx.save_result()
             if stopped:
                 return stopped
+            if index < total - 1 and _canary_waits(ctx, verifier, index):
+                return _canary_outcome(ctx, index)
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
+        if verifier is not None:
+            verifier.close()
     return None
+
+
+def _verifier(ctx: StepContext, recorder: ResultRecorder) -> Verifier | None:
+    """The step's verifier: an update step with verification on. With it off, sites an earlier
+    run left `updating` are taken as done (an answered PATCH, as before verification)."""
+    if ctx.step.kind != StepKind.UPDATE_SITES:
+        return None
+    if not ctx.environment.verify:
+        updating = SiteResult.objects.filter(step=ctx.step, state=SiteState.UPDATING)
+        with_database(
+            lambda: updating.update(
+                state=SiteState.SUCCEEDED, message="not verified: verification was turned off"
+            ),
+            "recording sites not verified",
+        )
+        return None
+    return Verifier(ctx, ctx.step.plan.version, failed=recorder.failed_verification)
+
+
+def _canary_waits(ctx: StepContext, verifier: Verifier | None, index: int) -> bool:
+    """PROD's canary: once the first batch is verified, the step waits for an operator (once)."""
+    if index != 0 or verifier is None or not ctx.environment.canary:
+        return False
+    return ctx.result.get("canary") != CANARY_PASSED
+
+
+def _canary_outcome(ctx: StepContext, index: int) -> Outcome:
+    counts = with_database(ctx.step.counts, "counting the step's sites")
+    name = ctx.result["batches"][index]["name"]
+    ctx.result["canary"] = CANARY_WAITING
+    return Outcome(
+        StepState.PAUSED,
+        f"canary: the first batch ({name}) is verified ({counts['succeeded']} sites working, "
+        f"{counts['failed']} failed); nothing more is sent until an operator continues "
+        "(Continue on the step's page, or release resume)",
+        dict(ctx.result),
+    )
 
 
 def _has_remaining(ctx: StepContext, index: int) -> bool:
     todo = SiteResult.objects.filter(
-        step=ctx.step, batch_index=index, state__in=[SiteState.PENDING, SiteState.DISPATCHED]
+        step=ctx.step,
+        batch_index=index,
+        state__in=[SiteState.PENDING, SiteState.DISPATCHED, SiteState.UPDATING],
     )
     return with_database(todo.exists, "reading the batch")
 
@@ -242,6 +288,8 @@ def _pause_before_batch(ctx: StepContext, index: int) -> str:
 
 def _updater(ctx: StepContext, profile_id: str) -> Work:
     client = ctx.client
+    # With verification on, an answered PATCH leaves the site updating at Atlas (not yet done).
+    answered = SiteState.UPDATING if ctx.environment.verify else SiteState.SUCCEEDED
 
     def work(row: SiteResult) -> SiteOutcome:
         etag = row.etag
@@ -251,7 +299,8 @@ def _updater(ctx: StepContext, profile_id: str) -> Work:
             if site is None or site.deleted:
                 return SiteOutcome(SiteState.SKIPPED, 404, None, "the site no longer exists", 0)
             if site.profile == profile_id:
-                return SiteOutcome(SiteState.SUCCEEDED, 200, None, "already on the release profile", 0)
+                message = "already on the release profile (an earlier run's PATCH)"
+                return SiteOutcome(answered, 200, None, message, 0, patched_at=answered_at(None))
             etag = site.etag
         try:
             result = _stopping_on_outage(
@@ -264,7 +313,14 @@ def _updater(ctx: StepContext, profile_id: str) -> Work:
         except AtlasError as exc:
             return SiteOutcome(SiteState.FAILED, exc.status, exc.body, str(exc), 1)
         message = "already done (re-read)" if result.already else ""
-        return SiteOutcome(SiteState.SUCCEEDED, result.status, result.body or None, message, result.attempts)
+        return SiteOutcome(
+            answered,
+            result.status,
+            result.body or None,
+            message,
+            result.attempts,
+            patched_at=answered_at(result),
+        )
 
     return work
 

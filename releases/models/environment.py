@@ -105,6 +105,33 @@ class Environment(models.Model):
     protected = models.BooleanField(
         default=False, help_text="Typed confirmation and the protected-launch permission are required (PROD)."
     )
+    verify = models.BooleanField(
+        "verify updated sites",
+        default=True,
+        help_text="A site of an update step succeeds only once its own report shows the release's "
+        "version with no error-level status and its page answers 200 (off: an answered PATCH "
+        "is enough, for an Atlas account without the drush role).",
+    )
+    verify_timeout_seconds = models.FloatField(
+        "verification deadline (s)",
+        default=900.0,
+        validators=[MinValueValidator(1)],
+        help_text="A site not verified this long after its PATCH was answered has failed (Atlas's "
+        "task limit is 900 s).",
+    )
+    max_unverified = models.PositiveIntegerField(
+        "sites updating at once",
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1)],
+        help_text="At most this many sites PATCHed and not yet verified at any moment (Atlas's update "
+        "queue is the real throttle). Empty: four times the parallel requests.",
+    )
+    canary = models.BooleanField(
+        default=False,
+        help_text="An update step pauses once its first batch is verified, until an operator "
+        "continues it (PROD's default).",
+    )
     two_person = models.BooleanField(
         "two-person rule",
         default=False,
@@ -182,6 +209,10 @@ class Environment(models.Model):
             max_attempts=self.max_attempts,
             pool_size=max(16, self.parallelism * 2),
         )
+
+    def unverified_limit(self) -> int:
+        """At most this many of the environment's sites PATCHed and not yet verified."""
+        return self.max_unverified or 4 * max(1, self.parallelism)
 
     def threshold_description(self) -> str:
         limits = []

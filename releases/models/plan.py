@@ -8,6 +8,8 @@ from django.utils import timezone
 
 from ..states import (
     ACTIVE,
+    CANARY_PASSED,
+    CANARY_WAITING,
     CASCADE_AWAITING,
     CASCADE_CONFIRMED,
     DONE,
@@ -243,6 +245,10 @@ class StepRun(models.Model):
                 # The operator's resume is the confirmation the paused code step asked for.
                 self.result = {**result, "commit_patch": CASCADE_CONFIRMED}
                 StepRun.objects.filter(pk=self.pk).update(result=self.result)
+            if result.get("canary") == CANARY_WAITING:
+                # ...and the "Continue" past an update step's canary.
+                self.result = {**result, "canary": CANARY_PASSED}
+                StepRun.objects.filter(pk=self.pk).update(result=self.result)
             if retry_failed:
                 # A site whose instance may be destroyed is never sent again: an operator looks.
                 self.sites.filter(state=SiteState.FAILED, needs_check=False).update(
@@ -377,6 +383,7 @@ class StepRun(models.Model):
             "failed": rows.get(SiteState.FAILED, 0),
             "skipped": rows.get(SiteState.SKIPPED, 0),
             "pending": rows.get(SiteState.PENDING, 0) + rows.get(SiteState.DISPATCHED, 0),
+            "unverified": rows.get(SiteState.UPDATING, 0),
         }
 
 
@@ -398,6 +405,15 @@ class SiteResult(models.Model):
     response = models.JSONField(null=True, blank=True, help_text="Atlas's answer to the last attempt.")
     message = models.TextField(blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
+    # Verification (Environment.verify): what the site itself last reported, and its page.
+    patched_at = models.DateTimeField(null=True, blank=True, help_text="When Atlas answered its PATCH.")
+    reported_version = models.CharField(max_length=40, blank=True)
+    reported_error = models.BooleanField(
+        null=True, blank=True, help_text="The report's drupal_system_status (pending updates count)."
+    )
+    reported_at = models.DateTimeField(null=True, blank=True)
+    page_status = models.PositiveSmallIntegerField(null=True, blank=True)
+    verified_at = models.DateTimeField(null=True, blank=True)
     needs_check = models.BooleanField(
         default=False,
         verbose_name="check in Atlas",

@@ -34,7 +34,19 @@ SETTABLE = {
     "failure_policy": "failure_policy",
     "protected": "protected",
     "two_person": "two_person",
+    "verify": "verify",
+    "verify_timeout": "verify_timeout_seconds",
+    "max_unverified": "max_unverified",
+    "canary": "canary",
 }
+
+
+def on_off(text: str) -> bool:
+    """`on` or `off` (as PRODUCT.md writes them), for the settings that take one."""
+    value = text.strip().lower()
+    if value not in ("on", "off"):
+        raise argparse.ArgumentTypeError(f"expected on or off, not {text!r}")
+    return value == "on"
 
 
 class Command(commands.Command):
@@ -78,6 +90,27 @@ class Command(commands.Command):
             "--two-person",
             action=argparse.BooleanOptionalAction,
             help="A launch needs a second person's approval (`release approve`).",
+        )
+        p.add_argument(
+            "--verify",
+            type=on_off,
+            metavar="on|off",
+            help="A site succeeds only once its report and its page show the release (default on).",
+        )
+        p.add_argument(
+            "--verify-timeout", type=float, metavar="SECONDS", help="Verification deadline (default 900)."
+        )
+        p.add_argument(
+            "--max-unverified",
+            type=int,
+            metavar="K",
+            help="At most K sites PATCHed and not yet verified at once (default 4 × parallelism).",
+        )
+        p.add_argument(
+            "--canary",
+            type=on_off,
+            metavar="on|off",
+            help="Pause an update step once its first batch is verified, until continued (PROD: on).",
         )
         p.add_argument(
             "--user", required=True, metavar="NAME", help="Staff account the change is recorded under."

@@ -35,6 +35,7 @@ class Command(commands.Command):
                 defaults=dict(
                     order=order,
                     protected=protected,
+                    canary=protected,  # PROD: each update step waits after its first verified batch
                     api_url=defaults["url"],
                     site_url=defaults["site_url"],
                     username=defaults["username"],

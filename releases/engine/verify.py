@@ -1,0 +1,173 @@
+"""Knowing that each updated site works (atlas-api.md §3.6).
+
+Atlas answers a site's PATCH at once and runs the real update later on its update queue, writing
+nothing back when it ends. A site of an update step is therefore `updating` once its PATCH was
+answered, and `succeeded` only when it is *verified*: its own `statistics` report, written after
+the PATCH, shows the release's version with no error-level status (`drupal_system_status` false:
+pending database updates count as an error), and its page then answers 200. Reports are asked
+for with the environment's `drush atlas-statistics` item (its `query` set to the sites waiting),
+read in bulk, and pages probed with bounded parallelism. A site not verified by its deadline
+has failed verification. Everything seen is kept on the site's row, so a worker that takes the
+step over goes on verifying without sending any PATCH again.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from atlas.client import site_page_url
+from atlas.errors import AtlasError, AuthenticationError
+from atlas.types import NEVER
+
+from ..db import with_database
+from ..models import SiteResult, StepRun
+from ..states import SiteState, StepState
+from .context import LeaseLost, StepContext
+
+logger = logging.getLogger(__name__)
+
+DRUSH_LABEL = "express-release-portal: verification reports"
+DRUSH_COMMANDS = ["atlas-statistics"]
+SEEN_FIELDS = ["reported_version", "reported_error", "reported_at", "page_status"]
+END_FIELDS = ["state", "verified_at", "finished_at", "message"]
+
+
+class VerificationImpossible(Exception):
+    """Atlas will not run the report command for this account (no `drush` role)."""
+
+
+def answered_at(result) -> datetime:
+    """When Atlas stored a site's PATCH, on Atlas's clock (its `_updated`); now on ours when the
+    write was found applied by a re-read (no answer body): a report counts only if written after."""
+    updated = result.updated if result is not None else NEVER
+    return timezone.now() if updated == NEVER else updated
+
+
+class Verifier:
+    """The sites of one step that Atlas is updating, and the rounds that verify them."""
+
+    def __init__(self, ctx: StepContext, version: str, *, failed) -> None:
+        env = ctx.environment
+        self.ctx = ctx
+        self.version = version
+        self.limit = env.unverified_limit()
+        self.timeout = timedelta(seconds=env.verify_timeout_seconds)
+        self.site_url = env.site_url
+        self.failed = failed  # called with the number of sites that failed verification
+        self.waiting = with_database(self._updating().count, "counting sites being updated")
+        self._due = 0.0
+        self._drush = None
+        self._pages = ThreadPoolExecutor(
+            max_workers=min(8, max(1, env.parallelism)), thread_name_prefix="page"
+        )
+
+    def close(self) -> None:
+        self._pages.shutdown(wait=False, cancel_futures=True)
+
+    def room(self) -> int:
+        """How many more sites may be PATCHed now (`max_unverified` less those updating)."""
+        return max(0, self.limit - self.waiting)
+
+    def answered(self, count: int = 1) -> None:
+        self.waiting += count
+
+    def poll(self, flush=None) -> bool:
+        """One round when it is due: ask for fresh reports, read them, probe the pages of the
+        sites that reported the release cleanly, and record what was seen. True if it ran.
+        `flush` first writes the answers still buffered (the rows it reads must say `updating`)."""
+        if self.waiting <= 0 or time.monotonic() < self._due:
+            return False
+        self._due = time.monotonic() + settings.ATLAS_VERIFY_POLL_SECONDS
+        if flush is not None:
+            flush()
+        rows = with_database(lambda: list(self._updating().order_by("id")), "reading sites being updated")
+        self.waiting = len(rows)
+        if not rows:
+            return True
+        ids = [row.site_id for row in rows]
+        self._ask_reports(ids)
+        reports = self.ctx.client.statistics(ids)
+        clean = [row for row in rows if self._see(row, reports.get(row.site_id))]
+        for row, status in zip(clean, self._pages.map(self._page, clean), strict=True):
+            row.page_status = status
+        self._decide(rows, set(id(row) for row in clean))
+        return True
+
+    # -- one round --------------------------------------------------------------------------
+
+    def _updating(self):
+        return SiteResult.objects.filter(step_id=self.ctx.step.pk, state=SiteState.UPDATING)
+
+    def _ask_reports(self, ids: list[str]) -> None:
+        """Run `drush atlas-statistics` on the waiting sites (Atlas's command queue)."""
+        try:
+            if self._drush is None:
+                self._drush = self.ctx.client.drush_item(DRUSH_LABEL, DRUSH_COMMANDS)
+            self._drush = self.ctx.client.run_drush(self._drush, {"_id": {"$in": ids}})
+        except AuthenticationError as exc:
+            raise VerificationImpossible(str(exc)) from None
+        except AtlasError as exc:  # the reports the sites' cron writes still count
+            self._drush = None
+            logger.warning("step %s: asking Atlas for reports failed: %s", self.ctx.step.pk, exc)
+
+    def _see(self, row: SiteResult, report) -> bool:
+        """Record the site's latest report; True when it shows the release cleanly since the PATCH."""
+        if report is None or report.version is None:  # Atlas's empty item: never reported yet
+            return False
+        row.reported_version, row.reported_error, row.reported_at = (
+            report.version,
+            report.error,
+            report.updated,
+        )
+        fresh = row.patched_at is None or report.updated > row.patched_at
+        return fresh and report.version == self.version and report.error is False
+
+    def _page(self, row: SiteResult) -> int | None:
+        return self.ctx.client.page_status(site_page_url(self.site_url, row.path or row.sid))
+
+    def _decide(self, rows: list[SiteResult], clean: set[int]) -> None:
+        now = timezone.now()
+        verified, failed = [], []
+        for row in rows:
+            if id(row) in clean and row.page_status == 200:
+                row.state, row.verified_at, row.finished_at, row.message = SiteState.SUCCEEDED, now, now, ""
+                verified.append(row)
+            elif row.patched_at is not None and now - row.patched_at > self.timeout:
+                row.state, row.finished_at, row.message = SiteState.FAILED, now, self._why(row)
+                failed.append(row)
+        with_database(lambda: self._save(rows, verified + failed), "recording verification")
+        self.waiting -= len(verified) + len(failed)
+        if failed:
+            self.failed(len(failed))
+
+    def _why(self, row: SiteResult) -> str:
+        seconds = self.timeout.total_seconds()
+        if row.reported_at is None:
+            seen = "no report from the site"
+        else:
+            status = (
+                "an error-level status (e.g. pending database updates)" if row.reported_error else "no error"
+            )
+            seen = f"it last reported version {row.reported_version or '?'} with {status} at {row.reported_at:%H:%M:%S}"
+            if row.reported_at <= (row.patched_at or row.reported_at):
+                seen += " (before its PATCH)"
+        page = f"; its page answered {row.page_status or 'nothing'}" if row.page_status != 200 else ""
+        return f"verification: not verified within {seconds:g} s of its PATCH: {seen}{page}"
+
+    def _save(self, rows: list[SiteResult], ended: list[SiteResult]) -> None:
+        step = StepRun.objects.filter(
+            pk=self.ctx.step.pk, lease_owner=self.ctx.owner, state=StepState.RUNNING
+        )
+        with transaction.atomic():
+            if not step.select_for_update().exists():
+                raise LeaseLost(f"step {self.ctx.step.pk}: lease lost while verifying")
+            SiteResult.objects.bulk_update(rows, SEEN_FIELDS, batch_size=500)
+            if ended:
+                SiteResult.objects.bulk_update(ended, END_FIELDS, batch_size=500)
