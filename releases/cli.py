@@ -291,6 +291,8 @@ def _progress_line(step: StepRun) -> str:
             f" - {counts['succeeded']}/{counts['targeted']} succeeded, {counts['failed']} failed, "
             f"{counts['skipped']} skipped, {counts['pending']} pending"
         )
+        if counts.get("unverified"):
+            line += f", {counts['unverified']} updating at Atlas (not yet verified)"
     if step.state != StepState.RUNNING and step.message:
         line += f" ({step.message})"
     elif step.state == StepState.RUNNING and (step.liveness() or step.activity):

@@ -16,18 +16,22 @@ FAILURE_GROUPS = 20  # distinct errors listed on a step page
 
 
 def _counts(states: dict[str, int]) -> dict[str, int]:
-    """Site counts as the pages show them: in flight (dispatched) apart from not yet sent."""
+    """Site counts as the pages show them: in flight (dispatched) apart from not yet sent, and
+    updating at Atlas (PATCH answered, not yet verified) apart from both."""
     targeted = sum(states.values())
     succeeded = states.get(SiteState.SUCCEEDED, 0)
     failed = states.get(SiteState.FAILED, 0)
     skipped = states.get(SiteState.SKIPPED, 0)
     in_flight = states.get(SiteState.DISPATCHED, 0)
+    updating = states.get(SiteState.UPDATING, 0)  # answered by Atlas, not yet verified
     return {
         "targeted": targeted,
         "succeeded": succeeded,
         "failed": failed,
         "skipped": skipped,
         "in_flight": in_flight,
+        "updating": updating,
+        "updating_pct": _pct(updating, targeted),
         "remaining": states.get(SiteState.PENDING, 0),
         "done_pct": _pct(succeeded + skipped, targeted),
         "failed_pct": _pct(failed, targeted),

@@ -16,7 +16,7 @@ from django.views.decorators.http import require_POST
 
 from .. import approvals, progress, services
 from ..models import LaunchRequest
-from ..states import ACTIVE, DONE, LAUNCHABLE, MANUAL_KINDS, SKIPPABLE, StepKind, StepState
+from ..states import ACTIVE, CANARY_WAITING, DONE, LAUNCHABLE, MANUAL_KINDS, SKIPPABLE, StepKind, StepState
 from .refusal import refusal_page
 
 LAUNCH_PERMISSION = "releases.launch_step"
@@ -89,8 +89,10 @@ class ReleaseOperationsMixin:
         operate = user.has_perm(LAUNCH_PERMISSION) and (user.has_perm(PROTECTED_PERMISSION) or not protected)
         site_step = step.kind not in MANUAL_KINDS
         launchable = operate and site_step and step.state in LAUNCHABLE and request is None
+        canary = step.state == StepState.PAUSED and (step.result or {}).get("canary") == CANARY_WAITING
         return {
             "protected": protected,
+            "canary": canary,
             "request": request,
             "can_launch": launchable,
             "can_stage": launchable and stage_first.get(getattr(step.environment, "name", None)) == step.pk,

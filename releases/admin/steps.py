@@ -10,7 +10,7 @@ from django.template.response import TemplateResponse
 from django.urls import path
 
 from .. import progress, reports
-from ..states import SiteState
+from ..states import CANARY_WAITING, SiteState, StepState
 
 SITES_PER_PAGE = 100
 
@@ -67,12 +67,14 @@ class StepPagesMixin:
             "step": step,
             "plan_url": self.plan_url(plan),
             "progress": progress.step_progress(step),
+            "canary": step.state == StepState.PAUSED and (step.result or {}).get("canary") == CANARY_WAITING,
         }
 
     def _site_rows(self, request, step) -> dict:
         rows = step.sites.order_by("batch_index", "id").only(
             "id", "step_id", "path", "sid", "site_id", "batch_index", "batch_name", "state", "status", "update_group",
-            "attempts", "http_status", "message", "finished_at",
+            "attempts", "http_status", "message", "finished_at", "reported_version", "reported_error",
+            "reported_at", "page_status", "verified_at",
         )  # fmt: skip
         batch, state = request.GET.get("batch", ""), request.GET.get("state", "")
         message = request.GET.get("message")

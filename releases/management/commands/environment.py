@@ -156,6 +156,7 @@ class Command(commands.Command):
 def describe(env: Environment) -> dict:
     """Every setting of the row, plus whether its secret variables are set (never their values)."""
     document = {f.name: getattr(env, f.name) for f in Environment._meta.concrete_fields if f.name != "id"}
+    document["unverified_limit"] = env.unverified_limit()  # max_unverified, or its default
     document["password_set"] = bool(os.environ.get(env.password_env))
     document["slack_webhook_set"] = bool(env.slack_webhook_env and os.environ.get(env.slack_webhook_env))
     return document

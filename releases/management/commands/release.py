@@ -380,9 +380,10 @@ def _status_lines(status: dict) -> list[str]:
         counts = step["counts"]
         line = f"{step['number']:>3} {step['environment'] or '-':<5}{step['state']:<10} {step['title']}"
         if counts["targeted"]:
+            updating = f", {counts['unverified']} updating at Atlas" if counts.get("unverified") else ""
             line += (
                 f" [{counts['succeeded']}/{counts['targeted']} ok, {counts['failed']} failed, "
-                f"{counts['skipped']} skipped, {counts['pending']} pending]"
+                f"{counts['skipped']} skipped, {counts['pending']} pending{updating}]"
             )
         if step["launched_by"]:
             line += f" (by {step['launched_by']})"
