@@ -220,10 +220,12 @@ def _verifier(ctx: StepContext, recorder: ResultRecorder) -> Verifier | None:
 
 
 def _canary_waits(ctx: StepContext, verifier: Verifier | None, index: int) -> bool:
-    """PROD's canary: once the first batch is verified, the step waits for an operator (once)."""
-    if index != 0 or verifier is None or not ctx.environment.canary:
+    """PROD's canary: once the first batch with sites is verified, the step waits for an operator (once)."""
+    if verifier is None or not ctx.environment.canary or ctx.result.get("canary") == CANARY_PASSED:
         return False
-    return ctx.result.get("canary") != CANARY_PASSED
+    # The first batch with sites is the canary (an empty first group proves nothing).
+    counts = [batch.get("count", 0) for batch in ctx.result.get("batches", [])[: index + 1]]
+    return bool(counts) and counts[-1] > 0 and not any(counts[:-1])
 
 
 def _canary_outcome(ctx: StepContext, index: int) -> Outcome:

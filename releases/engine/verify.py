@@ -50,6 +50,12 @@ def answered_at(result) -> datetime:
     return timezone.now() if updated == NEVER else updated
 
 
+def _answered(row: SiteResult) -> datetime:
+    """When the portal recorded Atlas's answer to the site's PATCH (on its own clock: the deadline
+    runs from there; `patched_at`, Atlas's whole seconds, only decides which reports are fresh)."""
+    return row.finished_at or row.patched_at or timezone.now()
+
+
 class Verifier:
     """The sites of one step that Atlas is updating, and the rounds that verify them."""
 
@@ -63,6 +69,11 @@ class Verifier:
         self.failed = failed  # called with the number of sites that failed verification
         self.waiting = with_database(self._updating().count, "counting sites being updated")
         self._due = 0.0
+        self._first_round: float | None = None
+        # A site past its deadline fails only once this run has asked for reports and given them
+        # time to come (Atlas's command queue): after a long pause, the reports read in the first
+        # round were written before it, while the sites were still updating.
+        self._grace = 10 * settings.ATLAS_VERIFY_POLL_SECONDS
         self._drush = None
         self._pages = ThreadPoolExecutor(
             max_workers=min(8, max(1, env.parallelism)), thread_name_prefix="page"
@@ -93,11 +104,13 @@ class Verifier:
             return True
         ids = [row.site_id for row in rows]
         self._ask_reports(ids)
+        if self._first_round is None:
+            self._first_round = time.monotonic()
         reports = self.ctx.client.statistics(ids)
         clean = [row for row in rows if self._see(row, reports.get(row.site_id))]
         for row, status in zip(clean, self._pages.map(self._page, clean), strict=True):
             row.page_status = status
-        self._decide(rows, set(id(row) for row in clean))
+        self._decide(rows, {id(row) for row in clean})
         return True
 
     # -- one round --------------------------------------------------------------------------
@@ -134,20 +147,22 @@ class Verifier:
 
     def _decide(self, rows: list[SiteResult], clean: set[int]) -> None:
         now = timezone.now()
+        settled = time.monotonic() - self._first_round >= self._grace
         verified, failed = [], []
         for row in rows:
             if id(row) in clean and row.page_status == 200:
                 row.state, row.verified_at, row.finished_at, row.message = SiteState.SUCCEEDED, now, now, ""
                 verified.append(row)
-            elif row.patched_at is not None and now - row.patched_at > self.timeout:
-                row.state, row.finished_at, row.message = SiteState.FAILED, now, self._why(row)
+            elif settled and now - _answered(row) > self.timeout:
+                row.state, row.finished_at = SiteState.FAILED, now
+                row.message = self._why(row, probed=id(row) in clean)
                 failed.append(row)
         with_database(lambda: self._save(rows, verified + failed), "recording verification")
         self.waiting -= len(verified) + len(failed)
         if failed:
             self.failed(len(failed))
 
-    def _why(self, row: SiteResult) -> str:
+    def _why(self, row: SiteResult, *, probed: bool) -> str:
         seconds = self.timeout.total_seconds()
         if row.reported_at is None:
             seen = "no report from the site"
@@ -156,10 +171,12 @@ class Verifier:
                 "an error-level status (e.g. pending database updates)" if row.reported_error else "no error"
             )
             seen = f"it last reported version {row.reported_version or '?'} with {status} at {row.reported_at:%H:%M:%S}"
-            if row.reported_at <= (row.patched_at or row.reported_at):
+            if row.patched_at is not None and row.reported_at < row.patched_at:
                 seen += " (before its PATCH)"
-        page = f"; its page answered {row.page_status or 'nothing'}" if row.page_status != 200 else ""
-        return f"verification: not verified within {seconds:g} s of its PATCH: {seen}{page}"
+        if probed:
+            page = "did not answer" if row.page_status is None else f"answered {row.page_status}"
+            seen += f"; its page {page}"
+        return f"verification: not verified within {seconds:g} s of its PATCH: {seen}"
 
     def _save(self, rows: list[SiteResult], ended: list[SiteResult]) -> None:
         step = StepRun.objects.filter(
