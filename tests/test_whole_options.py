@@ -1,5 +1,5 @@
 """Options are never abbreviated (PRODUCT.md): argparse's prefix matching once took
-`environment set PROD --verify` for `--verify-tls`. Every command, and every subcommand, refuses
+`environment set PROD --verify` for `--verify-tls` (now `--verify on|off` is its own option). Every command, and every subcommand, refuses
 an abbreviation instead of doing something else than was asked."""
 
 from io import StringIO
@@ -16,7 +16,8 @@ pytestmark = pytest.mark.django_db
 @pytest.mark.parametrize(
     "args, abbreviated",
     [
-        (["environment", "set", "PROD", "--verify", "--user", "admin"], "--verify"),
+        (["environment", "set", "PROD", "--verify-t", "--user", "admin"], "--verify-t"),
+        (["environment", "set", "PROD", "--max-unv", "3", "--user", "admin"], "--max-unv"),
         (["environment", "set", "PROD", "--no-two", "--user", "admin"], "--no-two"),
         (["environment", "show", "--js"], "--js"),
         (["release", "approve", "2.8.5", "--step", "12", "--req", "5", "--user", "admin"], "--req"),
