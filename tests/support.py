@@ -57,6 +57,10 @@ def configure_environments(sims: dict[str, SimulatorServer], **overrides) -> dic
         max_attempts=6,
         read_timeout_seconds=5,
         canary=False,  # PROD's canary is its own tests' business (tests/test_verification.py)
+        # The write engine's tests (pause, abort, faults, queries a site) run with verification
+        # off, as `environment set --verify off` does; verification has its own tests
+        # (tests/test_verification.py) and the whole-release flows keep it on (`verify=True`).
+        verify=False,
     )
     values.update(overrides)
     for name, sim in sims.items():

@@ -79,7 +79,7 @@ def _no_horizontal_scroll(page) -> bool:
 
 def test_a_release_manager_runs_the_dev_stage_in_the_browser(browser, live_server, simulator, celery_worker):
     sim = simulator("dev", password=os.environ["ATLAS_DEV_PASSWORD"], pool_refill_delay=8)
-    configure_environments({"DEV": sim}, deploy_wait_seconds=2, pool_wait_seconds=30)
+    configure_environments({"DEV": sim}, deploy_wait_seconds=2, pool_wait_seconds=30, verify=True)
     _member("manager", roles.RELEASE_MANAGERS)
     _member("viewer", roles.VIEWERS)
     SHOTS.mkdir(parents=True, exist_ok=True)

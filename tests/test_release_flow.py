@@ -44,7 +44,7 @@ def _stage(plan, user, env):
 
 
 def test_whole_release_across_three_environments(sims, celery_worker):
-    configure_environments(sims)
+    configure_environments(sims, verify=True)  # the whole release as deployed: sites verified
     user = make_user()
     plan = services.create_plan("2.8.5", commit=R, user=user)
     dev_before = {s["_id"]: s["code"]["profile"] for s in sites(sims["DEV"])}
@@ -122,7 +122,7 @@ def test_cli_stage_launch_waits_and_reports_status(sims, celery_worker):
 
     from django.core.management import call_command
 
-    configure_environments(sims)
+    configure_environments(sims, verify=True)  # the whole release as deployed: sites verified
     make_user()
     call_command("release", "create", "2.8.5", "--commit", R, "--user", "ops-lead", stdout=io.StringIO())
     call_command(

@@ -67,7 +67,7 @@ def prod_simulator(simulator, **drupal) -> SimulatorServer:
 def step_14_in_batches(prod: SimulatorServer, batches: int, **environment) -> tuple[StepRun, object]:
     """PROD pointed at `prod` (its requests recorded), a release whose step 14 is next with only
     its first `batches` update groups enabled, and the operator."""
-    step, user = step_14(prod, **environment)
+    step, user = step_14(prod, **{"verify": True, **environment})
     groups = list(
         UpdateGroup.objects.filter(environment__name="PROD", step_number=14).order_by("position", "id")
     )
