@@ -300,6 +300,32 @@ def test_broken_sites_fail_verification_and_the_threshold_pauses_the_step_before
     assert all(row.state == SiteState.PENDING for row in rows(step, batch_index=1))
 
 
+def test_retrying_sites_that_failed_verification_verifies_them_again_and_updates_nothing_again(simulator):
+    """After two broken sites failed verification, `release retry-failed`: each is read again (on
+    the release profile already) and verified again, never PATCHed onto the profile a second time:
+    Atlas queued exactly one update for each (its forward update may still be queued, §3.6)."""
+    prod = prod_simulator(simulator, update_ms=50)
+    step, user = step_14_in_batches(prod, 1, verify_timeout_seconds=3, failure_threshold_count=1)
+    broken = first_group_paths(prod)[:2]
+    prod.break_on_update(*broken, report="clean")
+    assert run_inline(step, user) == StepState.PAUSED, step.message
+    failed = {row.site_id for row in rows(step, state=SiteState.FAILED)}
+    assert len(failed) == 2
+
+    retried = time.time()
+    with tasks_not_sent():
+        services.retry_failed(StepRun.objects.get(pk=step.pk), user)
+    run_engine(step, owner="retry")
+
+    # Read again, not PATCHed again (not even a PATCH that a stale ETag would have Atlas refuse).
+    assert not [site_id for site_id, _ in site_patches(prod, since=retried) if site_id in failed]
+    queued = [e["id"] for e in prod.events.of_kind("update_queued") if e["id"] in failed]
+    assert sorted(queued) == sorted(failed), "each broken site's update was queued once, not again"
+    for row in rows(step, site_id__in=failed):
+        assert row.state == SiteState.FAILED and "verification" in row.message, row.message
+        assert row.page_status == 500
+
+
 # -- 6. a report with an error-level status is never verified ----------------------------------
 
 

@@ -161,9 +161,9 @@ def _run_batches(
 ) -> Outcome | None:
     total = snapshot.batch_count if snapshot else len(ctx.result.get("batches", []))
     recorder = ResultRecorder(ctx.step, ctx.owner)
-    verifier = _verifier(ctx, recorder)
     # One pool for every batch, as a plain client would: no batch waits for its threads to start.
     pool = ThreadPoolExecutor(max_workers=parallelism, thread_name_prefix="atlas")
+    verifier = _verifier(ctx, recorder, pool)
     try:
         for index in range(total):
             requested = _pause_before_batch(ctx, index)
@@ -202,7 +202,7 @@ def _run_batches(
     return None
 
 
-def _verifier(ctx: StepContext, recorder: ResultRecorder) -> Verifier | None:
+def _verifier(ctx: StepContext, recorder: ResultRecorder, pool: ThreadPoolExecutor) -> Verifier | None:
     """The step's verifier: an update step with verification on. With it off, sites an earlier
     run left `updating` are taken as done (an answered PATCH, as before verification)."""
     if ctx.step.kind != StepKind.UPDATE_SITES:
@@ -216,7 +216,7 @@ def _verifier(ctx: StepContext, recorder: ResultRecorder) -> Verifier | None:
             "recording sites not verified",
         )
         return None
-    return Verifier(ctx, ctx.step.plan.version, failed=recorder.failed_verification)
+    return Verifier(ctx, ctx.step.plan.version, failed=recorder.failed_verification, writes=pool)
 
 
 def _canary_waits(ctx: StepContext, verifier: Verifier | None, index: int) -> bool:
@@ -253,7 +253,7 @@ def _has_remaining(ctx: StepContext, index: int) -> bool:
 def _remaining(ctx: StepContext, index: int, chunk: int = 500) -> Iterator[SiteResult]:
     """The batch's sites still to send, read from the database a chunk at a time (by id, so
     marking rows dispatched meanwhile does not shift the pages)."""
-    fields = ("id", "site_id", "path", "etag", "state", "attempts", "batch_index")
+    fields = ("id", "site_id", "path", "etag", "state", "attempts", "batch_index", "patched_at")
     todo = SiteResult.objects.filter(
         step=ctx.step, batch_index=index, state__in=[SiteState.PENDING, SiteState.DISPATCHED]
     ).only(*fields)
@@ -295,13 +295,17 @@ def _updater(ctx: StepContext, profile_id: str) -> Work:
 
     def work(row: SiteResult) -> SiteOutcome:
         etag = row.etag
-        if row.state == SiteState.DISPATCHED:
-            # Sent by a worker that died: re-read before sending anything (not a no-op on Atlas).
+        if row.state == SiteState.DISPATCHED or row.patched_at is not None:
+            # Sent by a worker that died, or PATCHed before and failed verification (a retry):
+            # re-read before sending anything (not a no-op on Atlas). A site on the profile is
+            # verified again, never updated again: its forward update may still be queued (§3.6).
             site = _stopping_on_outage(ctx, lambda: client.get_site(row.site_id))
             if site is None or site.deleted:
                 return SiteOutcome(SiteState.SKIPPED, 404, None, "the site no longer exists", 0)
             if site.profile == profile_id:
-                message = "already on the release profile (an earlier run's PATCH)"
+                message = "already on the release profile"
+                if answered == SiteState.UPDATING:
+                    message += " (an earlier run's PATCH): verified again, not updated again"
                 return SiteOutcome(answered, 200, None, message, 0, patched_at=answered_at(None))
             etag = site.etag
         try:

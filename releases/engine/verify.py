@@ -59,7 +59,7 @@ def _answered(row: SiteResult) -> datetime:
 class Verifier:
     """The sites of one step that Atlas is updating, and the rounds that verify them."""
 
-    def __init__(self, ctx: StepContext, version: str, *, failed) -> None:
+    def __init__(self, ctx: StepContext, version: str, *, failed, writes: ThreadPoolExecutor) -> None:
         env = ctx.environment
         self.ctx = ctx
         self.version = version
@@ -67,6 +67,9 @@ class Verifier:
         self.timeout = timedelta(seconds=env.verify_timeout_seconds)
         self.site_url = env.site_url
         self.failed = failed  # called with the number of sites that failed verification
+        # The step's pool of Atlas writes: asking for reports (a PATCH and an execute) takes one of
+        # its threads, so the environment's parallelism holds for every write, these included.
+        self._writes = writes
         self.waiting = with_database(self._updating().count, "counting sites being updated")
         self._due = 0.0
         self._first_round: float | None = None
@@ -103,7 +106,7 @@ class Verifier:
         if not rows:
             return True
         ids = [row.site_id for row in rows]
-        self._ask_reports(ids)
+        self._writes.submit(self._ask_reports, ids).result()
         if self._first_round is None:
             self._first_round = time.monotonic()
         reports = self.ctx.client.statistics(ids)
@@ -139,7 +142,7 @@ class Verifier:
             report.error,
             report.updated,
         )
-        fresh = row.patched_at is None or report.updated > row.patched_at
+        fresh = row.patched_at is not None and report.updated > row.patched_at
         return fresh and report.version == self.version and report.error is False
 
     def _page(self, row: SiteResult) -> int | None:
