@@ -234,6 +234,24 @@ def test_queued_and_running_updates_never_exceed_max_unverified(simulator):
     )
 
 
+def test_sites_failed_at_their_deadline_keep_their_slot_until_atlas_ran_their_update(simulator):
+    """One update worker at 1.5 s a site, `max_unverified` 2, a 1 s deadline: sites fail
+    verification while their update is still queued at Atlas. They keep counting against the
+    limit until a report shows their update ran, so Atlas never holds more than 2 updates queued
+    or running (the review found 3 when a failed site freed its slot at once)."""
+    prod = prod_simulator(simulator, update_workers=1, update_ms=1500)
+    step, user = step_14_in_batches(
+        prod, 1, max_unverified=2, parallelism=2, verify_timeout_seconds=1, failure_threshold_count=100
+    )
+
+    run_inline(step, user)
+
+    depths = queue_depths(prod)
+    assert len(prod.events.of_kind("update_queued")) == 5
+    assert max(depths) <= 2, f"Atlas had up to {max(depths)} updates queued or running: {depths}"
+    assert rows(step, state=SiteState.FAILED), "no site failed at its deadline: the case is not shown"
+
+
 # -- 4. batch n+1 waits for batch n ------------------------------------------------------------
 
 

@@ -80,6 +80,9 @@ class BatchDispatcher:
         self.in_flight: dict[Future, SiteResult] = {}
         self.finished: SimpleQueue = SimpleQueue()  # each write's future as it ends: O(1) to wait for
         self.stopped: Outcome | None = None
+        # Every row taken (marked dispatched or known done): until then a full window (no room
+        # under `max_unverified`) waits for verification instead of ending the batch.
+        self.sent_all = False
         self.halt = ctx.halt  # once set, the client sends nothing more (queued or retrying)
 
     def run(self) -> Outcome | None:
@@ -89,7 +92,7 @@ class BatchDispatcher:
             while True:
                 self.stop()
                 self.fill()
-                if not self.in_flight and not self._updating():
+                if not self.in_flight and not self._updating() and (self.sent_all or self.stopped):
                     break
                 self.collect()
                 self.verify()
@@ -134,6 +137,7 @@ class BatchDispatcher:
                 # are unproven, only the one write that goes.
                 self.ready = self.recorder.dispatch(self.rows, chunk=self.allowed)
                 if not self.ready:
+                    self.sent_all = True
                     break
             row = self.ready.pop(0)
             future = self.pool.submit(self._guarded, row)

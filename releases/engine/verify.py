@@ -33,6 +33,9 @@ from .context import LeaseLost, StepContext
 
 logger = logging.getLogger(__name__)
 
+# Atlas's Celery time limit for a task, counted from when it starts: how long a site failed at its
+# deadline may still hold a place in Atlas's update queue, at most.
+TASK_LIMIT = 900.0
 DRUSH_LABEL = "express-release-portal: verification reports"
 DRUSH_COMMANDS = ["atlas-statistics"]
 SEEN_FIELDS = ["reported_version", "reported_error", "reported_at", "page_status"]
@@ -78,6 +81,10 @@ class Verifier:
         # round were written before it, while the sites were still updating.
         self._grace = 10 * settings.ATLAS_VERIFY_POLL_SECONDS
         self._drush = None
+        # Sites failed at their deadline whose report never showed the release: their forward
+        # update may still be queued at Atlas, so each keeps counting against `max_unverified`
+        # until a report shows it ended, or Atlas's task limit passes (site id -> until, monotonic).
+        self._overdue: dict[str, float] = {}
         self._pages = ThreadPoolExecutor(
             max_workers=min(8, max(1, env.parallelism)), thread_name_prefix="page"
         )
@@ -86,8 +93,11 @@ class Verifier:
         self._pages.shutdown(wait=False, cancel_futures=True)
 
     def room(self) -> int:
-        """How many more sites may be PATCHed now (`max_unverified` less those updating)."""
-        return max(0, self.limit - self.waiting)
+        """How many more sites may be PATCHed now: `max_unverified` less those updating, and less
+        those failed at their deadline whose update may still be queued at Atlas."""
+        now = time.monotonic()
+        self._overdue = {site: until for site, until in self._overdue.items() if until > now}
+        return max(0, self.limit - self.waiting - len(self._overdue))
 
     def answered(self, count: int = 1) -> None:
         self.waiting += count
@@ -96,20 +106,23 @@ class Verifier:
         """One round when it is due: ask for fresh reports, read them, probe the pages of the
         sites that reported the release cleanly, and record what was seen. True if it ran.
         `flush` first writes the answers still buffered (the rows it reads must say `updating`)."""
-        if self.waiting <= 0 or time.monotonic() < self._due:
+        if (self.waiting <= 0 and not self._overdue) or time.monotonic() < self._due:
             return False
         self._due = time.monotonic() + settings.ATLAS_VERIFY_POLL_SECONDS
         if flush is not None:
             flush()
         rows = with_database(lambda: list(self._updating().order_by("id")), "reading sites being updated")
         self.waiting = len(rows)
-        if not rows:
+        ids = [row.site_id for row in rows] + list(self._overdue)
+        if not ids:
             return True
-        ids = [row.site_id for row in rows]
         self._writes.submit(self._ask_reports, ids).result()
         if self._first_round is None:
             self._first_round = time.monotonic()
         reports = self.ctx.client.statistics(ids)
+        self._forget_ran(reports)
+        if not rows:
+            return True
         clean = [row for row in rows if self._see(row, reports.get(row.site_id))]
         for row, status in zip(clean, self._pages.map(self._page, clean), strict=True):
             row.page_status = status
@@ -162,8 +175,20 @@ class Verifier:
                 failed.append(row)
         with_database(lambda: self._save(rows, verified + failed), "recording verification")
         self.waiting -= len(verified) + len(failed)
+        for row in failed:
+            if row.reported_version != self.version or row.reported_error is not False:
+                # Its update never showed as ended: it may be queued or running still.
+                self._overdue[row.site_id] = time.monotonic() + max(self.timeout.total_seconds(), TASK_LIMIT)
         if failed:
             self.failed(len(failed))
+
+    def _forget_ran(self, reports: dict) -> None:
+        """Overdue sites whose report now shows the release cleanly: their update ran to its end,
+        the slot is free (one that shows it with pending updates may still be running)."""
+        for site_id in list(self._overdue):
+            report = reports.get(site_id)
+            if report is not None and report.version == self.version and report.error is False:
+                del self._overdue[site_id]
 
     def _why(self, row: SiteResult, *, probed: bool) -> str:
         seconds = self.timeout.total_seconds()
