@@ -13,6 +13,7 @@ simulator's request log and its events, then the step's end state and message.
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from collections import Counter
@@ -59,9 +60,18 @@ class Hold:
 
 @pytest.fixture
 def held_in_backoff(monkeypatch) -> Hold:
-    """The client's backoff after a 503 holds the step's thread (instead of sleeping)."""
+    """The client's backoff after a write's 503 holds the step's thread (instead of sleeping). A
+    read retried meanwhile (a loaded machine: a slow answer) backs off as usual: stopping there
+    would stop the step before the write this is about."""
     hold = Hold()
-    monkeypatch.setattr(AtlasClient, "_sleep_backoff", lambda client, attempt: hold())
+    real = AtlasClient._sleep_backoff
+
+    def backoff(client, attempt):
+        if sys._getframe(1).f_code.co_name == "_retry_reads":
+            return real(client, attempt)
+        return hold()
+
+    monkeypatch.setattr(AtlasClient, "_sleep_backoff", backoff)
     return hold
 
 
