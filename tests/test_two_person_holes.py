@@ -18,53 +18,21 @@ from io import StringIO
 from unittest.mock import patch
 
 import pytest
-from django.contrib.auth.models import Group
 from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.utils import timezone
 
-from releases import approvals, roles, services
+from releases import approvals, services
 from releases.models import AuditEvent, LaunchRequest, SiteResult, StepRun
-from tests.admin_helpers import confirm_launch, mark_done, messages_of, url
-from tests.support import R, configure_environments, make_user, tasks_not_sent
+from tests.admin_helpers import confirm_launch, messages_of, url
 
 pytestmark = pytest.mark.django_db
 
-# -- fixtures (as in tests/test_admin_two_person.py) ----------------------------------------------
-
-
-@pytest.fixture(autouse=True)
-def sent_tasks():
-    with tasks_not_sent() as send:
-        yield send
-
-
-@pytest.fixture
-def requester():
-    call_command("loadrunbook", verbosity=0)
-    return member("alice")
-
-
-@pytest.fixture
-def approver(requester):
-    return member("bob")
-
-
-@pytest.fixture
-def plan(requester, simulator):
-    configure_environments({"PROD": simulator("prod", password="prod-secret-Zq7", sites=60)})
-    call_command("environment", "set", "PROD", "--two-person", "--user", "alice", stdout=StringIO())
-    plan = services.create_plan("2.8.5", commit=R, user=requester)
-    mark_done(plan, *range(2, 12))
-    return plan
-
-
-def member(username, role=roles.PROD_RELEASE_MANAGERS):
-    user = make_user(username, permissions=())
-    roles.ensure_groups()  # a transactional test before may have flushed them
-    user.groups.add(Group.objects.get(name=role))
-    return type(user).objects.get(pk=user.pk)
-
+# The two-person fixtures are tests/test_admin_two_person.py's: alice requests, bob approves, PROD
+# requires two people, steps 2-11 of 2.8.5 are done; no task is sent (sent_tasks, autouse there).
+# Tests take them as parameters, which ruff reads as redefinitions of the imported names (F811).
+# ruff: noqa: F811
+from tests.test_admin_two_person import approver, member, plan, requester, sent_tasks  # noqa: E402, F401
 
 # -- helpers --------------------------------------------------------------------------------------
 
