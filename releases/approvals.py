@@ -9,7 +9,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from . import channel as channels
-from . import services
+from . import rollback, services
 from .models import AuditEvent, LaunchRequest, StepRun
 from .services import ActionRefused, authorize
 
@@ -30,6 +30,8 @@ def describe_request(request: LaunchRequest) -> str:
         )
     elif request.action == LaunchRequest.Action.LAUNCH:
         counts = "; no counts confirmed (launched with --yes)"
+    if request.sites:
+        counts += f"; {len(request.sites)} sites"
     source = f" from {request.requested_channel}" + (
         f" as {request.requested_account}" if request.requested_account else ""
     )
@@ -96,6 +98,9 @@ def _carry_out(step: StepRun, request: LaunchRequest, requester) -> None:
         services.resume_step(step, requester, approved=True)
     elif request.action == LaunchRequest.Action.RETRY_FAILED:
         services.retry_failed(step, requester, approved=True)
+    elif request.action == LaunchRequest.Action.ROLLBACK:
+        # The requester typed any confirmation the rollback asked for when requesting it.
+        rollback.roll_back(step, requester, ids=request.sites or [], approved=True, database_confirmed=True)
     else:
         confirmed = {int(n): c for n, c in request.confirmed.items()} if request.confirmed else None
         services.launch(step, requester, stage=request.stage, via="approve", confirmed=confirmed)

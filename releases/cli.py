@@ -155,11 +155,11 @@ def confirm_launch(steps: list[StepRun], previews: list[dict], stdin, stderr) ->
         raise CommandError("not confirmed: nothing was launched", returncode=REFUSED)
 
 
-def require_terminal(stdin) -> None:
+def require_terminal(stdin, what: str = "launch", review: str = "`release preview`") -> None:
     if not (hasattr(stdin, "isatty") and stdin.isatty()):
         raise CommandError(
-            "refusing to launch without confirmation: stdin is not a terminal "
-            "(review `release preview`, then pass --yes)",
+            f"refusing to {what} without confirmation: stdin is not a terminal "
+            f"(review {review}, then pass --yes)",
             returncode=REFUSED,
         )
 

@@ -29,7 +29,7 @@ from .models import (
     TransitionRefused,
     UpdateGroup,
 )
-from .models.plan import SHA_VALIDATOR, VERSION_VALIDATOR
+from .models.plan import ROLLBACK_FROM, SHA_VALIDATOR, VERSION_VALIDATOR
 from .runbook import STEPS
 from .states import ACTIVE, CANARY_WAITING, DONE, LAUNCHABLE, MANUAL_KINDS, StepKind, StepState
 
@@ -43,6 +43,7 @@ PERMISSIONS = {
     "resume": "releases.launch_step",
     "abort": "releases.launch_step",
     "retry_failed": "releases.launch_step",
+    "rollback": "releases.launch_step",
     "skip": "releases.launch_step",
     "finalize": "releases.finalize_release",
     "environment_set": "releases.change_environment",
@@ -70,10 +71,10 @@ def resolve_user(username: str):
 
 # Pause is an emergency brake: any release manager may pull it on any environment (audited).
 # Everything else that acts on a protected environment's step needs its permission too.
-PROTECTED_ACTIONS = ("launch", "abort", "resume", "retry_failed", "skip", "environment_set")
+PROTECTED_ACTIONS = ("launch", "abort", "resume", "retry_failed", "rollback", "skip", "environment_set")
 # On a two-person environment these are only requests until another person approves them: each
 # sends writes to Atlas again. Pause and abort never need two people.
-TWO_PERSON_ACTIONS = ("launch", "resume", "retry_failed")
+TWO_PERSON_ACTIONS = ("launch", "resume", "retry_failed", "rollback")
 
 
 def permission_refusal(user, action: str, environment=None) -> str:
@@ -231,7 +232,7 @@ def launch(
                 StepRun.objects.filter(pk=step.pk).update(confirmed_targets=None)
                 step.confirmed_targets = None
             AuditEvent.record("launch", user=user, step=step, parameters=params)
-            _enqueue(step, strict=via != "stage")
+            enqueue_step(step, strict=via != "stage")
     except TransitionRefused as exc:
         _refuse(str(exc), "launch", user=user, step=step, parameters=params)
     except BrokerUnavailable as exc:
@@ -247,7 +248,13 @@ def launch(
 
 
 def request_action(
-    step: StepRun, user, action: str = "launch", *, stage: bool = False, confirmed: dict | None = None
+    step: StepRun,
+    user,
+    action: str = "launch",
+    *,
+    stage: bool = False,
+    confirmed: dict | None = None,
+    sites: list[int] | None = None,
 ) -> StepRun:
     """The first half of an operation under the two-person rule (a launch, a resume, a retry of
     failed sites): recorded and audited; nothing runs until another user with the protected
@@ -256,6 +263,8 @@ def request_action(
     params = {"step": step.number, "stage": stage}
     if confirmed:
         params["confirmed"] = {str(number): counts for number, counts in confirmed.items()}
+    if sites is not None:
+        params["sites"] = len(sites)
     refusal = action_refusal(step, action)
     if refusal:
         _refuse(refusal, audit_action, user=user, step=step, parameters=params)
@@ -270,6 +279,7 @@ def request_action(
                 action=action,
                 stage=stage,
                 confirmed=params.get("confirmed"),
+                sites=sites,
                 requested_by=user,
                 requested_by_username=user.get_username(),
                 requested_channel=via.name,
@@ -302,6 +312,12 @@ def action_refusal(step: StepRun, action: str = "launch") -> str:
         if step.state not in (StepState.PAUSED, StepState.FAILED):
             return f"step {step.number} is neither paused nor failed (it is {step.state})"
         return ""
+    if action == "rollback":
+        return (
+            ""
+            if step.state in ROLLBACK_FROM
+            else f"step {step.number} cannot roll back sites now (it is {step.state})"
+        )
     return _launch_refusal(step)
 
 
@@ -462,7 +478,7 @@ def _resume(step: StepRun, user, action: str, *, retry_failed: bool, approved: b
         with transaction.atomic():
             step.resume(retry_failed=retry_failed)
             AuditEvent.record(action, user=user, step=step)
-            _enqueue(step)
+            enqueue_step(step)
     except TransitionRefused as exc:
         _refuse(str(exc), action, user=user, step=step)
     except BrokerUnavailable as exc:
@@ -541,7 +557,7 @@ class BrokerUnavailable(Exception):
     """The task could not be handed to the broker."""
 
 
-def _enqueue(step: StepRun, *, strict: bool = True) -> None:
+def enqueue_step(step: StepRun, *, strict: bool = True) -> None:
     """Hand the step's task to the broker inside the caller's transaction: if the broker refuses
     it, the transaction (the launch, its audit event) rolls back. A worker that receives the task
     before the commit waits for it (`engine.execute`). With `strict=False` (a stage moving on

@@ -31,6 +31,21 @@ class SiteState(models.TextChoices):
     SKIPPED = "skipped", "Skipped"
 
 
+class RollbackState(models.TextChoices):
+    """A site's rollback (`release rollback`): back onto the code item it was on before the step."""
+
+    NONE = "", "-"
+    REQUESTED = "requested", "Requested"
+    DISPATCHED = "dispatched", "Dispatched"  # its PATCH may be out: re-read before anything is sent
+    UPDATING = "updating", "Updating at Atlas"
+    DONE = "done", "Rolled back"
+    FAILED = "failed", "Rollback failed"
+
+
+# The rollback states of sites a rollback still works on (those before DONE and FAILED).
+ROLLING_BACK = (RollbackState.REQUESTED, RollbackState.DISPATCHED, RollbackState.UPDATING)
+
+
 class StepKind(models.TextChoices):
     GIT_BRANCH = "git_branch", "Create the release branch (recorded)"
     DEPLOY_CODE = "deploy_code", "Deploy a code item"

@@ -18,6 +18,7 @@ from ..models import EnvironmentMisconfigured, StepRun
 from ..states import StepKind, StepState
 from .code import deploy_code, update_code
 from .context import LeaseLost, Outcome, StepContext, credentials_refused, unreachable
+from .rollback import roll_back
 from .sites import delete_sites, update_sites, with_checks
 
 __all__ = ["execute", "with_database"]
@@ -87,6 +88,8 @@ def _outcome(ctx: StepContext, step: StepRun) -> Outcome:
         requested = ctx.beat()
         if requested:
             return Outcome.stopped(requested)
+        if step.kind == StepKind.UPDATE_SITES and ctx.result.get("rollback"):
+            return roll_back(ctx)  # `release rollback`: the step runs again for that, and only that
         return KINDS[step.kind](ctx)
     except LeaseLost:
         raise

@@ -26,7 +26,7 @@ from .credentials import CredentialsCheck
 from .dispatch import BatchDispatcher, StopStep, Work, needs_check, threshold_outcome
 from .recorder import ResultRecorder, SiteOutcome
 from .snapshot import NoSelectors, Snapshot
-from .verify import Verifier, answered_at
+from .verify import Forward, Verifier, answered_at
 
 logger = logging.getLogger(__name__)
 
@@ -216,7 +216,8 @@ def _verifier(ctx: StepContext, recorder: ResultRecorder, pool: ThreadPoolExecut
             "recording sites not verified",
         )
         return None
-    return Verifier(ctx, ctx.step.plan.version, failed=recorder.failed_verification, writes=pool)
+    track = Forward(ctx.step.plan.version)
+    return Verifier(ctx, track, failed=recorder.failed_verification, writes=pool)
 
 
 def _canary_waits(ctx: StepContext, verifier: Verifier | None, index: int) -> bool:

@@ -143,6 +143,7 @@ class Snapshot:
             "status": site.status,
             "update_group": site.update_group,
             "etag": site.etag,
+            "previous_profile": site.profile or "",  # what a rollback puts it back on
             "state": SiteState.PENDING.value,
             "message": "",
         }

@@ -39,7 +39,6 @@ TASK_LIMIT = 900.0
 DRUSH_LABEL = "express-release-portal: verification reports"
 DRUSH_COMMANDS = ["atlas-statistics"]
 SEEN_FIELDS = ["reported_version", "reported_error", "reported_at", "page_status"]
-END_FIELDS = ["state", "verified_at", "finished_at", "message"]
 
 
 class VerificationImpossible(Exception):
@@ -53,19 +52,45 @@ def answered_at(result) -> datetime:
     return timezone.now() if updated == NEVER else updated
 
 
-def _answered(row: SiteResult) -> datetime:
-    """When the portal recorded Atlas's answer to the site's PATCH (on its own clock: the deadline
-    runs from there; `patched_at`, Atlas's whole seconds, only decides which reports are fresh)."""
-    return row.finished_at or row.patched_at or timezone.now()
+class Forward:
+    """What a step's own update verifies: sites `updating` after their PATCH onto the release,
+    against the release's version; the end is the site's state."""
+
+    label = "verification"
+    end_fields = ["state", "verified_at", "finished_at", "message"]
+
+    def __init__(self, version: str) -> None:
+        self.version = version
+
+    def waiting(self, step_id: int):
+        return SiteResult.objects.filter(step_id=step_id, state=SiteState.UPDATING)
+
+    def expected(self, row: SiteResult) -> str:
+        return self.version
+
+    def patched(self, row: SiteResult) -> datetime | None:
+        """When Atlas stored the PATCH (its whole seconds): only a later report is fresh."""
+        return row.patched_at
+
+    def answered(self, row: SiteResult) -> datetime:
+        """When the portal recorded Atlas's answer to the site's PATCH (on its own clock: the
+        deadline runs from there)."""
+        return row.finished_at or row.patched_at or timezone.now()
+
+    def verified(self, row: SiteResult, now: datetime) -> None:
+        row.state, row.verified_at, row.finished_at, row.message = SiteState.SUCCEEDED, now, now, ""
+
+    def failed(self, row: SiteResult, now: datetime, message: str) -> None:
+        row.state, row.finished_at, row.message = SiteState.FAILED, now, message
 
 
 class Verifier:
     """The sites of one step that Atlas is updating, and the rounds that verify them."""
 
-    def __init__(self, ctx: StepContext, version: str, *, failed, writes: ThreadPoolExecutor) -> None:
+    def __init__(self, ctx: StepContext, track, *, failed, writes: ThreadPoolExecutor) -> None:
         env = ctx.environment
         self.ctx = ctx
-        self.version = version
+        self.track = track  # which sites wait, against which version (`Forward`, a rollback's)
         self.limit = env.unverified_limit()
         self.timeout = timedelta(seconds=env.verify_timeout_seconds)
         self.site_url = env.site_url
@@ -83,8 +108,9 @@ class Verifier:
         self._drush = None
         # Sites failed at their deadline whose report never showed the release: their forward
         # update may still be queued at Atlas, so each keeps counting against `max_unverified`
-        # until a report shows it ended, or Atlas's task limit passes (site id -> until, monotonic).
-        self._overdue: dict[str, float] = {}
+        # until a report shows it ended, or Atlas's task limit passes
+        # (site id -> (until, monotonic; the version that would show it ended)).
+        self._overdue: dict[str, tuple[float, str]] = {}
         self._pages = ThreadPoolExecutor(
             max_workers=min(8, max(1, env.parallelism)), thread_name_prefix="page"
         )
@@ -96,7 +122,7 @@ class Verifier:
         """How many more sites may be PATCHed now: `max_unverified` less those updating, and less
         those failed at their deadline whose update may still be queued at Atlas."""
         now = time.monotonic()
-        self._overdue = {site: until for site, until in self._overdue.items() if until > now}
+        self._overdue = {site: entry for site, entry in self._overdue.items() if entry[0] > now}
         return max(0, self.limit - self.waiting - len(self._overdue))
 
     def answered(self, count: int = 1) -> None:
@@ -132,7 +158,7 @@ class Verifier:
     # -- one round --------------------------------------------------------------------------
 
     def _updating(self):
-        return SiteResult.objects.filter(step_id=self.ctx.step.pk, state=SiteState.UPDATING)
+        return self.track.waiting(self.ctx.step.pk)
 
     def _ask_reports(self, ids: list[str]) -> None:
         """Run `drush atlas-statistics` on the waiting sites (Atlas's command queue)."""
@@ -155,8 +181,9 @@ class Verifier:
             report.error,
             report.updated,
         )
-        fresh = row.patched_at is not None and report.updated > row.patched_at
-        return fresh and report.version == self.version and report.error is False
+        patched = self.track.patched(row)
+        fresh = patched is not None and report.updated > patched
+        return fresh and report.version == self.track.expected(row) and report.error is False
 
     def _page(self, row: SiteResult) -> int | None:
         return self.ctx.client.page_status(site_page_url(self.site_url, row.path or row.sid))
@@ -167,27 +194,28 @@ class Verifier:
         verified, failed = [], []
         for row in rows:
             if id(row) in clean and row.page_status == 200:
-                row.state, row.verified_at, row.finished_at, row.message = SiteState.SUCCEEDED, now, now, ""
+                self.track.verified(row, now)
                 verified.append(row)
-            elif settled and now - _answered(row) > self.timeout:
-                row.state, row.finished_at = SiteState.FAILED, now
-                row.message = self._why(row, probed=id(row) in clean)
+            elif settled and now - self.track.answered(row) > self.timeout:
+                self.track.failed(row, now, self._why(row, probed=id(row) in clean))
                 failed.append(row)
         with_database(lambda: self._save(rows, verified + failed), "recording verification")
         self.waiting -= len(verified) + len(failed)
         for row in failed:
-            if row.reported_version != self.version or row.reported_error is not False:
+            expected = self.track.expected(row)
+            if row.reported_version != expected or row.reported_error is not False:
                 # Its update never showed as ended: it may be queued or running still.
-                self._overdue[row.site_id] = time.monotonic() + max(self.timeout.total_seconds(), TASK_LIMIT)
+                until = time.monotonic() + max(self.timeout.total_seconds(), TASK_LIMIT)
+                self._overdue[row.site_id] = (until, expected)
         if failed:
             self.failed(len(failed))
 
     def _forget_ran(self, reports: dict) -> None:
         """Overdue sites whose report now shows the release cleanly: their update ran to its end,
         the slot is free (one that shows it with pending updates may still be running)."""
-        for site_id in list(self._overdue):
+        for site_id, (_, expected) in list(self._overdue.items()):
             report = reports.get(site_id)
-            if report is not None and report.version == self.version and report.error is False:
+            if report is not None and report.version == expected and report.error is False:
                 del self._overdue[site_id]
 
     def _why(self, row: SiteResult, *, probed: bool) -> str:
@@ -199,12 +227,13 @@ class Verifier:
                 "an error-level status (e.g. pending database updates)" if row.reported_error else "no error"
             )
             seen = f"it last reported version {row.reported_version or '?'} with {status} at {row.reported_at:%H:%M:%S}"
-            if row.patched_at is not None and row.reported_at < row.patched_at:
+            patched = self.track.patched(row)
+            if patched is not None and row.reported_at < patched:
                 seen += " (before its PATCH)"
         if probed:
             page = "did not answer" if row.page_status is None else f"answered {row.page_status}"
             seen += f"; its page {page}"
-        return f"verification: not verified within {seconds:g} s of its PATCH: {seen}"
+        return f"{self.track.label}: not verified within {seconds:g} s of its PATCH: {seen}"
 
     def _save(self, rows: list[SiteResult], ended: list[SiteResult]) -> None:
         step = StepRun.objects.filter(
@@ -215,4 +244,4 @@ class Verifier:
                 raise LeaseLost(f"step {self.ctx.step.pk}: lease lost while verifying")
             SiteResult.objects.bulk_update(rows, SEEN_FIELDS, batch_size=500)
             if ended:
-                SiteResult.objects.bulk_update(ended, END_FIELDS, batch_size=500)
+                SiteResult.objects.bulk_update(ended, self.track.end_fields, batch_size=500)

@@ -14,6 +14,7 @@ class LaunchRequest(models.Model):
         LAUNCH = "launch", "launch"
         RESUME = "resume", "resume"
         RETRY_FAILED = "retry_failed", "retry failed sites"
+        ROLLBACK = "rollback", "roll back sites"
 
     class State(models.TextChoices):
         PENDING = "pending", "Waiting for approval"
@@ -25,6 +26,9 @@ class LaunchRequest(models.Model):
     stage = models.BooleanField(default=False, help_text="Launch the environment's stage from this step.")
     confirmed = models.JSONField(
         null=True, blank=True, help_text="Sites per batch the requester saw when confirming."
+    )
+    sites = models.JSONField(
+        null=True, blank=True, help_text="The sites (SiteResult ids) a rollback request puts back."
     )
     requested_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"

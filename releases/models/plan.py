@@ -16,6 +16,7 @@ from ..states import (
     LAUNCHABLE,
     MANUAL_KINDS,
     SKIPPABLE,
+    RollbackState,
     SiteState,
     StepKind,
     StepState,
@@ -23,6 +24,10 @@ from ..states import (
 
 SHA_VALIDATOR = RegexValidator(r"^[0-9a-f]{40}$", "must be a full 40-character lowercase hex commit SHA")
 VERSION_VALIDATOR = RegexValidator(r"^\d+\.\d+\.\d+([.-][0-9A-Za-z.-]+)?$", "must look like 2.8.5")
+
+
+# A rollback runs on a step that is not running: the step then ends as it was.
+ROLLBACK_FROM = (StepState.PAUSED, StepState.FAILED, StepState.SUCCEEDED, StepState.ABORTED)
 
 
 def lease() -> timedelta:
@@ -179,6 +184,9 @@ class StepRun(models.Model):
             lease_expires_at=None,
             continue_stage=continue_stage,
         )
+        result = self.result or {}
+        if "rollback" in result:  # an aborted rollback's: a launch runs the step, not the rollback
+            changes["result"] = {key: value for key, value in result.items() if key != "rollback"}
         self._move(LAUNCHABLE, changes, f"step {self.number} is no longer launchable")
 
     def skip(self, user, reason: str) -> None:
@@ -245,15 +253,53 @@ class StepRun(models.Model):
                 # The operator's resume is the confirmation the paused code step asked for.
                 self.result = {**result, "commit_patch": CASCADE_CONFIRMED}
                 StepRun.objects.filter(pk=self.pk).update(result=self.result)
-            if result.get("canary") == CANARY_WAITING:
+            if result.get("canary") == CANARY_WAITING and not result.get("rollback"):
                 # ...and the "Continue" past an update step's canary.
                 self.result = {**result, "canary": CANARY_PASSED}
                 StepRun.objects.filter(pk=self.pk).update(result=self.result)
             if retry_failed:
                 # A site whose instance may be destroyed is never sent again: an operator looks.
-                self.sites.filter(state=SiteState.FAILED, needs_check=False).update(
+                # Nor is a site rolled back (or whose rollback failed): it stays where it was put.
+                self.sites.filter(state=SiteState.FAILED, needs_check=False, rollback="").update(
                     state=SiteState.PENDING, message=""
                 )
+
+    def start_rollback(self, user, sites: list[int], versions: dict[str, str]) -> None:
+        """Run the step again for a rollback of `sites` (SiteResult ids) onto their earlier items
+        (`versions`: item id -> version). The step holds its environment while it runs and ends
+        in the state it had (`engine.rollback`); its stage does not go on from there."""
+        if self.kind != StepKind.UPDATE_SITES:
+            raise TransitionRefused(f"step {self.number} updates no sites: nothing to roll back")
+        if (self.result or {}).get("rollback"):
+            raise TransitionRefused(f"step {self.number} has a rollback under way: resume or abort it first")
+        before = {"state": self.state, "message": self.message}
+        with transaction.atomic():
+            self._move(
+                ROLLBACK_FROM,
+                dict(
+                    state=StepState.RUNNING,
+                    requested="",
+                    message="",
+                    finished_at=None,
+                    lease_owner="",
+                    lease_expires_at=None,
+                    continue_stage=False,
+                ),
+                f"step {self.number} cannot roll back sites now",
+            )
+            marked = (
+                self.sites.filter(pk__in=sites)
+                .exclude(rollback=RollbackState.DONE)  # any other is an earlier, ended rollback's
+                .update(rollback=RollbackState.REQUESTED, rollback_message="")
+            )
+            if marked != len(sites):
+                raise TransitionRefused(
+                    "some of the sites were rolled back meanwhile: look at the step again"
+                )
+            rollback = {"before": before, "versions": versions, "by": user.get_username(), "ids": list(sites)}
+            result = StepRun.objects.values_list("result", flat=True).get(pk=self.pk) or {}
+            self.result = {**result, "rollback": rollback}
+            StepRun.objects.filter(pk=self.pk).update(result=self.result)
 
     def claim(self, owner: str) -> bool:
         """Take the execution lease: only one worker executes a running step at a time."""
@@ -376,7 +422,14 @@ class StepRun(models.Model):
     # -- reporting ---------------------------------------------------------------------------
 
     def counts(self) -> dict:
-        rows = dict(self.sites.values_list("state").annotate(n=Count("id")).values_list("state", "n"))
+        rolled = Count("id", filter=Q(rollback=RollbackState.DONE))
+        grouped = list(
+            self.sites.values_list("state")
+            .annotate(n=Count("id"), rolled=rolled)
+            .values_list("state", "n", "rolled")
+        )
+        rows = {state: n for state, n, _ in grouped}
+        rolled_back = sum(count for _, _, count in grouped)
         return {
             "targeted": sum(rows.values()),
             "succeeded": rows.get(SiteState.SUCCEEDED, 0),
@@ -384,6 +437,7 @@ class StepRun(models.Model):
             "skipped": rows.get(SiteState.SKIPPED, 0),
             "pending": rows.get(SiteState.PENDING, 0) + rows.get(SiteState.DISPATCHED, 0),
             "unverified": rows.get(SiteState.UPDATING, 0),
+            "rolled_back": rolled_back,
         }
 
 
@@ -414,6 +468,15 @@ class SiteResult(models.Model):
     reported_at = models.DateTimeField(null=True, blank=True)
     page_status = models.PositiveSmallIntegerField(null=True, blank=True)
     verified_at = models.DateTimeField(null=True, blank=True)
+    # What the site was on before the step changed it, and its rollback (`release rollback`).
+    previous_profile = models.CharField(
+        max_length=24, blank=True, help_text="The code item the site was on when the step froze its targets."
+    )
+    rollback = models.CharField(max_length=10, choices=RollbackState.choices, blank=True, default="")
+    rollback_at = models.DateTimeField(
+        null=True, blank=True, help_text="When Atlas answered its rollback PATCH."
+    )
+    rollback_message = models.TextField(blank=True)
     needs_check = models.BooleanField(
         default=False,
         verbose_name="check in Atlas",

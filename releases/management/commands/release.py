@@ -11,7 +11,7 @@ import sys
 from django.core.management.base import CommandError
 
 from portal import commands
-from releases import approvals, cli, reports, services
+from releases import approvals, cli, reports, rollback, services
 from releases import channel as channels
 from releases.models import AuditEvent, ReleasePlan
 from releases.runbook import ENVIRONMENTS
@@ -79,6 +79,7 @@ class Command(commands.Command):
         )
         _user(p)
         _json(p)
+        self._add_rollback(sub)
         p = sub.add_parser("status", help="The plan's steps, their states and counts.")
         _version(p)
         _json(p)
@@ -93,6 +94,24 @@ class Command(commands.Command):
         p.add_argument("--git-url", default="", help="Default: https://github.com/CuBoulder/express.git.")
         p.add_argument("--profile", default="express", help="Install profile name (default: express).")
         _user(p)
+        _json(p)
+
+    def _add_rollback(self, sub):
+        p = sub.add_parser(
+            "rollback",
+            help="Put sites of an update step back on the code item each was on before the step, "
+            "and verify them. Asks for confirmation unless --yes.",
+        )
+        _version(p)
+        p.add_argument("--step", type=int, required=True, help="The update step (4, 6, 11, 14).")
+        which = p.add_mutually_exclusive_group(required=True)
+        which.add_argument("--failed", action="store_true", help="Every site that failed in the step.")
+        which.add_argument(
+            "--sites", type=lambda text: text.split(","), metavar="PATH[,PATH...]", help="These sites."
+        )
+        _user(p)
+        p.add_argument("--yes", action="store_true", help="Do not ask for confirmation.")
+        _wait(p)
         _json(p)
 
     def _add_launch(self, sub):
@@ -307,6 +326,69 @@ class Command(commands.Command):
         acting = services.resolve_user(user)
         target = services.skip(services.get_step(plan, step), acting, reason)
         self._done(target, "skip", f"skipped ({reason})")
+
+    def _rollback(self, version, step, failed, sites, user, yes, wait, timeout, **options):
+        plan = cli.get_plan(version)
+        acting = services.resolve_user(user)
+        target = services.get_step(plan, step)
+        chosen = {"failed": failed, "paths": sites or ()}
+        prepared = rollback.prepare(target, acting, **chosen)
+        confirm = (
+            prepared.confirmation
+            if yes
+            else self._confirm_rollback(prepared, options.get("stdin", sys.stdin))
+        )
+        target = rollback.roll_back(target, acting, confirm=confirm, **chosen)
+        if self._approval_awaited(target, "rollback", wait, timeout):
+            return None
+        if not wait:
+            return self._done(target, "rollback", f"rolling back {len(prepared.rows)} sites")
+        waiter = cli.StepWaiter(report=lambda line: cli.note(self.stderr, line), timeout=timeout)
+        result = waiter.follow(target, stage=False)
+        rows = list(target.sites.filter(pk__in=[row.pk for row in prepared.rows]).order_by("id"))
+        done = sum(1 for row in rows if row.rollback == "done")
+        if self.json:
+            document = self._step_document(target, "rollback")
+            document["sites"] = [
+                {
+                    "path": row.path,
+                    "site_id": row.site_id,
+                    "rollback": row.rollback,
+                    "message": row.rollback_message,
+                }
+                for row in rows
+            ]
+            cli.emit_json(self.stdout, document)
+        if result.timed_out:
+            raise CommandError(result.message, returncode=cli.TIMED_OUT)
+        if done < len(rows):
+            failed_rows = [f"{row.path}: {row.rollback_message}" for row in rows if row.rollback != "done"]
+            raise CommandError(
+                f"{done} of {len(rows)} sites rolled back; not: " + "; ".join(failed_rows[:10]),
+                returncode=cli.REFUSED,
+            )
+        if not self.json:
+            self.stdout.write(
+                self.style.SUCCESS(f"{plan.version} step {step}: {done} sites rolled back and verified")
+            )
+
+    def _confirm_rollback(self, prepared, stdin) -> str:
+        """Show what the rollback does and ask; returns what was typed for the database warning."""
+        cli.require_terminal(stdin, "roll back", "the step's failed sites")
+        for line in prepared.describe():
+            cli.note(self.stderr, line)
+        environment = prepared.step.environment
+        if environment.protected:
+            if cli.ask(stdin, self.stderr, f"Type {environment.name} to proceed: ") != environment.name:
+                raise CommandError("not confirmed: nothing was rolled back", returncode=cli.REFUSED)
+        elif not prepared.database and cli.ask(stdin, self.stderr, "Proceed? [y/N] ").lower() not in (
+            "y",
+            "yes",
+        ):
+            raise CommandError("not confirmed: nothing was rolled back", returncode=cli.REFUSED)
+        if prepared.database:
+            return cli.ask(stdin, self.stderr, f"Type {prepared.confirmation} to roll back the code only: ")
+        return ""
 
     def _status(self, version, **options):
         plan = cli.get_plan(version)
