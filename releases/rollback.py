@@ -74,7 +74,7 @@ def prepare(
     naming what is wrong. Sites are named by path (or id), all failed ones, or SiteResult ids."""
     params = {"step": step.number, "failed": failed, "sites": list(paths)[:50]}
     authorize(user, "rollback", step=step, parameters=params)
-    refusal = _step_refusal(step)
+    refusal = step_refusal(step)
     if not refusal:
         try:
             plan = RollbackPlan(step, _chosen(step, failed, paths, ids))
@@ -135,7 +135,7 @@ def roll_back(
     return step
 
 
-def _step_refusal(step: StepRun) -> str:
+def step_refusal(step: StepRun) -> str:
     if step.kind != StepKind.UPDATE_SITES:
         return f"step {step.number} updates no sites: nothing to roll back"
     if step.state not in ROLLBACK_STATES:

@@ -251,3 +251,60 @@ def test_release_rollback_command_names_the_sites_and_refuses_without_a_terminal
     assert run_engine(step) == StepState.PAUSED
     assert SiteResult.objects.get(step=step, path=broken[0]).rollback == RollbackState.DONE
     assert SiteResult.objects.get(step=step, path=broken[1]).rollback == ""
+
+
+# -- the admin's Roll back ------------------------------------------------------------------------
+
+
+def test_roll_back_on_the_step_page_confirms_what_it_does_then_rolls_the_selected_sites_back(
+    simulator, client
+):
+    """The step page lists the failed sites with a `Roll back` control; the selection goes to a
+    confirmation that names each site's earlier version and the database warning, and asks for
+    PROD's name and the version; a wrong name refuses and starts nothing; the right one rolls
+    back exactly the selected site."""
+    prod, step, user, broken, before = failed_step_14(simulator)
+    client.force_login(user)
+    step_url = f"/admin/releases/releaseplan/{step.plan.pk}/step/14/"
+    page = client.get(step_url).content.decode()
+    assert "Roll back selected sites" in page and all(path in page for path in broken)
+    chosen = SiteResult.objects.get(step=step, path=broken[0])
+    url = f"{step_url}rollback/"
+
+    confirmation = client.post(url, {"site": [chosen.pk]}).content.decode()
+    assert "NOT rolled back" in confirmation and 'name="confirm_environment"' in confirmation
+    assert (
+        'name="confirm_version"' in confirmation
+        and broken[0] in confirmation
+        and broken[1] not in confirmation
+    )
+    typed = {"site": [chosen.pk], "confirmed": "1", "confirm_version": "2.8.5", "confirm_environment": "prod"}
+    refused = client.post(url, typed).content.decode()
+    assert "type PROD to confirm (typed: &#x27;prod&#x27;)" in refused
+    assert StepRun.objects.get(pk=step.pk).state == StepState.PAUSED
+
+    with tasks_not_sent():
+        response = client.post(url, {**typed, "confirm_environment": "PROD"})
+    assert response.status_code == 302 and response.url == step_url
+    assert run_engine(step) == StepState.PAUSED
+    assert SiteResult.objects.get(pk=chosen.pk).rollback == RollbackState.DONE
+    assert SiteResult.objects.get(step=step, path=broken[1]).rollback == ""
+
+
+def test_the_step_page_offers_roll_back_only_to_whom_it_is_allowed(simulator, client):
+    """A DEV/TEST-only release manager sees no Roll back on PROD's step and is refused (audited)
+    when posting it anyway; nothing is started."""
+    prod, step, user, broken, before = failed_step_14(simulator)
+    dev_only = make_user("dev-only", permissions=("launch_step", "view_releaseplan"))
+    client.force_login(dev_only)
+    step_url = f"/admin/releases/releaseplan/{step.plan.pk}/step/14/"
+    assert "Roll back selected sites" not in client.get(step_url).content.decode()
+    chosen = SiteResult.objects.get(step=step, path=broken[0])
+
+    client.post(
+        f"{step_url}rollback/", {"site": [chosen.pk], "confirmed": "1", "confirm_environment": "PROD"}
+    )
+
+    assert StepRun.objects.get(pk=step.pk).state == StepState.PAUSED
+    assert SiteResult.objects.get(pk=chosen.pk).rollback == ""
+    assert AuditEvent.objects.filter(action="rollback", outcome="refused", username="dev-only").exists()

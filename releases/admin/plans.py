@@ -13,6 +13,7 @@ from ..models import ReleasePlan
 from .launching import LaunchMixin
 from .operations import ReleaseOperationsMixin
 from .report import ReleaseReportMixin
+from .rollback import RollbackMixin
 from .steps import StepPagesMixin
 
 # Which form field a refusal of `services.create_plan` belongs to, by how its message starts.
@@ -69,7 +70,7 @@ class ReleasePlanCreationForm(forms.ModelForm):
 
 @admin.register(ReleasePlan)
 class ReleasePlanAdmin(
-    ReleaseReportMixin, StepPagesMixin, LaunchMixin, ReleaseOperationsMixin, admin.ModelAdmin
+    ReleaseReportMixin, RollbackMixin, StepPagesMixin, LaunchMixin, ReleaseOperationsMixin, admin.ModelAdmin
 ):
     list_display = (
         "version",

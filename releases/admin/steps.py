@@ -11,6 +11,7 @@ from django.urls import path
 
 from .. import progress, reports
 from ..states import CANARY_WAITING, SiteState, StepState
+from .rollback import rollback_candidates
 
 SITES_PER_PAGE = 100
 
@@ -42,6 +43,7 @@ class StepPagesMixin:
             "to_check": reports.sites_to_check(step),
             "sweep": progress.sweep_groups(step),
             "site_states": SiteState.choices,
+            "rollback_sites": rollback_candidates(step, request.user),
         }
         request.current_app = self.admin_site.name
         return TemplateResponse(request, "admin/releases/releaseplan/step.html", context)
@@ -74,7 +76,7 @@ class StepPagesMixin:
         rows = step.sites.order_by("batch_index", "id").only(
             "id", "step_id", "path", "sid", "site_id", "batch_index", "batch_name", "state", "status", "update_group",
             "attempts", "http_status", "message", "finished_at", "reported_version", "reported_error",
-            "reported_at", "page_status", "verified_at",
+            "reported_at", "page_status", "verified_at", "rollback", "rollback_message",
         )  # fmt: skip
         batch, state = request.GET.get("batch", ""), request.GET.get("state", "")
         message = request.GET.get("message")
