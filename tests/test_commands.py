@@ -164,7 +164,7 @@ def test_status_json_has_the_contract_keys(plan):
     }
     assert all(step_keys | {"counts"} <= s.keys() for s in document["steps"])
     counts = document["steps"][1]["counts"]
-    assert counts == {"targeted": 0, "succeeded": 0, "failed": 0, "skipped": 0, "pending": 0, "unverified": 0}
+    assert counts == {"targeted": 0, "succeeded": 0, "failed": 0, "skipped": 0, "pending": 0, "unverified": 0, "rolled_back": 0}
 
 
 def test_status_json_stdout_is_exactly_one_document(plan):

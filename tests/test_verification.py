@@ -41,7 +41,7 @@ from releases.engine.verify import Verifier
 from releases.models import AuditEvent, Environment, SiteResult, StepRun, UpdateGroup
 from releases.states import SiteState, StepState
 from tests.support import run_engine, sites, tasks_not_sent
-from tests.test_engine_faults import release_item, run_inline
+from tests.test_engine_faults import release_item, run_inline, wait_for
 from tests.test_engine_safety import step_14
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -250,6 +250,30 @@ def test_sites_failed_at_their_deadline_keep_their_slot_until_atlas_ran_their_up
     assert len(prod.events.of_kind("update_queued")) == 5
     assert max(depths) <= 2, f"Atlas had up to {max(depths)} updates queued or running: {depths}"
     assert rows(step, state=SiteState.FAILED), "no site failed at its deadline: the case is not shown"
+
+
+def test_a_resumed_step_keeps_the_slots_of_sites_failed_at_their_deadline(simulator):
+    """As above (updates of 3 s), but the step is paused once a site has failed at its deadline and resumed on
+    another worker: the new run reads those sites back from their rows and still never lets Atlas
+    hold more than 2 updates queued or running (in memory only, their slots were lost)."""
+    prod = prod_simulator(simulator, update_workers=1, update_ms=3000)
+    step, user = step_14_in_batches(
+        prod, 1, max_unverified=2, parallelism=2, verify_timeout_seconds=1, failure_threshold_count=100
+    )
+    launch(step, user)
+    runner, _ = run_in_thread(step)
+    wait_for(lambda: rows(step, state=SiteState.FAILED), what="a site failed at its deadline")
+    services.pause(step.plan, user)
+    runner.join(60)
+    assert StepRun.objects.get(pk=step.pk).state == StepState.PAUSED
+
+    with tasks_not_sent():
+        services.resume_step(StepRun.objects.get(pk=step.pk), user)
+    run_engine(step, owner="second-worker")
+
+    depths = queue_depths(prod)
+    assert len(prod.events.of_kind("update_queued")) == 5
+    assert max(depths) <= 2, f"Atlas had up to {max(depths)} updates queued or running: {depths}"
 
 
 # -- 4. batch n+1 waits for batch n ------------------------------------------------------------

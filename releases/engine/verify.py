@@ -77,6 +77,13 @@ class Forward:
         deadline runs from there)."""
         return row.finished_at or row.patched_at or timezone.now()
 
+    def failed_late(self, step_id: int, since: datetime):
+        """Sites that failed verification at their deadline since `since` (their update may still
+        be queued at Atlas): a worker taking the step over counts them against the limit again."""
+        return SiteResult.objects.filter(
+            step_id=step_id, state=SiteState.FAILED, finished_at__gte=since, message__startswith=self.label
+        )
+
     def verified(self, row: SiteResult, now: datetime) -> None:
         row.state, row.verified_at, row.finished_at, row.message = SiteState.SUCCEEDED, now, now, ""
 
@@ -108,12 +115,32 @@ class Verifier:
         self._drush = None
         # Sites failed at their deadline whose report never showed the release: their forward
         # update may still be queued at Atlas, so each keeps counting against `max_unverified`
-        # until a report shows it ended, or Atlas's task limit passes
-        # (site id -> (until, monotonic; the version that would show it ended)).
-        self._overdue: dict[str, tuple[float, str]] = {}
+        # until a report shows it ended, or Atlas's task limit passes (site id -> (until, on the
+        # monotonic clock; the version that would show it ended)). Those an earlier run of the step
+        # left are read back: a worker that takes the step over, or a resume, keeps them.
+        self._overdue: dict[str, tuple[float, str]] = with_database(
+            self._still_queued, "reading overdue sites"
+        )
         self._pages = ThreadPoolExecutor(
             max_workers=min(8, max(1, env.parallelism)), thread_name_prefix="page"
         )
+
+    def _still_queued(self) -> dict[str, tuple[float, str]]:
+        """The overdue sites an earlier run of the step left (their slots outlive the worker)."""
+        failed_late = getattr(self.track, "failed_late", None)
+        if failed_late is None:
+            return {}
+        hold = max(self.timeout.total_seconds(), TASK_LIMIT)
+        now, clock = timezone.now(), time.monotonic()
+        rows = failed_late(self.ctx.step.pk, now - timedelta(seconds=hold)).only(
+            "site_id", "finished_at", "reported_version", "reported_error", "path", "sid"
+        )
+        overdue = {}
+        for row in rows:
+            expected = self.track.expected(row)
+            if row.reported_version != expected or row.reported_error is not False:
+                overdue[row.site_id] = (clock + hold - (now - row.finished_at).total_seconds(), expected)
+        return overdue
 
     def close(self) -> None:
         self._pages.shutdown(wait=False, cancel_futures=True)
