@@ -308,3 +308,31 @@ def test_the_step_page_offers_roll_back_only_to_whom_it_is_allowed(simulator, cl
     assert StepRun.objects.get(pk=step.pk).state == StepState.PAUSED
     assert SiteResult.objects.get(pk=chosen.pk).rollback == ""
     assert AuditEvent.objects.filter(action="rollback", outcome="refused", username="dev-only").exists()
+
+
+def test_after_a_rollback_a_resume_goes_on_with_the_next_batch_counting_failures_anew(simulator):
+    """Two batches, threshold 2 failures: batch 1's two broken sites pause the step before batch 2
+    sends anything. Rolled back, then resumed: the threshold counts from the resume, so batch 2 is
+    PATCHed (Atlas's log) and verified; the step ends paused, its two failed sites still listed."""
+    prod = prod_simulator(simulator, update_ms=30)
+    step, user = step_14_in_batches(prod, 2, verify_timeout_seconds=2, failure_threshold_count=2)
+    broken = first_group_paths(prod)[:2]
+    prod.break_on_update(*broken)
+    with tasks_not_sent():
+        services.launch(step, user)
+    assert run_engine(step) == StepState.PAUSED
+    step.refresh_from_db()
+    assert step.message.startswith("failure threshold"), step.message
+    second = set(SiteResult.objects.filter(step=step, batch_index=1).values_list("site_id", flat=True))
+    assert second and not second & {site_id for site_id, _ in site_patches(prod)}
+
+    assert run_rollback(step, user, failed=True) == StepState.PAUSED
+    with tasks_not_sent():
+        services.resume_step(StepRun.objects.get(pk=step.pk), user)
+    assert run_engine(step) == StepState.PAUSED
+
+    assert second <= {site_id for site_id, _ in site_patches(prod)}
+    step.refresh_from_db()
+    counts = step.counts()
+    assert (counts["failed"], counts["rolled_back"], counts["succeeded"]) == (2, 2, 8), step.message
+    assert "retry the failed sites, skip or abort" in step.message

@@ -47,7 +47,10 @@ class ResultRecorder:
         self.owner = owner
         totals = with_database(step.counts, "counting the step's sites")
         self._targeted = lambda: totals["targeted"]
-        self._failed_before = totals["failed"]
+        # Failures count from the operator's last resume (StepRun.resume): earlier ones are listed
+        # on the step, and do not hold it at its threshold again.
+        baseline = (step.result or {}).get("failed_baseline", 0)
+        self._failed_before = max(0, totals["failed"] - baseline)
         self._failed_now = 0
         self._buffer: list[SiteResult] = []
         self._last_flush = time.monotonic()

@@ -257,6 +257,15 @@ class StepRun(models.Model):
                 # ...and the "Continue" past an update step's canary.
                 self.result = {**result, "canary": CANARY_PASSED}
                 StepRun.objects.filter(pk=self.pk).update(result=self.result)
+            # The failure threshold counts anew from an operator's resume: the sites failed so far
+            # stay failed and listed (rolled back, or accepted) and no longer hold the step; those
+            # about to be retried are not failures any more.
+            failed = self.sites.filter(state=SiteState.FAILED)
+            if retry_failed:
+                failed = failed.exclude(needs_check=False, rollback="")
+            result = StepRun.objects.values_list("result", flat=True).get(pk=self.pk) or {}
+            self.result = {**result, "failed_baseline": failed.count()}
+            StepRun.objects.filter(pk=self.pk).update(result=self.result)
             if retry_failed:
                 # A site whose instance may be destroyed is never sent again: an operator looks.
                 # Nor is a site rolled back (or whose rollback failed): it stays where it was put.
