@@ -13,6 +13,7 @@ from atlas.selectors import exclude_profile
 
 from .connectivity import CredentialsProbes, CredentialsRefused
 from .models import EnvironmentMisconfigured, ReleasePlan, SiteResult, StepRun, UpdateGroup
+from .report_verification import verification
 from .states import ACTIVE, DONE, SiteState, StepKind, StepState
 
 PREVIEW_PATHS = 50  # site paths listed per batch in a preview (counts are always complete)
@@ -269,7 +270,8 @@ def _seconds(start, end) -> float | None:
 
 
 def _per_minute(sites: int, seconds: float | None) -> float | None:
-    return round(sites * 60.0 / seconds, 2) if seconds and seconds > 0 else None
+    """Sites per minute; none over less than a second (a rate from a few milliseconds is noise)."""
+    return round(sites * 60.0 / seconds, 2) if seconds and seconds >= 1 else None
 
 
 def _epoch(value) -> datetime | None:
@@ -311,84 +313,81 @@ def _batches(step: StepRun, rows: list[dict]) -> list[dict]:
         end = _epoch(finished.get(str(index))) or row["last_finished"]
         seconds = _seconds(begin, end)
         batches.append(
-            {
-                "index": index,
-                "name": names[index] if index < len(names) else "",
-                "sites": row["sites"],
-                "succeeded": row["succeeded"],
-                "failed": row["failed"],
-                "skipped": row["skipped"],
-                "started_at": _iso(begin),
-                "finished_at": _iso(end),
-                "duration_seconds": seconds,
-                "sites_per_minute": _per_minute(row["succeeded"], seconds),
-            }
-        )
+            {"index": index, "name": names[index] if index < len(names) else "", "sites": row["sites"],
+             "succeeded": row["succeeded"], "failed": row["failed"], "skipped": row["skipped"],
+             "started_at": _iso(begin), "finished_at": _iso(end), "duration_seconds": seconds,
+             "sites_per_minute": _per_minute(row["succeeded"], seconds)}
+        )  # fmt: skip
         previous_end = end or previous_end
     return batches
 
 
 def durations(plan: ReleasePlan, steps: list[StepRun] | None = None, now=None) -> dict:
     """Durations per step and per batch, per environment and for the whole release, and sites
-    updated per minute, from the recorded timestamps. A step still active counts up to `now`."""
+    updated per minute, from the recorded timestamps. A step still active counts up to `now`.
+
+    An environment's (and the release's active) duration is the sum of its steps' own times, from
+    each start to its end: the waits between steps (a finalize in git, a day between stages) are
+    not in it. The release's `total_seconds` is its first start to its last end."""
     now = now or timezone.now()
     steps = steps if steps is not None else list(plan.steps.select_related("environment").order_by("number"))
     rows = _batch_rows(plan)
-    out_steps, environments = [], {}
+    timed = []
     for step in steps:
         end = step.finished_at or (now if step.state in ACTIVE and step.started_at else None)
-        seconds = _seconds(step.started_at, end)
-        batches = _batches(step, rows.get(step.pk, []))
-        env = step.environment.name if step.environment else None
-        out_steps.append(
-            {"number": step.number, "environment": env, "kind": step.kind, "state": step.state,
-             "started_at": _iso(step.started_at), "finished_at": _iso(step.finished_at),
-             "duration_seconds": seconds, "ongoing": step.finished_at is None and end is not None,
-             "batches": batches}
-        )  # fmt: skip
-        if env and step.started_at:
-            figures = environments.setdefault(
-                env,
-                {"started_at": step.started_at, "finished_at": end, "updating_seconds": 0.0, "updated": 0},
-            )
-            figures["started_at"] = min(figures["started_at"], step.started_at)
-            figures["finished_at"] = max(filter(None, [figures["finished_at"], end]), default=None)
-            if step.kind == StepKind.UPDATE_SITES:
-                figures["updating_seconds"] += seconds or 0.0
-                figures["updated"] += sum(b["succeeded"] for b in batches)
+        timed.append((step, end, _step_durations(step, end, rows.get(step.pk, []))))
+    environments = _environment_totals(timed)
+    first = min((e["started_at"] for e in environments.values()), default=None)
+    last = max((e["finished_at"] for e in environments.values() if e["finished_at"]), default=None)
     return {
-        "started_at": _iso(min((e["started_at"] for e in environments.values()), default=None)),
-        "finished_at": _iso(
-            max((e["finished_at"] for e in environments.values() if e["finished_at"]), default=None)
-        ),
-        "total_seconds": _seconds(
-            min((e["started_at"] for e in environments.values()), default=None),
-            max((e["finished_at"] for e in environments.values() if e["finished_at"]), default=None),
-        ),
-        "environments": {
-            name: {
-                "started_at": _iso(e["started_at"]),
-                "finished_at": _iso(e["finished_at"]),
-                "duration_seconds": _seconds(e["started_at"], e["finished_at"]),
-                "sites_updated": e["updated"],
-                "sites_per_minute": _per_minute(e["updated"], e["updating_seconds"]),
-            }
-            for name, e in environments.items()
-        },
-        "steps": out_steps,
-    }
+        "started_at": _iso(first), "finished_at": _iso(last), "total_seconds": _seconds(first, last),
+        "active_seconds": round(sum(e["active"] for e in environments.values()), 3) if environments else None,
+        "environments": {name: _environment_row(e) for name, e in environments.items()},
+        "steps": [figures for _, _, figures in timed],
+    }  # fmt: skip
+
+
+def _step_durations(step: StepRun, end, rows: list[dict]) -> dict:
+    return {"number": step.number, "environment": step.environment.name if step.environment else None,
+            "kind": step.kind, "state": step.state, "started_at": _iso(step.started_at),
+            "finished_at": _iso(step.finished_at), "duration_seconds": _seconds(step.started_at, end),
+            "ongoing": step.finished_at is None and end is not None, "batches": _batches(step, rows)}  # fmt: skip
+
+
+def _environment_row(e: dict) -> dict:
+    return {"started_at": _iso(e["started_at"]), "finished_at": _iso(e["finished_at"]),
+            "duration_seconds": round(e["active"], 3), "span_seconds": _seconds(e["started_at"], e["finished_at"]),
+            "sites_updated": e["updated"], "sites_per_minute": _per_minute(e["updated"], e["updating_seconds"])}  # fmt: skip
+
+
+def _environment_totals(timed: list[tuple]) -> dict[str, dict]:
+    """Per environment: its first start and last end, its steps' time summed, and its update
+    steps' time and sites updated (the rate)."""
+    environments: dict[str, dict] = {}
+    for step, end, figures in timed:
+        if not (figures["environment"] and step.started_at):
+            continue
+        seconds = figures["duration_seconds"] or 0.0
+        env = environments.setdefault(
+            figures["environment"],
+            {"started_at": step.started_at, "finished_at": end, "active": 0.0, "updating_seconds": 0.0,
+             "updated": 0},
+        )  # fmt: skip
+        env["started_at"] = min(env["started_at"], step.started_at)
+        env["finished_at"] = max(filter(None, [env["finished_at"], end]), default=None)
+        env["active"] += seconds
+        if step.kind == StepKind.UPDATE_SITES:
+            env["updating_seconds"] += seconds
+            env["updated"] += sum(b["succeeded"] for b in figures["batches"])
+    return environments
 
 
 def updates_over_time(plan: ReleasePlan) -> dict:
     """Sites updated (update steps, succeeded) per environment over time: per minute, and in
     buckets of a second when the whole release's updates spanned a quarter of an hour or less
     (the chart's points). Two grouped queries, however many sites."""
-    updated = SiteResult.objects.filter(
-        step__plan=plan,
-        step__kind=StepKind.UPDATE_SITES,
-        state=SiteState.SUCCEEDED,
-        finished_at__isnull=False,
-    )
+    updated = SiteResult.objects.filter(step__plan=plan, step__kind=StepKind.UPDATE_SITES)
+    updated = updated.filter(state=SiteState.SUCCEEDED, finished_at__isnull=False)
     span = updated.aggregate(first=Min("finished_at"), last=Max("finished_at"))
     if span["first"] is None:
         return {"bucket": "minute", "per_minute": {}, "series": {}}
@@ -431,20 +430,15 @@ def failures(plan: ReleasePlan, limit: int = FAILURES_SHOWN) -> dict:
 
 
 def release_report(plan: ReleasePlan) -> dict:
-    """The report page's data: the timeline and durations, updates over time, failures, sweeps."""
-    steps = list(plan.steps.select_related("environment").order_by("number"))
+    """The report page's data: the timeline and durations, updates over time, verification
+    (report_verification), failures, sweeps."""
+    steps, now = list(plan.steps.select_related("environment").order_by("number")), timezone.now()
+    problems = (StepState.FAILED, StepState.PAUSED, StepState.ABORTED)
     return {
-        "version": plan.version,
-        "state": plan.state,
-        "durations": durations(plan, steps),
-        "updates": updates_over_time(plan),
+        "version": plan.version, "state": plan.state, "durations": durations(plan, steps, now),
+        "updates": updates_over_time(plan), "verification": verification(plan, steps, now),
         "failures": failures(plan),
-        "problem_steps": [
-            {"number": s.number, "state": s.state, "message": s.message}
-            for s in steps
-            if s.state in (StepState.FAILED, StepState.PAUSED, StepState.ABORTED) and s.message
-        ],
-        "sweeps": {
-            s.environment.name: s.result["sweep"] for s in steps if s.environment and "sweep" in s.result
-        },
-    }
+        "problem_steps": [{"number": s.number, "state": s.state, "message": s.message}
+                          for s in steps if s.state in problems and s.message],
+        "sweeps": {s.environment.name: s.result["sweep"] for s in steps if s.environment and "sweep" in s.result},
+    }  # fmt: skip
