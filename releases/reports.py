@@ -11,7 +11,7 @@ from django.utils import timezone
 from atlas.errors import AtlasError
 from atlas.selectors import exclude_profile
 
-from .connectivity import CredentialsProbes, CredentialsRefused
+from .connectivity import CredentialsProbes, CredentialsRefused, DrushRole
 from .models import EnvironmentMisconfigured, ReleasePlan, SiteResult, StepRun, UpdateGroup
 from .report_verification import verification
 from .states import ACTIVE, DONE, SiteState, StepKind, StepState
@@ -99,19 +99,30 @@ def preview_step(step: StepRun, *, probes: CredentialsProbes | None = None) -> d
     try:
         if step.kind in (StepKind.DELETE_SITES, StepKind.UPDATE_SITES):
             _groups(step)  # a selector the portal would not send: refused before any request
-        client = step.environment.client()
+        client, probes = step.environment.client(), probes or CredentialsProbes()
         if step.state not in DONE:
-            (probes or CredentialsProbes()).check(step.environment, client)
+            probes.check(step.environment, client)
         item = _release_item(client, step.plan)
         if step.kind in (StepKind.DEPLOY_CODE, StepKind.UPDATE_CODE):
             return {**base, **_code_preview(client, step, item)}
-        return {**base, **_sites_preview(client, step, item)}
+        preview = {**base, **_sites_preview(client, step, item)}
+        if step.kind == StepKind.UPDATE_SITES and step.state not in DONE:
+            _drush_role(preview, probes.drush_role(step.environment, client))
+        return preview
     except CredentialsRefused as exc:
         remembered = exc.seconds_ago is not None
         refused = {"refused": True, "remembered": remembered, "seconds_ago": exc.seconds_ago}
         return {**base, "error": str(exc), "credentials": refused}
     except (AtlasError, EnvironmentMisconfigured) as exc:
         return {**base, "error": str(exc)}
+
+
+def _drush_role(preview: dict, role: DrushRole) -> None:
+    """Verification asks Atlas for the sites' reports with drush: say when it will not (the
+    account lacks the role) or could not be asked, in the note the CLI and confirmation show."""
+    if role.code in (DrushRole.MISSING, DrushRole.UNKNOWN):
+        preview["drush_role"] = {"code": role.code, "message": role.message, "remembered": role.remembered}
+        preview["note"] = "; ".join(filter(None, [preview.get("note"), role.message]))
 
 
 def frozen_targets(step: StepRun) -> dict:

@@ -1,25 +1,37 @@
 """The release report's verification figures (issue 20 §6) and its durations and charts (issue 21
-§4), from SiteResult rows and step times set here."""
+§4), from SiteResult rows and step times set here; and the drush role (issue 20 §1): Test
+connection and update steps' previews say when the account lacks it, judged against the
+simulator's `no_drush_role` (its requests and events)."""
 
 from __future__ import annotations
 
 import bisect
+import os
 from datetime import UTC, datetime, timedelta
+from io import StringIO
 
 import pytest
+from django.contrib.messages import get_messages
 from django.core.management import call_command
 from django.urls import reverse
 
-from releases import reports, services
+from atlas.simulator.events import DRUSH_EXECUTE, DRUSH_PREPARE, DRUSH_RUN, SITE_UPDATE
+from releases import connectivity, reports, services
 from releases.admin.report import TOP
+from releases.connectivity import DrushRole, drush_key, refusal_cache
 from releases.models import Environment, SiteResult, StepRun
 from releases.report_verification import QUEUE_POINTS, verification
 from releases.states import SiteState, StepState
-from tests.support import R, make_user
+from tests.admin_helpers import mark_done, url
+from tests.support import R, configure_environments, make_user
 
 pytestmark = pytest.mark.django_db
 
 T0 = datetime(2026, 11, 27, 9, 0, tzinfo=UTC)
+MISSING = (
+    "the account 'release-portal' lacks Atlas's drush role: verification cannot ask for reports; "
+    "grant the role or `environment set {env} --verify off`"
+)
 
 
 @pytest.fixture(autouse=True)
@@ -227,3 +239,131 @@ def test_the_page_shows_active_times_short_batches_and_every_environment_full_wi
     for line in lines.values():  # each rises to its own total, and its end is marked
         assert min(float(p.split(",")[1]) for p in line["points"].split()) == TOP
         assert f'<circle cx="{line["end_x"]}" cy="{line["end_y"]}"' in html
+
+
+# -- the drush role: Test connection and previews --------------------------------------------------
+
+
+def forget(*environments: Environment) -> None:
+    for environment in environments:
+        refusal_cache().delete(drush_key(environment))
+
+
+def execute_requests(sim) -> list[int]:
+    """The status of every `POST /drush/<id>/execute` the simulator answered."""
+    return [
+        status
+        for method, path, *_, status in sim.injector.requests
+        if method == "POST" and path.endswith("/execute")
+    ]
+
+
+@pytest.fixture
+def atlas(simulator):
+    """`atlas("PROD", denied=True)`: that environment on a simulator (requests recorded) with
+    verification on, its account lacking the drush role when `denied`."""
+
+    def start(name: str, *, denied: bool) -> object:
+        sim = simulator(name.lower(), password=os.environ[f"ATLAS_{name}_PASSWORD"])
+        if denied:
+            sim.deny_drush("release-portal")
+        configure_environments({name: sim}, verify=True)
+        forget(Environment.objects.get(name=name))
+        sim.injector.record = True
+        return sim
+
+    return start
+
+
+def test_connection_says_the_account_lacks_the_drush_role_and_runs_nothing(client, atlas):
+    dev = atlas("DEV", denied=True)
+    client.force_login(make_user())
+
+    response = client.post(
+        reverse("admin:releases_environment_changelist"),
+        {"action": "test_connection", "_selected_action": [Environment.objects.get(name="DEV").pk]},
+        follow=True,
+    )
+
+    ((level, message),) = [(m.level_tag, str(m)) for m in get_messages(response.wsgi_request)]
+    assert level == "error"
+    assert message.startswith(f"DEV: Atlas at {dev.url} accepted the credentials of release-portal")
+    assert message.endswith(", but " + MISSING.format(env="DEV"))
+    assert execute_requests(dev) == [403]
+    assert dev.events.of_kind(DRUSH_EXECUTE) == [] and dev.events.of_kind(SITE_UPDATE) == []
+
+
+def test_connection_with_the_drush_role_executes_the_verification_item_on_no_site(atlas):
+    dev = atlas("DEV", denied=False)
+
+    ok, message = connectivity.test_connection(Environment.objects.get(name="DEV"), make_user())
+
+    assert ok and message.endswith("and runs drush for it (verification's reports)"), message
+    assert dev.wait_for_commands()
+    assert execute_requests(dev) == [200]
+    assert [e["matched"] for e in dev.events.of_kind(DRUSH_PREPARE)] == [0]
+    assert dev.events.of_kind(DRUSH_RUN) == [] and dev.events.of_kind(SITE_UPDATE) == []
+    writes = [(m, p) for m, p, *_ in dev.injector.requests if m != "GET"]
+    credentials = ("PATCH", "/code/000000000000000000000000")  # answered 412: changes nothing
+    assert writes[0] == credentials and all(p.startswith("/drush") for _, p in writes[1:]), writes
+
+
+def test_connection_does_not_ask_for_the_drush_role_without_verification_or_while_a_step_verifies(
+    plan, atlas
+):
+    dev = atlas("DEV", denied=True)
+    environment = Environment.objects.get(name="DEV")
+    ran(plan, 4, 0, None, StepState.RUNNING)
+
+    ok, busy = connectivity.test_connection(environment, make_user("lead"))
+    Environment.objects.filter(name="DEV").update(verify=False)
+    environment.refresh_from_db()
+    off_ok, off = connectivity.test_connection(environment, make_user("other"))
+
+    assert ok and busy.endswith("; the drush role was not checked: step 4 is verifying DEV's sites now")
+    assert off_ok and off.endswith("(password from ATLAS_DEV_PASSWORD)")
+    assert execute_requests(dev) == []
+
+
+def test_a_preview_of_update_steps_says_so_asking_atlas_once_per_environment(plan, atlas, monkeypatch):
+    test = atlas("TEST", denied=True)
+    monkeypatch.delenv("ATLAS_DEV_PASSWORD")  # DEV and PROD send nothing
+    monkeypatch.delenv("ATLAS_PROD_PASSWORD")
+
+    first = {p["number"]: p for p in reports.preview(plan)}
+    again = {p["number"]: p for p in reports.preview(plan)}
+
+    for number in (6, 11):  # TEST's two update steps
+        assert first[number]["drush_role"] == {"code": DrushRole.MISSING, "message": MISSING.format(env="TEST"),
+                                               "remembered": False}  # fmt: skip
+        assert MISSING.format(env="TEST") in first[number]["note"]
+        assert again[number]["drush_role"]["remembered"] is True
+    assert "drush_role" not in first[5] and "drush_role" not in first[10]  # code and delete steps
+    assert execute_requests(test) == [403]  # one for both steps, none for the second preview
+
+
+def test_release_preview_and_the_launch_confirmation_say_the_account_lacks_the_drush_role(
+    client, plan, atlas
+):
+    atlas("TEST", denied=True)
+    out = StringIO()
+
+    call_command("release", "preview", plan.version, "--step", "6", stdout=out)
+    mark_done(plan, 2, 3, 4, 5)
+    client.force_login(make_user("launcher"))
+    page = client.get(url("launch", plan, 6))
+
+    (note,) = [line for line in out.getvalue().splitlines() if line.startswith("  note: ")]
+    assert note.endswith(MISSING.format(env="TEST"))
+    assert page.status_code == 200
+    assert "lacks Atlas&#x27;s drush role: verification cannot ask for reports" in page.content.decode()
+
+
+def test_a_preview_with_the_drush_role_says_nothing_of_it(plan, atlas):
+    test = atlas("TEST", denied=False)
+
+    (preview,) = reports.preview(plan, 6)
+
+    assert "drush_role" not in preview and "drush" not in preview["note"]
+    assert execute_requests(test) == [200]
+    assert test.wait_for_commands() and test.events.of_kind(DRUSH_RUN) == []
