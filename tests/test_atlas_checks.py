@@ -130,9 +130,13 @@ def test_connection_reports_accepted_credentials_and_changes_nothing(client, dev
 
     assert messages == [
         ("success", f"DEV: Atlas at {dev_atlas.url} accepted the credentials of release-portal "
-                    "(password from ATLAS_DEV_PASSWORD)")
+                    "(password from ATLAS_DEV_PASSWORD) and runs drush for it (verification's reports)")
     ]  # fmt: skip
-    assert len(dev_atlas.events.snapshot()) == before  # no side effect on Atlas
+    # No side effect on any site: the drush role is checked by running the portal's own
+    # verification item on a query that matches none (DEV verifies: Test connection says so).
+    seen = dev_atlas.events.snapshot()[before:]
+    assert {event["kind"] for event in seen} <= {"drush_execute", "drush_prepare"}, seen
+    assert [event.get("matched") for event in seen if event["kind"] == "drush_prepare"] == [0]
     event = AuditEvent.objects.get(action="environment_test_connection")
     assert (event.username, event.environment_name, event.outcome) == ("ops-lead", "DEV", "ok")
 
