@@ -31,7 +31,9 @@ def describe_request(request: LaunchRequest) -> str:
     elif request.action == LaunchRequest.Action.LAUNCH:
         counts = "; no counts confirmed (launched with --yes)"
     if request.sites:
-        counts += f"; {len(request.sites)} sites"
+        paths = list(request.step.sites.filter(pk__in=request.sites[:10]).values_list("path", flat=True))
+        more = f" and {len(request.sites) - 10} more" if len(request.sites) > 10 else ""
+        counts += f"; {len(request.sites)} sites back on their earlier item: {', '.join(paths)}{more}"
     source = f" from {request.requested_channel}" + (
         f" as {request.requested_account}" if request.requested_account else ""
     )

@@ -213,9 +213,9 @@ class StepWaiter:
                 return WaitResult(followed, False, f"step {step.number} ended {step.state}{reason}")
             if not stage:
                 return WaitResult(followed, True)
-            following, problem = self._continuation(step)
+            following, problem, timed_out = self._continuation(step)
             if following is None:
-                return WaitResult(followed, not problem, problem, timed_out=problem.startswith("timed out"))
+                return WaitResult(followed, not problem, problem, timed_out=timed_out)
             followed.append(following)
             step = following
 
@@ -242,29 +242,38 @@ class StepWaiter:
                 )
             self.sleep(self.poll)
 
-    def _continuation(self, step: StepRun) -> tuple[StepRun | None, str]:
+    def _continuation(self, step: StepRun) -> tuple[StepRun | None, str, bool]:
         """The stage step the engine launched after `step` (it may have ended already), or None with
-        '' when the stage is complete, or None with the reason it stopped early."""
+        '' when the stage is complete, or None with the reason it stopped early; and whether the
+        reason is our own timeout."""
         chain = with_database(lambda: stage_chain(step)[1:], "following the stage")
         if not chain:
-            return None, ""
+            return None, "", False
         following, since = chain[0], self.clock()
         while True:
             with_database(following.refresh_from_db, "following the stage")
             if _started_after(following, step):
-                return following, ""
+                return following, "", False
             # services.continue_stage launches only the very next step, and not one already done.
             if following.state in DONE or self.clock() - since >= self.grace:
                 break
             if self._expired():
-                return None, f"timed out after {self.timeout:g}s waiting for step {following.number} to start"
+                return (
+                    None,
+                    f"timed out after {self.timeout:g}s waiting for step {following.number} to start",
+                    True,
+                )
             self.sleep(self.poll)
         left = [s.number for s in chain if s.state not in DONE]
         if not left:
-            return None, ""
-        return None, (
-            f"the stage stopped after step {step.number}: step {left[0]} was not launched "
-            "(see the audit trail; launch it with `release launch`)"
+            return None, "", False
+        return (
+            None,
+            (
+                f"the stage stopped after step {step.number}: step {left[0]} was not launched "
+                "(see the audit trail; launch it with `release launch`)"
+            ),
+            False,
         )
 
     def _expired(self) -> bool:

@@ -13,14 +13,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 from django.db import transaction
+from django.utils import timezone
 
 from atlas.errors import AtlasError
 
+from .engine.verify import TASK_LIMIT
 from .models import AuditEvent, EnvironmentMisconfigured, SiteResult, StepRun, TransitionRefused
 from .services import ActionRefused, BrokerUnavailable, authorize, enqueue_step, request_action
-from .states import ROLLING_BACK, RollbackState, SiteState, StepKind, StepState
+from .states import RollbackState, SiteState, StepKind, StepState
 
 ROLLBACK_STATES = (StepState.PAUSED, StepState.FAILED, StepState.SUCCEEDED, StepState.ABORTED)
 
@@ -54,7 +57,7 @@ class RollbackPlan:
         return lines
 
 
-def eligibility(row: SiteResult) -> str:
+def eligibility(row: SiteResult, step: StepRun) -> str:
     """Why this site may not be rolled back now ('' when it may)."""
     if row.patched_at is None:
         return "the step never changed it"
@@ -64,7 +67,27 @@ def eligibility(row: SiteResult) -> str:
         return "already rolled back"
     if not row.previous_profile:
         return "the step recorded no earlier item for it"
-    return ""
+    return _still_queued(row, step)
+
+
+def _still_queued(row: SiteResult, step: StepRun) -> str:
+    """Whether the site's forward update may still wait in Atlas's queue: it would then run after
+    the rollback's and put the site back on the release (atlas-api.md §3.6). It has started once
+    the site reported the release's version after its PATCH (the symlink is switched: a later
+    update ends the site on its own item), and Atlas has given up on it past its task limit."""
+    version = step.plan.version
+    if row.verified_at is not None or row.rollback:
+        return ""  # verified, or known ended when an earlier rollback of it was accepted
+    if row.reported_at and row.reported_at > row.patched_at and row.reported_version == version:
+        return ""
+    hold = max(step.environment.verify_timeout_seconds, TASK_LIMIT)
+    until = (row.finished_at or row.patched_at) + timedelta(seconds=hold)
+    if timezone.now() >= until:
+        return ""
+    return (
+        f"its update may still be queued at Atlas (no report of {version} since its PATCH): roll it back "
+        f"once it reports, or after {timezone.localtime(until):%H:%M}"
+    )
 
 
 def prepare(
@@ -164,11 +187,9 @@ def _chosen(step: StepRun, failed: bool, paths: Sequence[str], ids) -> list[Site
             )
     else:
         rows = _by_path(step, paths)
-    ineligible = [f"{row.path or row.site_id} ({why})" for row in rows if (why := eligibility(row))]
+    ineligible = [f"{row.path or row.site_id} ({why})" for row in rows if (why := eligibility(row, step))]
     if ineligible:
         raise ActionRefused("cannot roll back " + _listed(ineligible))
-    if any(row.rollback in ROLLING_BACK for row in rows) and step.state == StepState.PAUSED:
-        raise ActionRefused(f"step {step.number} has a rollback under way: resume or abort it first")
     return rows
 
 

@@ -11,8 +11,10 @@ step pauses with them failed.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
+import threading
 from collections import Counter
 
 import pytest
@@ -25,7 +27,7 @@ from releases.models import AuditEvent, Environment, LaunchRequest, SiteResult, 
 from releases.services import ActionRefused
 from releases.states import RollbackState, SiteState, StepState
 from tests.support import make_user, run_engine, sites, tasks_not_sent
-from tests.test_engine_faults import release_item
+from tests.test_engine_faults import release_item, wait_for
 from tests.test_verification import (
     first_at,
     first_group_paths,
@@ -336,3 +338,67 @@ def test_after_a_rollback_a_resume_goes_on_with_the_next_batch_counting_failures
     counts = step.counts()
     assert (counts["failed"], counts["rolled_back"], counts["succeeded"]) == (2, 2, 8), step.message
     assert "retry the failed sites, skip or abort" in step.message
+
+
+# -- the skeptic review's cases -------------------------------------------------------------------
+
+
+def test_a_site_whose_forward_update_may_still_be_queued_is_not_rolled_back(simulator):
+    """One update worker at 3 s a site, a 1 s deadline: sites fail verification while their update
+    still waits in Atlas's queue. Rolling them back now would queue the rollback behind the
+    release's update, which could end last (§3.6): refused, saying so; nothing is PATCHed."""
+    prod = prod_simulator(simulator, update_workers=1, update_ms=3000)
+    step, user = step_14_in_batches(
+        prod, 1, verify_timeout_seconds=1, failure_threshold_count=100, max_unverified=5, parallelism=5
+    )
+    with tasks_not_sent():
+        services.launch(step, user)
+    ended = run_engine(step)
+    step.refresh_from_db()
+    assert ended == StepState.PAUSED, (ended, step.state, step.message)
+    queued = [
+        row
+        for row in SiteResult.objects.filter(step=step, state=SiteState.FAILED)
+        if row.reported_version != step.plan.version
+    ]
+    assert queued, "no site failed with its update still queued: the case is not shown"
+    log = len(site_patches(prod))
+
+    with pytest.raises(ActionRefused, match="may still be queued at Atlas"):
+        rollback.roll_back(step, user, paths=[queued[0].path], confirm="2.8.5")
+    assert len(site_patches(prod)) == log
+
+
+def test_a_paused_rollback_cannot_be_retried_and_an_abort_leaves_the_step_as_it_was(simulator):
+    """A rollback paused by the operator (slow updates keep it verifying): retry-failed is refused;
+    abort ends the rollback with each site saying what it is left as and the step paused as it was
+    before; a new rollback of the same sites is then accepted (nothing left stuck)."""
+    prod, step, user, broken, before = failed_step_14(simulator)
+    drupal = prod.state.drupal
+    drupal.settings = dataclasses.replace(drupal.settings, update_ms=3000)  # Atlas slows down now
+    with tasks_not_sent():
+        rollback.roll_back(step, user, failed=True, confirm="2.8.5")
+    runner = threading.Thread(target=run_engine, args=(step,), daemon=True)
+    runner.start()
+    wait_for(
+        lambda: SiteResult.objects.filter(step=step, rollback=RollbackState.UPDATING).exists(),
+        what="a site updating back",
+    )
+    services.pause(step.plan, user)
+    runner.join(60)
+    step.refresh_from_db()
+    assert step.state == StepState.PAUSED and "during a rollback" in step.message
+
+    with pytest.raises(ActionRefused, match="has a rollback under way"):
+        with tasks_not_sent():
+            services.retry_failed(step, user)
+    services.abort(step.plan, user)
+
+    step.refresh_from_db()
+    assert step.state == StepState.PAUSED and step.message.endswith("rollback aborted by the operator")
+    assert "rollback" not in step.result
+    left = set(SiteResult.objects.filter(step=step, path__in=broken).values_list("rollback", flat=True))
+    assert left <= {RollbackState.FAILED, RollbackState.DONE} and RollbackState.FAILED in left
+    with tasks_not_sent():
+        rollback.roll_back(step, user, failed=True, confirm="2.8.5")
+    assert StepRun.objects.get(pk=step.pk).state == StepState.RUNNING

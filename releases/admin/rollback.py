@@ -24,7 +24,7 @@ def rollback_candidates(step, user) -> list:
     rows = step.sites.filter(state=SiteState.FAILED, patched_at__isnull=False).exclude(
         rollback=RollbackState.DONE
     )
-    return [row for row in rows.order_by("id")[:LISTED] if not rollback.eligibility(row)]
+    return [row for row in rows.order_by("id")[:LISTED] if not rollback.eligibility(row, step)]
 
 
 class RollbackMixin:

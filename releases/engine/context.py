@@ -33,11 +33,16 @@ class LeaseLost(Exception):
     """Another worker took the step over (our lease lapsed): stop without touching it further."""
 
 
+# Why a step stopped, when the code that called it decides on it (never the message's wording).
+THRESHOLD = "threshold"
+
+
 @dataclass
 class Outcome:
     state: str
     message: str = ""
     result: dict = field(default_factory=dict)
+    reason: str = ""  # e.g. THRESHOLD
 
     @classmethod
     def stopped(cls, requested: str, by: str = "the operator") -> Outcome:

@@ -18,7 +18,7 @@ from atlas.errors import Cancelled
 from ..db import with_database
 from ..models import SiteResult
 from ..states import SiteState, StepState
-from .context import LeaseLost, Outcome, StepContext
+from .context import THRESHOLD, LeaseLost, Outcome, StepContext
 from .credentials import CredentialsCheck
 from .recorder import ResultRecorder, SiteOutcome
 from .verify import VerificationImpossible, Verifier
@@ -230,7 +230,7 @@ class BatchDispatcher:
         """Nothing in flight: return the sites never sent to pending and record the rest."""
         self.recorder.undispatch(self.ready + self.unsent)
         self.recorder.flush()
-        if self.stopped is not None and self.stopped.message.startswith("failure threshold"):
+        if self.stopped is not None and self.stopped.reason == THRESHOLD:
             return threshold_outcome(self.ctx, self.recorder)  # count the writes that were in flight too
         return self.stopped
 
@@ -269,7 +269,7 @@ def threshold_outcome(ctx: StepContext, recorder: ResultRecorder | None = None) 
         failed, targeted = counts["failed"], counts["targeted"]
     limit = ctx.environment.threshold_description()
     message = f"failure threshold ({limit}) reached: {failed} of {targeted} sites failed"
-    return Outcome(StepState.PAUSED, "; ".join(filter(None, [message, needs_check(ctx)])))
+    return Outcome(StepState.PAUSED, "; ".join(filter(None, [message, needs_check(ctx)])), reason=THRESHOLD)
 
 
 def needs_check(ctx: StepContext) -> str:

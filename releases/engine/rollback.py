@@ -24,7 +24,7 @@ from ..models import AuditEvent, SiteResult, StepRun
 from ..states import ROLLING_BACK, RollbackState, StepState
 from .code import find_release_item
 from .context import LeaseLost, Outcome, StepContext, credentials_refused, unreachable
-from .verify import Verifier, answered_at
+from .verify import VerificationImpossible, Verifier, answered_at
 
 ROW_FIELDS = ["rollback", "rollback_at", "rollback_message"]
 
@@ -108,7 +108,16 @@ def _run(ctx, pool, verifier, track, release: str, parallelism: int) -> Outcome 
             return Outcome(exc.outcome.state, exc.outcome.message, dict(ctx.result))
         if verifier is not None:
             verifier.answered(sum(1 for s in sent if s.state == RollbackState.UPDATING))
-            verifier.poll()
+            try:
+                verifier.poll()
+            except VerificationImpossible as exc:
+                return Outcome(
+                    StepState.PAUSED,
+                    f"rollback paused: verification is impossible: {exc}. Grant the account Atlas's drush "
+                    f"role and resume, or turn verification off (environment set {ctx.environment.name} "
+                    "--verify off) and resume",
+                    dict(ctx.result),
+                )
             ctx.doing(f"rolling back: {verifier.waiting} sites updating at Atlas onto their earlier item")
         if not rows and not _left(ctx):
             return None
@@ -163,14 +172,16 @@ def _send(ctx, pool, rows, release: str, track: Rollback, *, verified: bool) -> 
         row.rollback, row.rollback_message, row.rollback_at = sent.state, sent.message, sent.at
         done.append((row, sent))
     if done:
-        with_database(lambda: _save([row for row, _ in done]), "recording the rollback")
+        with_database(lambda: _save(ctx, [row for row, _ in done]), "recording the rollback")
     if stop is not None:
         raise stop
     return [sent for _, sent in done]
 
 
-def _save(rows: list[SiteResult]) -> None:
-    SiteResult.objects.bulk_update(rows, ROW_FIELDS, batch_size=500)
+def _save(ctx: StepContext, rows: list[SiteResult]) -> None:
+    with transaction.atomic():
+        _hold(ctx)  # a worker that lost the step records nothing over the new owner's rows
+        SiteResult.objects.bulk_update(rows, ROW_FIELDS, batch_size=500)
 
 
 def _write(ctx: StepContext, row: SiteResult, release: str) -> Sent | None:
@@ -208,24 +219,23 @@ def _write(ctx: StepContext, row: SiteResult, release: str) -> Sent | None:
 
 
 def _stopped(ctx: StepContext, requested: str) -> Outcome:
-    """A pause keeps the rollback for the resume; an abort ends it, saying what each site is left as."""
-    outcome = Outcome.stopped(requested)
-    if requested == "abort":
-        with_database(lambda: _abandon(ctx), "recording the aborted rollback")
-        ctx.result.pop("rollback", None)
-    return Outcome(outcome.state, f"{outcome.message} during a rollback", dict(ctx.result))
+    """A pause keeps the rollback for the resume. An abort ends the rollback, each site saying
+    what it is left as, and the step is as it was before the rollback (never 'aborted')."""
+    if requested != "abort":
+        return Outcome(StepState.PAUSED, "paused by the operator during a rollback", dict(ctx.result))
+    before = ctx.result["rollback"]["before"]
 
+    def end() -> None:
+        with transaction.atomic():
+            _hold(ctx)
+            # The abort is carried out here: the step must not end 'aborted' for it.
+            StepRun.objects.filter(pk=ctx.step.pk).update(requested="")
+            ctx.step.abandon_rollback()
 
-def _abandon(ctx: StepContext) -> None:
-    rows = SiteResult.objects.filter(step=ctx.step)
-    rows.filter(rollback=RollbackState.REQUESTED).update(rollback="", rollback_message="")
-    rows.filter(rollback=RollbackState.DISPATCHED).update(
-        rollback=RollbackState.FAILED,
-        rollback_message="rollback aborted: its PATCH may have been sent; a new rollback reads it first",
-    )
-    rows.filter(rollback=RollbackState.UPDATING).update(
-        rollback=RollbackState.FAILED, rollback_message="rollback aborted before it was verified"
-    )
+    with_database(end, "recording the aborted rollback")
+    ctx.result.pop("rollback", None)
+    message = "; ".join(filter(None, [before["message"], "rollback aborted by the operator"]))
+    return Outcome(before["state"], message[:4000], dict(ctx.result))
 
 
 def _ended(ctx: StepContext, info: dict) -> Outcome:

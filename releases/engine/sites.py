@@ -21,7 +21,7 @@ from ..models import SiteResult
 from ..runbook import SWEEP_SELECTOR
 from ..states import CANARY_PASSED, CANARY_WAITING, FailurePolicy, SiteState, StepKind, StepState
 from .code import find_release_item
-from .context import LeaseLost, Outcome, StepContext, credentials_refused, unreachable
+from .context import THRESHOLD, LeaseLost, Outcome, StepContext, credentials_refused, unreachable
 from .credentials import CredentialsCheck
 from .dispatch import BatchDispatcher, StopStep, Work, needs_check, threshold_outcome
 from .recorder import ResultRecorder, SiteOutcome
@@ -91,7 +91,7 @@ def _run_site_step(ctx: StepContext, *, delete: bool) -> Outcome:
             ctx.halt.set()  # the step ends with the probe out: it is not sent, or not sent again
         if snapshot is not None and not ctx.lost:
             _complete_snapshot(ctx, snapshot)
-    if stopped is not None and stopped.message.startswith("failure threshold"):
+    if stopped is not None and stopped.reason == THRESHOLD:
         stopped = threshold_outcome(ctx)  # counted now that every target is frozen
     if stopped:
         return stopped

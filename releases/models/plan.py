@@ -184,10 +184,8 @@ class StepRun(models.Model):
             lease_expires_at=None,
             continue_stage=continue_stage,
         )
-        result = self.result or {}
-        if "rollback" in result:  # an aborted rollback's: a launch runs the step, not the rollback
-            changes["result"] = {key: value for key, value in result.items() if key != "rollback"}
         self._move(LAUNCHABLE, changes, f"step {self.number} is no longer launchable")
+        self.abandon_rollback()  # an ended rollback's leftovers: a launch runs the step, not them
 
     def skip(self, user, reason: str) -> None:
         if not reason.strip():
@@ -197,12 +195,26 @@ class StepRun(models.Model):
         changes = dict(state=StepState.SKIPPED, message=reason, finished_at=timezone.now(), requested="")
         self._move(SKIPPABLE, changes, f"step {self.number} cannot be skipped while {self.state}")
         self.flag_unanswered_deletes()
+        self.abandon_rollback()
 
     def request(self, action: str) -> None:
         """Pause or abort: a running step stops at site granularity; a paused one aborts at once,
         and so does a running one whose worker is gone (its lease lapsed): nobody would act on it."""
         now = timezone.now()
         aborted = dict(state=StepState.ABORTED, finished_at=now, requested="", message="aborted")
+        rollback = (self.result or {}).get("rollback")
+        if action == "abort" and self.state == StepState.PAUSED and rollback:
+            # A paused rollback: the rollback ends, and the step is as it was before it.
+            before = rollback["before"]
+            ended = dict(
+                state=before["state"],
+                requested="",
+                message=f"{before['message']}; rollback aborted by the operator".lstrip("; ")[:4000],
+                finished_at=None if before["state"] == StepState.PAUSED else now,
+            )
+            self._move([StepState.PAUSED], ended, "the step is no longer paused")
+            self.abandon_rollback()
+            return None
         if action == "abort" and self.state == StepState.PAUSED:
             self._move([StepState.PAUSED], aborted, "the step is no longer paused")
             self.flag_unanswered_deletes()
@@ -216,8 +228,28 @@ class StepRun(models.Model):
             if rows == 1:
                 self.refresh_from_db()
                 self.flag_unanswered_deletes()
+                self.abandon_rollback()
                 return None
         self._move([StepState.RUNNING], dict(requested=action), f"step {self.number} is not running")
+
+    def abandon_rollback(self) -> None:
+        """A rollback that ends before its sites did (aborted, skipped, stopped on an error): each
+        site says what it is left as, and the step no longer has a rollback under way. A site whose
+        PATCH may have been sent is read again by any later rollback before anything is sent."""
+        rows = self.sites.filter(rollback__in=[RollbackState.REQUESTED, RollbackState.DISPATCHED,
+                                               RollbackState.UPDATING])  # fmt: skip
+        rows.filter(rollback=RollbackState.REQUESTED).update(rollback="", rollback_message="")
+        rows.filter(rollback=RollbackState.DISPATCHED).update(
+            rollback=RollbackState.FAILED,
+            rollback_message="rollback stopped: its PATCH may have been sent; a new rollback reads the site first",
+        )
+        rows.filter(rollback=RollbackState.UPDATING).update(
+            rollback=RollbackState.FAILED, rollback_message="rollback stopped: PATCHed back, not verified"
+        )
+        result = StepRun.objects.values_list("result", flat=True).get(pk=self.pk) or {}
+        if "rollback" in result:
+            self.result = {key: value for key, value in result.items() if key != "rollback"}
+            StepRun.objects.filter(pk=self.pk).update(result=self.result)
 
     def flag_unanswered_deletes(self) -> int:
         """When a delete step ends without finishing: a site still `dispatched` may have had its
@@ -235,6 +267,10 @@ class StepRun(models.Model):
 
     def resume(self, *, retry_failed: bool = False) -> None:
         allowed = [StepState.PAUSED, StepState.FAILED] if retry_failed else [StepState.PAUSED]
+        if retry_failed and (self.result or {}).get("rollback"):
+            raise TransitionRefused(
+                f"step {self.number} has a rollback under way: resume it (or abort it) before retrying"
+            )
         with transaction.atomic():
             self._move(
                 allowed,
@@ -355,6 +391,7 @@ class StepRun(models.Model):
             if aborted:
                 self.refresh_from_db()
                 self.flag_unanswered_deletes()
+                self.abandon_rollback()
                 return True
         changes = dict(
             state=state, message=message, lease_owner="", lease_expires_at=None, requested="", activity=""
@@ -386,6 +423,7 @@ class StepRun(models.Model):
                 setattr(self, key, value)
             if state in (StepState.ABORTED, StepState.FAILED):
                 self.flag_unanswered_deletes()
+                self.abandon_rollback()
         return rows == 1
 
     def liveness(self, now=None) -> str:

@@ -333,11 +333,11 @@ class Command(commands.Command):
         target = services.get_step(plan, step)
         chosen = {"failed": failed, "paths": sites or ()}
         prepared = rollback.prepare(target, acting, **chosen)
-        confirm = (
-            prepared.confirmation
-            if yes
-            else self._confirm_rollback(prepared, options.get("stdin", sys.stdin))
-        )
+        if yes:  # said, not asked: the database warning is printed all the same
+            for line in prepared.describe():
+                cli.note(self.stderr, line)
+        stdin = options.get("stdin", sys.stdin)
+        confirm = prepared.confirmation if yes else self._confirm_rollback(prepared, stdin)
         target = rollback.roll_back(target, acting, confirm=confirm, **chosen)
         if self._approval_awaited(target, "rollback", wait, timeout):
             return None
@@ -368,8 +368,9 @@ class Command(commands.Command):
                 returncode=cli.REFUSED,
             )
         if not self.json:
+            how = "verified" if target.environment.verify else "not verified: verification is off"
             self.stdout.write(
-                self.style.SUCCESS(f"{plan.version} step {step}: {done} sites rolled back and verified")
+                self.style.SUCCESS(f"{plan.version} step {step}: {done} sites rolled back ({how})")
             )
 
     def _confirm_rollback(self, prepared, stdin) -> str:
