@@ -14,10 +14,10 @@ from django.core.management.base import CommandError
 
 from atlas.errors import AtlasError
 
-from . import services
+from . import launchability, services
 from .db import with_database
 from .models import EnvironmentMisconfigured, ReleasePlan, StepRun, TransitionRefused
-from .states import DONE, LAUNCHABLE, MANUAL_KINDS, StepState
+from .states import DONE, StepState
 
 # Exit codes besides 0 (done) and 2 (argparse: bad usage).
 REFUSED = 1  # refused, failed, or the waited-for step did not succeed
@@ -70,13 +70,9 @@ def stage_chain(step: StepRun) -> list[StepRun]:
 
 
 def launch_refusal(step: StepRun) -> str:
-    """Why StepRun.launch would refuse now ('' if it would not), checked before asking the operator."""
-    if step.kind in MANUAL_KINDS:
-        return f"step {step.number} is a manual gate: record it with `release finalize`"
-    if step.state not in LAUNCHABLE:
-        return f"step {step.number} is no longer launchable (it is {step.state})"
-    blockers = step.blockers()
-    return f"step {step.number} cannot start: " + "; ".join(blockers) if blockers else ""
+    """Why StepRun.launch would refuse now ('' if it would not), checked before asking the operator
+    (`launchability`, the check the admin and the services make)."""
+    return launchability.launch_refusal(step)
 
 
 # -- previews ------------------------------------------------------------------------------------

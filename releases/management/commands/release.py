@@ -13,7 +13,7 @@ from django.core.management.base import CommandError
 from portal import commands
 from releases import approvals, cli, reports, services
 from releases import channel as channels
-from releases.models import AuditEvent, ReleasePlan
+from releases.models import ReleasePlan
 from releases.runbook import ENVIRONMENTS
 from releases.states import DONE, StepState
 
@@ -207,14 +207,8 @@ class Command(commands.Command):
         return False
 
     def _confirm(self, step, user, params, *, stage: bool, stdin) -> None:
-        refusal = cli.launch_refusal(step)
-        if refusal:
-            # Refused before asking, as services.launch would refuse it after (and audited the same way).
-            AuditEvent.record(
-                "launch", outcome=AuditEvent.Outcome.REFUSED, user=user, step=step, parameters=params,
-                message=refusal,
-            )  # fmt: skip
-            raise CommandError(refusal, returncode=cli.REFUSED)
+        # Refused before asking, as services.launch would refuse it after (and audited the same way).
+        services.check_launch(step, user, parameters=params)
         cli.require_terminal(stdin)
         radius = reports.blast_radius(step, stage=stage)  # one credentials probe per environment
         steps = [s for s in cli.stage_chain(step) if s.state not in DONE] if stage else [step]
