@@ -37,7 +37,19 @@ class PlanFacts:
     steps: list[StepRun]
     busy: list[StepRun]  # active steps of every plan: each holds its environment
     waiting: dict[int, LaunchRequest]  # pending two-person requests of this plan, by step id
-    groups: dict[tuple[int, int], list[UpdateGroup]]  # enabled groups by (environment id, step)
+    _groups: dict[tuple[int, int], list[UpdateGroup]] | None = None
+
+    @property
+    def groups(self) -> dict[tuple[int, int], list[UpdateGroup]]:
+        """Enabled update groups by (environment id, step number), read once when first needed
+        (only a site step with nothing else in its way has its selectors checked)."""
+        if self._groups is None:
+            environments = {s.environment_id for s in self.steps if s.environment_id}
+            self._groups = {}
+            enabled = UpdateGroup.objects.filter(environment__in=environments, enabled=True)
+            for group in enabled.select_related("environment").order_by("position", "id"):
+                self._groups.setdefault((group.environment_id, group.step_number), []).append(group)
+        return self._groups
 
     @classmethod
     def load(cls, plan: ReleasePlan, steps: list[StepRun] | None = None) -> PlanFacts:
@@ -49,12 +61,7 @@ class PlanFacts:
             r.step_id: r
             for r in LaunchRequest.objects.filter(step__plan=plan, state=LaunchRequest.State.PENDING)
         }
-        environments = {s.environment_id for s in steps if s.environment_id}
-        groups: dict[tuple[int, int], list[UpdateGroup]] = {}
-        enabled = UpdateGroup.objects.filter(environment__in=environments, enabled=True)
-        for group in enabled.select_related("environment").order_by("position", "id"):
-            groups.setdefault((group.environment_id, group.step_number), []).append(group)
-        return cls(steps, busy, waiting, groups)
+        return cls(steps, busy, waiting)
 
 
 def describe(steps: list[StepRun]) -> str:

@@ -120,8 +120,6 @@ class ReleaseOperationsMixin:
             "request": request,
             "can_launch": launchable,
             "can_stage": launchable and stage_first.get(getattr(step.environment, "name", None)) == step.pk,
-            # A step that cannot launch yet may still be previewed (its targets, read now).
-            "can_preview": operate and site_step and step.state in LAUNCHABLE and not launchable,
             "waits": (refusal.short if refusal else "")
             or (gate.short if gate and step.state not in DONE else ""),
             "can_approve": request is not None
