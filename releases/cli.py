@@ -144,10 +144,16 @@ def confirm_launch(steps: list[StepRun], previews: list[dict], stdin, stderr) ->
     if environment is not None and environment.protected:
         note(stderr, f"{environment.name} is a protected environment.")
         answer = ask(stdin, stderr, f"Type {environment.name} to proceed: ")
-        confirmed = answer == environment.name
-    else:
-        confirmed = ask(stdin, stderr, "Proceed? [y/N] ").lower() in ("y", "yes")
-    if not confirmed:
+        if answer != environment.name:
+            # As the admin says it: what was typed, and that nothing happened.
+            typed = f"you typed {answer!r}" if answer else "you typed nothing"
+            raise CommandError(
+                f"{environment.name} is protected: type its name exactly to confirm ({typed}). "
+                "Nothing was launched.",
+                returncode=REFUSED,
+            )
+        return
+    if ask(stdin, stderr, "Proceed? [y/N] ").lower() not in ("y", "yes"):
         raise CommandError("not confirmed: nothing was launched", returncode=REFUSED)
 
 
@@ -282,6 +288,9 @@ def _progress_line(step: StepRun) -> str:
     env = step.environment.name if step.environment else "-"
     line = f"step {step.number} [{env}] {step.kind}: {step.state}"
     counts = step.counts()
+    if step.state != StepState.RUNNING and step.message and (step.result or {}).get("counts") == counts:
+        # The worker's closing message already gives these counts (and what else it found): once.
+        return f"{line} ({step.message})"
     if counts["targeted"]:
         line += (
             f" - {counts['succeeded']}/{counts['targeted']} succeeded, {counts['failed']} failed, "

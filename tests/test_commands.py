@@ -313,7 +313,9 @@ def test_launch_on_protected_environment_is_not_confirmed_by_yes_at_the_prompt(p
     mark_done("2.8.5", 11)
     StepRun.objects.filter(plan=plan, number=7).update(state=StepState.SUCCEEDED)
 
-    with pytest.raises(CommandError, match="not confirmed"):
+    with pytest.raises(
+        CommandError, match=r"type its name exactly to confirm \(you typed 'y'\)\. Nothing was launched"
+    ):
         run("release", "launch", "2.8.5", "--step", "12", "--user", "ops-lead", stdin=Terminal("y\n"))
     assert step(12).state == StepState.PENDING
 
