@@ -1,5 +1,6 @@
 """Helpers shared by `manage.py release` and `manage.py environment`: refusals, JSON output,
-launch confirmation and waiting for a step (or a stage) to end."""
+launch confirmation and waiting for a step (or a stage) to end. Whether a launch may start is
+`services.check_launch` (`releases.launchability`), the admin's check too."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from django.core.management.base import CommandError
 
 from atlas.errors import AtlasError
 
-from . import launchability, services
+from . import services
 from .db import with_database
 from .models import EnvironmentMisconfigured, ReleasePlan, StepRun, TransitionRefused
 from .states import DONE, StepState
@@ -67,12 +68,6 @@ def get_plan(version: str) -> ReleasePlan:
 def stage_chain(step: StepRun) -> list[StepRun]:
     """`step` and the steps a stage launch continues with (StepRun.stage_chain)."""
     return step.stage_chain()
-
-
-def launch_refusal(step: StepRun) -> str:
-    """Why StepRun.launch would refuse now ('' if it would not), checked before asking the operator
-    (`launchability`, the check the admin and the services make)."""
-    return launchability.launch_refusal(step)
 
 
 # -- previews ------------------------------------------------------------------------------------
