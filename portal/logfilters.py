@@ -16,3 +16,13 @@ class OneLineClientErrors(logging.Filter):
             record.exc_info = None
             record.exc_text = None
         return True
+
+
+class NoBrokerHostnameNotice(logging.Filter):
+    """kombu warns "No hostname was supplied" whenever it opens a connection to a broker URL
+    without a host: always so for the embedded filesystem broker (`filesystem:///path`, which
+    Celery reads from CELERY_BROKER_URL as given), where no host is meant. The warning would
+    otherwise open the output of every command that launches a step."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("No hostname was supplied")

@@ -312,7 +312,10 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
-    "filters": {"one_line_4xx": {"()": "portal.logfilters.OneLineClientErrors"}},
+    "filters": {
+        "one_line_4xx": {"()": "portal.logfilters.OneLineClientErrors"},
+        "no_broker_hostname": {"()": "portal.logfilters.NoBrokerHostnameNotice"},
+    },
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
     "loggers": {
@@ -321,5 +324,6 @@ LOGGING = {
         "django": {"handlers": [], "level": "INFO", "propagate": True},
         # A 403 or 404 is one line ("Forbidden (Permission denied): /admin/…"), not a traceback.
         "django.request": {"filters": ["one_line_4xx"]},
+        "kombu.connection": {"filters": ["no_broker_hostname"]},
     },
 }

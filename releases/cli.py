@@ -1,5 +1,6 @@
 """Helpers shared by `manage.py release` and `manage.py environment`: refusals, JSON output,
-launch confirmation and waiting for a step (or a stage) to end."""
+launch confirmation and waiting for a step (or a stage) to end. Whether a launch may start is
+`services.check_launch` (`releases.launchability`), the admin's check too."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from atlas.errors import AtlasError
 from . import services
 from .db import with_database
 from .models import EnvironmentMisconfigured, ReleasePlan, StepRun, TransitionRefused
-from .states import DONE, LAUNCHABLE, MANUAL_KINDS, StepState
+from .states import DONE, StepState
 
 # Exit codes besides 0 (done) and 2 (argparse: bad usage).
 REFUSED = 1  # refused, failed, or the waited-for step did not succeed
@@ -67,16 +68,6 @@ def get_plan(version: str) -> ReleasePlan:
 def stage_chain(step: StepRun) -> list[StepRun]:
     """`step` and the steps a stage launch continues with (StepRun.stage_chain)."""
     return step.stage_chain()
-
-
-def launch_refusal(step: StepRun) -> str:
-    """Why StepRun.launch would refuse now ('' if it would not), checked before asking the operator."""
-    if step.kind in MANUAL_KINDS:
-        return f"step {step.number} is a manual gate: record it with `release finalize`"
-    if step.state not in LAUNCHABLE:
-        return f"step {step.number} is no longer launchable (it is {step.state})"
-    blockers = step.blockers()
-    return f"step {step.number} cannot start: " + "; ".join(blockers) if blockers else ""
 
 
 # -- previews ------------------------------------------------------------------------------------
@@ -148,10 +139,16 @@ def confirm_launch(steps: list[StepRun], previews: list[dict], stdin, stderr) ->
     if environment is not None and environment.protected:
         note(stderr, f"{environment.name} is a protected environment.")
         answer = ask(stdin, stderr, f"Type {environment.name} to proceed: ")
-        confirmed = answer == environment.name
-    else:
-        confirmed = ask(stdin, stderr, "Proceed? [y/N] ").lower() in ("y", "yes")
-    if not confirmed:
+        if answer != environment.name:
+            # As the admin says it: what was typed, and that nothing happened.
+            typed = f"you typed {answer!r}" if answer else "you typed nothing"
+            raise CommandError(
+                f"{environment.name} is protected: type its name exactly to confirm ({typed}). "
+                "Nothing was launched.",
+                returncode=REFUSED,
+            )
+        return
+    if ask(stdin, stderr, "Proceed? [y/N] ").lower() not in ("y", "yes"):
         raise CommandError("not confirmed: nothing was launched", returncode=REFUSED)
 
 
@@ -295,6 +292,9 @@ def _progress_line(step: StepRun) -> str:
     env = step.environment.name if step.environment else "-"
     line = f"step {step.number} [{env}] {step.kind}: {step.state}"
     counts = step.counts()
+    if step.state != StepState.RUNNING and step.message and (step.result or {}).get("counts") == counts:
+        # The worker's closing message already gives these counts (and what else it found): once.
+        return f"{line} ({step.message})"
     if counts["targeted"]:
         line += (
             f" - {counts['succeeded']}/{counts['targeted']} succeeded, {counts['failed']} failed, "

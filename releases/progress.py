@@ -8,7 +8,7 @@ from datetime import timedelta
 from django.db.models import Count, Max, Min
 from django.utils import timezone
 
-from .models import ReleasePlan, SiteResult, StepRun
+from .models import ReleasePlan, SiteResult, StepRun, UpdateGroup
 from .states import ACTIVE, DONE, SiteState, StepState
 
 PIPELINE = ("DEV", "TEST", "PROD")
@@ -137,13 +137,16 @@ def step_progress(step: StepRun, now=None) -> dict:
         for state, n in states.items():
             totals[state] = totals.get(state, 0) + n
     snapshots = step.result.get("batches", [])
+    names = batch_names(step) if set(per_batch) - set(range(len(snapshots))) else []
     batches = []
     for index in sorted(set(per_batch) | set(range(len(snapshots)))):
         snapshot = snapshots[index] if index < len(snapshots) else {}
         batches.append(
             {
                 "index": index,
-                "name": snapshot.get("name", f"batch {index + 1}"),
+                "number": index + 1,  # as the worker says it ("writing batch 3 of 10")
+                "name": snapshot.get("name")
+                or (names[index] if index < len(names) else f"batch {index + 1}"),
                 "where": snapshot.get("where"),
                 **_counts(per_batch.get(index, {})),
             }
@@ -175,11 +178,22 @@ def _eta(step: StepRun, counts: dict, now) -> str:
     return f"about {human(timedelta(seconds=left / rate))} ({rate:.1f} sites/s)"
 
 
+def batch_names(step: StepRun) -> list[str]:
+    """The step's batches by update group name, in the order its snapshot reads them: the name of
+    a batch whose sites are being read, before the worker records the batch itself."""
+    groups = UpdateGroup.objects.filter(
+        environment=step.environment_id, step_number=step.number, enabled=True
+    )
+    return list(groups.order_by("position", "id").values_list("name", flat=True))
+
+
 def _lease(step: StepRun, now) -> str:
+    """Whether a worker is on the step, in plain words (its lease: `StepRun.liveness` says when
+    none is)."""
     if step.state != StepState.RUNNING or not step.lease_owner:
         return ""
     left = (step.lease_expires_at - now).total_seconds() if step.lease_expires_at else 0
-    return f"held by {step.lease_owner}, {left:.0f} s left" if left > 0 else f"lapsed ({step.lease_owner})"
+    return "a worker is on it" if left > 0 else ""
 
 
 def failure_groups(step: StepRun) -> list[dict]:
@@ -198,16 +212,100 @@ def failure_groups(step: StepRun) -> list[dict]:
     return groups
 
 
-def sweep_groups(step: StepRun) -> list[dict]:
-    """The sites the step's sweep left behind, grouped by status and update group, each with a
-    link to its Atlas record."""
+# Why a site swept after an update step is still off the release profile, in the order shown:
+# (code, title, what to do, whether it needs action).
+SWEEP_REASONS = (
+    ("failed", "Failed in this step", "Needs action: retry the step's failed sites, or read their errors above.", True),
+    ("late", "In one of the release's batches, but not updated",
+     "Needs action: they matched a batch after the step read it (launched or moved since) or were "
+     "skipped; check each in Atlas and update it there, or in the next release.", True),
+    ("disabled", "In a batch an operator disabled",
+     "Expected while the update group stays disabled (Admin → Update groups).", False),
+    ("locked", "Locked sites", "Expected: Atlas leaves a locked site alone. Unlock one in Atlas first if it "
+     "should take the release.", False),
+    ("outside", "Outside the runbook's batches",
+     "Expected: no batch of the release covers their status and update group, so the runbook leaves them "
+     "on their profile. Add an update group (Admin → Update groups) if they should take the release.", False),
+)  # fmt: skip
+
+
+def sweep_groups(step: StepRun) -> dict:
+    """The sites the step's sweep left behind, grouped by why (`SWEEP_REASONS`: what needs action
+    first, then what is expected), then by status and update group in numeric order, each site
+    linked to its Atlas record (2 queries)."""
     sites = step.result.get("sweep") or []
+    if not sites:
+        return {"total": 0, "reasons": [], "needs_action": 0}
     base = step.environment.api_url.rstrip("/") if step.environment else ""
-    grouped: dict[tuple, list[dict]] = {}
+    groups = list(
+        # This step's batches and the earlier update steps' of its environment (TEST's step 6).
+        UpdateGroup.objects.filter(environment=step.environment_id, step_number__lte=step.number).order_by(
+            "step_number", "position", "id"
+        )
+    )
+    failed: set[str] = set()
+    if step.state != StepState.SUCCEEDED:  # a step succeeds only with no failed site
+        swept = [s.get("_id") for s in sites]
+        failed = set(
+            step.sites.filter(site_id__in=swept, state=SiteState.FAILED).values_list("site_id", flat=True)
+        )
+    by_reason: dict[str, dict[tuple, list[dict]]] = {}
     for site in sites:
+        reason = _sweep_reason(site, groups, failed)
         key = (site.get("status") or "", site.get("update_group"))
-        grouped.setdefault(key, []).append({**site, "atlas_url": f"{base}/sites/{site.get('_id')}"})
-    return [
-        {"status": status, "update_group": group, "sites": members}
-        for (status, group), members in sorted(grouped.items(), key=lambda kv: (kv[0][0], str(kv[0][1])))
-    ]
+        by_reason.setdefault(reason, {}).setdefault(key, []).append(
+            {**site, "atlas_url": f"{base}/sites/{site.get('_id')}"}
+        )
+    reasons = []
+    for code, title, advice, action in SWEEP_REASONS:
+        if code not in by_reason:
+            continue
+        grouped = sorted(by_reason[code].items(), key=lambda kv: (kv[0][0], _numeric(kv[0][1])))
+        members = [
+            {
+                "status": status,
+                "update_group": group,
+                "sites": sorted(found, key=lambda s: s.get("path") or ""),
+            }
+            for (status, group), found in grouped
+        ]
+        count = sum(len(m["sites"]) for m in members)
+        reasons.append({"code": code, "title": title, "advice": advice, "needs_action": action,
+                        "count": count, "groups": members})  # fmt: skip
+    needs_action = sum(r["count"] for r in reasons if r["needs_action"])
+    return {"total": len(sites), "reasons": reasons, "needs_action": needs_action}
+
+
+def _numeric(group) -> tuple:
+    """Update groups sort as numbers (7, 8, 9, 10), a site without one last."""
+    return (group is None, group if isinstance(group, int) else str(group))
+
+
+def _sweep_reason(site: dict, groups: list[UpdateGroup], failed: set[str]) -> str:
+    if site.get("_id") in failed:
+        return "failed"
+    if site.get("status") == "locked":
+        return "locked"
+    matched = [g for g in groups if _matches(g.selector(), site)]
+    if any(g.enabled for g in matched):
+        return "late"
+    return "disabled" if matched else "outside"
+
+
+def _matches(selector: dict, site: dict) -> bool:
+    """Whether a site's status and update group satisfy a batch selector made of plain values,
+    `$in` and `$ne` (the runbook's shapes); any other operator is taken as not matching."""
+    for field, wanted in selector.items():
+        value = site.get(field)
+        if isinstance(wanted, dict):
+            if set(wanted) == {"$in"}:
+                if value not in wanted["$in"]:
+                    return False
+            elif set(wanted) == {"$ne"}:
+                if value == wanted["$ne"]:
+                    return False
+            else:
+                return False
+        elif value != wanted:
+            return False
+    return True

@@ -73,7 +73,9 @@ def preview(plan: ReleasePlan, number: int | None = None) -> list[dict]:
     if number is not None:
         steps = steps.filter(number=number)
     probes = CredentialsProbes()  # one credentials probe per environment for the whole preview
-    return [preview_step(step, probes=probes) for step in steps]
+    previews = [preview_step(step, probes=probes) for step in steps]
+    _note_items_to_come(previews)
+    return previews
 
 
 def preview_step(step: StepRun, *, probes: CredentialsProbes | None = None) -> dict:
@@ -235,14 +237,31 @@ def _sites_preview(client, step: StepRun, item) -> dict:
                 "paths": [s.path for s in sites[:PREVIEW_PATHS]],
             }
         )
-    note = "" if item else "the release item does not exist yet: sites already on it cannot be excluded"
     return {
         "action": step.kind,
         "batches": batches,
         "total": len(seen),
-        "note": note,
+        "note": "",  # set by `_note_items_to_come` where an earlier step of the launch creates the item
+        "item_exists": item is not None,
         "disabled": disabled_groups(step),
     }
+
+
+def _note_items_to_come(previews: list[dict]) -> None:
+    """Where it matters, say what a missing release item means: a site step previewed before the
+    step of the same launch (or preview) that deploys the item counts every matching site, but
+    those already on the item when it runs are left out, so its count can only go down."""
+    deploys: dict[str, int] = {}
+    for preview in previews:
+        env = preview["environment"]
+        if preview["kind"] == StepKind.DEPLOY_CODE and preview.get("action") == "create":
+            deploys.setdefault(env, preview["number"])
+        elif "batches" in preview and preview.get("item_exists") is False and env in deploys:
+            items = (
+                f"step {deploys[env]} creates the release's code item first: a site already on it "
+                "when this step runs is left out, so this count can only go down"
+            )
+            preview["note"] = "; ".join(filter(None, [items, preview.get("note")]))
 
 
 def blast_radius(step: StepRun, *, stage: bool = False) -> dict:
@@ -252,14 +271,18 @@ def blast_radius(step: StepRun, *, stage: bool = False) -> dict:
     steps = [s for s in step.stage_chain() if s.state not in DONE] if stage else [step]
     probes = CredentialsProbes()  # one credentials probe per environment for the whole page
     previews = [preview_step(s, probes=probes) for s in steps]
+    _note_items_to_come(previews)
     deletions = sum(p.get("total", 0) for p in previews if p["kind"] == StepKind.DELETE_SITES)
     updates = sum(p.get("total", 0) for p in previews if p["kind"] == StepKind.UPDATE_SITES)
+    # Sites on a code item a code step changes: Atlas re-deploys each of them (atlas-api.md).
+    redeployed = sum(p.get("cascade_sites") or 0 for p in previews)
     return {
         "previews": previews,
         "deletions": deletions,
         "updates": updates,
+        "redeployed": redeployed,
         "code": [p for p in previews if "code" in p],
-        "total": deletions + updates,
+        "total": deletions + updates + redeployed,
         "errors": [p for p in previews if p.get("error")],
         "confirmed": confirmed_counts(previews),
     }

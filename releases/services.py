@@ -18,20 +18,18 @@ from django.db.models import Q
 from django.utils import timezone
 
 from . import channel as channels
-from . import notify
+from . import launchability, notify
 from .models import (
     AuditEvent,
     Environment,
-    InvalidGroupSelector,
     LaunchRequest,
     ReleasePlan,
     StepRun,
     TransitionRefused,
-    UpdateGroup,
 )
 from .models.plan import ROLLBACK_FROM, SHA_VALIDATOR, VERSION_VALIDATOR
 from .runbook import STEPS
-from .states import ACTIVE, CANARY_WAITING, DONE, LAUNCHABLE, MANUAL_KINDS, StepKind, StepState
+from .states import ACTIVE, CANARY_WAITING, DONE, MANUAL_KINDS, StepKind, StepState
 
 logger = logging.getLogger(__name__)
 RUN_STEP_TASK = "releases.tasks.run_step"
@@ -322,31 +320,20 @@ def action_refusal(step: StepRun, action: str = "launch") -> str:
 
 
 def _launch_refusal(step: StepRun) -> str:
-    """Why a launch would be refused now ('' if it would not)."""
-    if step.kind in MANUAL_KINDS:
-        return f"step {step.number} is a manual gate: record it with `release finalize`"
-    if step.state not in LAUNCHABLE:
-        return f"step {step.number} is no longer launchable (it is {step.state})"
-    blockers = step.blockers()
-    if blockers:
-        return f"step {step.number} cannot start: " + "; ".join(blockers)
-    return _selector_refusal(step)
+    """Why a launch would be refused now ('' if it would not): `launchability.launch_check`, the
+    one check the plan page, the confirmation page and `release launch` ask too."""
+    return launchability.launch_refusal(step)
 
 
-def _selector_refusal(step: StepRun) -> str:
-    """Why a site step's selectors may not be sent to Atlas ('' when they may): checked at launch,
-    so a selector saved behind the admin's validation is refused before the step starts."""
-    if step.kind not in (StepKind.DELETE_SITES, StepKind.UPDATE_SITES):
-        return ""
-    groups = UpdateGroup.objects.filter(
-        environment=step.environment_id, step_number=step.number, enabled=True
-    )
-    for group in groups.select_related("environment"):
-        try:
-            group.checked_selector()
-        except InvalidGroupSelector as exc:
-            return str(exc)
-    return ""
+def check_launch(step: StepRun, user, *, parameters=None) -> None:
+    """Refuse (and audit) a launch that cannot happen now, before the operator is asked anything
+    or Atlas is read: the confirmation's POST and `release launch` call it first."""
+    refusal = _launch_refusal(step)
+    if refusal:
+        _refuse(refusal, "launch", user=user, step=step, parameters=parameters)
+
+
+_selector_refusal = launchability.selector_refusal
 
 
 def _record_confirmed(step: StepRun, confirmed: dict, *, stage: bool) -> None:

@@ -140,7 +140,8 @@ def test_a_running_row_is_never_offered_a_launch(client, operator, plan):
 def test_launch_stage_is_offered_only_on_the_environments_next_step(client, operator, plan):
     client.force_login(operator)
     html = client.get(url("change", plan)).content.decode()
-    assert html.count("Launch stage DEV") == 1
+    assert html.split('id="release-steps"')[1].count("Launch stage DEV") == 1  # the rows
+    assert "Launch stage DEV" in html.split("data-next>")[1].split("</span>")[0]  # and the next action
     row = html.split('id="step-2"')[1].split('id="step-3"')[0]
     assert ">Preview</a>" in row and ">Launch step 2</a>" in row
     assert url("launch", plan, 2, query="?stage=1") in html

@@ -98,7 +98,8 @@ def test_step_page_shows_batches_elapsed_eta_and_what_it_is_doing(client, operat
     assert p["elapsed"].startswith("1 min 4") and p["eta"].startswith("about 2 min")  # 8,000 in 100 s: 80/s
     html = response.content.decode()
     assert "Now: writing batch 5 of 10 (launched group 1)" in html
-    assert "held by worker-1@host" in html
+    assert 'title="worker-1@host">A worker is on it.' in html  # plain words; the worker's name on hover
+    assert "Lease:" not in html and "working (no activity reported yet)" not in html
 
 
 def test_failures_are_grouped_by_error_with_atlas_answer_and_a_link_to_their_rows(
@@ -131,7 +132,10 @@ def test_site_rows_filter_by_batch_and_state_and_paginate(client, operator, plan
 def test_the_sweep_is_grouped_and_linked_to_atlas(client, operator, plan, big_step):
     client.force_login(operator)
     response = client.get(url("step", plan, 14))
-    groups = [(g["status"], g["update_group"], len(g["sites"])) for g in response.context["sweep"]]
+    sweep = response.context["sweep"]
+    groups = [
+        (g["status"], g["update_group"], len(g["sites"])) for r in sweep["reasons"] for g in r["groups"]
+    ]
     assert groups == [("installed", 2, 1), ("launched", 7, 2)]
     api = big_step.environment.api_url.rstrip("/")
     assert f'href="{api}/sites/{"a" * 24}"' in response.content.decode()
@@ -164,3 +168,78 @@ def test_a_delete_steps_sites_to_check_are_named_on_its_page(client, operator, p
 
     assert "Check in Atlas: 1 site may have lost its instance" in page
     assert "gone-live" in page and "a" * 24 in page
+
+
+def test_batches_not_yet_recorded_are_named_after_their_update_group_and_numbered_from_1(
+    client, operator, plan
+):
+    step = StepRun.objects.get(plan=plan, number=14)
+    step.state, step.lease_owner = "running", "worker-1@host"
+    step.activity = "pausing 1 s before batch 3"
+    step.result = {"batches": [{"name": "installed group 0", "where": {}, "count": 1},
+                               {"name": "installed group 1", "where": {}, "count": 1}]}  # fmt: skip
+    step.save()
+    SiteResult.objects.bulk_create(
+        SiteResult(step=step, site_id=f"{i:024x}", path=f"s{i}", batch_index=i, batch_name="")
+        for i in range(4)
+    )
+    client.force_login(operator)
+    response = client.get(url("step", plan, 14))
+    batches = response.context["progress"]["batches"]
+    assert [(b["number"], b["name"]) for b in batches] == [
+        (1, "installed group 0"), (2, "installed group 1"), (3, "installed group 2"), (4, "launched group 0"),
+    ]  # fmt: skip
+    html = response.content.decode()
+    assert "Now: pausing 1 s before batch 3" in html
+    assert '<td>3</td><td><a href="?batch=2">installed group 2</a></td>' in html  # the same batch 3
+    assert ">3. installed group 2</option>" in html
+    assert "batch 4" not in html
+
+
+def test_the_sweep_says_why_and_what_to_do_with_a_link_near_the_top(client, operator, plan):
+    step = StepRun.objects.get(plan=plan, number=14)
+    step.state = "succeeded"
+    left = [
+        ("locked", 3),
+        ("launched", 10),
+        ("launched", 8),
+        ("launched", 9),
+        ("launched", 7),
+        ("launched", 3),
+    ]
+    step.result = {
+        "sweep": [
+            {"_id": f"{i:024x}", "sid": f"p{i}", "path": f"left-{i}", "status": status, "update_group": group}
+            for i, (status, group) in enumerate(left)
+        ]
+    }
+    step.save()
+    client.force_login(operator)
+    response = client.get(url("step", plan, 14))
+    sweep = response.context["sweep"]
+    assert sweep["total"] == 6 and sweep["needs_action"] == 1
+    reasons = {r["code"]: [(g["status"], g["update_group"]) for g in r["groups"]] for r in sweep["reasons"]}
+    assert list(reasons) == ["late", "locked", "outside"]  # what needs action first
+    assert reasons["late"] == [("launched", 3)]  # a batch of the step covers it: not expected
+    assert reasons["locked"] == [("locked", 3)]
+    assert reasons["outside"] == [
+        ("launched", 7),
+        ("launched", 8),
+        ("launched", 9),
+        ("launched", 10),
+    ]  # numeric
+    html = response.content.decode()
+    summary = html.split('id="sweep-summary">')[1].split("</p>")[0]
+    assert '<a href="#step-sweep">6 sites still not on the release profile</a>' in summary
+    assert "1 needs action" in summary
+    assert html.index('id="sweep-summary"') < html.index('id="step-progress"') < html.index('id="step-sweep"')
+    assert "Expected: Atlas leaves a locked site alone" in html
+    assert "Expected: no batch of the release covers their status and update group" in html
+
+
+def test_a_finalize_step_page_says_what_it_waits_for(client, operator, plan):
+    client.force_login(operator)
+    html = client.get(url("step", plan, 7)).content.decode()
+    hint = html.split('id="step-hint">')[1].split("</p>")[0]
+    assert hint == "Finalize opens when DEV steps 2–4 and TEST steps 5–6 have succeeded (or been skipped)"
+    assert "operations on the plan page" not in html

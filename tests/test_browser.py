@@ -73,6 +73,21 @@ def _login(browser, live_server, username: str):
     return page
 
 
+def _launch_rows(page) -> list[int]:
+    """The steps whose row offers a Launch control."""
+    rows = page.locator("[data-step]:has([data-live-part=ops] :text-matches('^Launch'))")
+    return sorted(int(rows.nth(i).get_attribute("data-step")) for i in range(rows.count()))
+
+
+def _wait_for_next(page, text: str) -> None:
+    """Wait until the live plan page names `text` (a prefix) as the next action."""
+    page.wait_for_function(
+        "t => (document.querySelector('[data-next]')?.innerText || '').startsWith(t)",
+        arg=text,
+        timeout=30_000,
+    )
+
+
 def _no_horizontal_scroll(page) -> bool:
     return page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
 
@@ -93,6 +108,11 @@ def test_a_release_manager_runs_the_dev_stage_in_the_browser(browser, live_serve
     page.wait_for_selector('[data-step="2"][data-state="pending"]')
     plan = ReleasePlan.objects.get(version="2.8.5")
     assert _no_horizontal_scroll(page)
+    # One next action, and a Launch control only where a launch can start now (issue 21 §1–§2).
+    assert page.inner_text("[data-next]") == "Launch stage DEV — steps 2–4"
+    assert "Next: launch stage DEV — steps 2–4." in page.inner_text(".messagelist")
+    assert _launch_rows(page) == [2]
+    assert "Waits for steps 2–11" in page.inner_text('[data-step="12"]')
 
     page.click("a:has-text('Launch stage DEV')")
     page.wait_for_selector("#blast-radius")
@@ -101,10 +121,15 @@ def test_a_release_manager_runs_the_dev_stage_in_the_browser(browser, live_serve
     page.screenshot(path=str(SHOTS / "launch-confirmation.png"), full_page=True)
     page.click("input[type=submit][value^=Yes]")
     page.wait_for_selector('[data-step="2"]')
+    assert "then launch stage TEST — steps 5–6." in page.inner_text(".messagelist")
     page.evaluate("window.__notReloaded = true")
 
     # A running step's own page, in a second tab, while the plan page keeps updating itself.
     page.wait_for_selector('[data-step="3"][data-state="running"]', timeout=60_000)
+    # Step 4 is queued in the running stage: no Launch for it, and the row says why.
+    _wait_for_next(page, "Wait: step 3 is running on DEV")
+    assert _launch_rows(page) == []
+    assert "Queued in stage DEV" in page.inner_text('[data-step="4"]')
     step_page = page.context.new_page()
     step_page.goto(f"{live_server.url}/admin/releases/releaseplan/{plan.pk}/step/3/")
     step_page.wait_for_selector("#step-progress")
@@ -117,6 +142,10 @@ def test_a_release_manager_runs_the_dev_stage_in_the_browser(browser, live_serve
     page.wait_for_selector('[data-step="4"][data-state="succeeded"]', timeout=120_000)
     assert page.evaluate("window.__notReloaded === true")  # fragments, not a reload
     assert page.get_attribute('[data-step="3"]', "data-state") == "succeeded"
+    _wait_for_next(page, "Launch stage TEST — steps 5–6")
+    assert "Finalize (step 7) opens when TEST steps 5–6 have succeeded." in page.inner_text("#plan-next")
+    assert "Finalize opens when TEST steps 5–6 have succeeded" in page.inner_text('[data-step="7"]')
+    assert _launch_rows(page) == [5]
 
     # Steps 5 and 6 are TEST's: skip them (a reason is required), then finalize.
     for number in (5, 6):
@@ -125,10 +154,16 @@ def test_a_release_manager_runs_the_dev_stage_in_the_browser(browser, live_serve
         row.locator("input[name=reason]").fill("TEST is exercised elsewhere in this test")
         row.locator("input[type=submit][value^=Skip]").click()
         page.wait_for_selector(f'[data-step="{number}"][data-state="skipped"]')
+    assert page.inner_text("[data-next]").startswith("Finalize")
     page.fill("input[name=tag]", "2.8.5")
     page.fill("input[name=commit]", T)
     page.click("input[type=submit][value=Finalize]")
     page.wait_for_selector('[data-step="7"][data-state="succeeded"]')
+    assert page.locator("input[type=submit][value=Finalize]").count() == 0  # recorded: no form left
+    assert page.inner_text("[data-next]") == "Launch stage DEV — step 8"
+    assert "Next: launch stage DEV — step 8." in page.inner_text(".messagelist")
+    assert "After that: stage PROD — steps 12–14." in page.inner_text("#plan-next")
+    assert _launch_rows(page) == [8]
     assert _no_horizontal_scroll(page)
     page.screenshot(path=str(SHOTS / "plan.png"), full_page=True)
 

@@ -164,7 +164,15 @@ def test_status_json_has_the_contract_keys(plan):
     }
     assert all(step_keys | {"counts"} <= s.keys() for s in document["steps"])
     counts = document["steps"][1]["counts"]
-    assert counts == {"targeted": 0, "succeeded": 0, "failed": 0, "skipped": 0, "pending": 0, "unverified": 0, "rolled_back": 0}
+    assert counts == {
+        "targeted": 0,
+        "succeeded": 0,
+        "failed": 0,
+        "skipped": 0,
+        "pending": 0,
+        "unverified": 0,
+        "rolled_back": 0,
+    }
 
 
 def test_status_json_stdout_is_exactly_one_document(plan):
@@ -313,7 +321,9 @@ def test_launch_on_protected_environment_is_not_confirmed_by_yes_at_the_prompt(p
     mark_done("2.8.5", 11)
     StepRun.objects.filter(plan=plan, number=7).update(state=StepState.SUCCEEDED)
 
-    with pytest.raises(CommandError, match="not confirmed"):
+    with pytest.raises(
+        CommandError, match=r"type its name exactly to confirm \(you typed 'y'\)\. Nothing was launched"
+    ):
         run("release", "launch", "2.8.5", "--step", "12", "--user", "ops-lead", stdin=Terminal("y\n"))
     assert step(12).state == StepState.PENDING
 

@@ -282,7 +282,13 @@ def test_release_resume_is_a_request_another_person_approves(client, requester, 
 
     client.force_login(approver)  # alice asked from the shell: bob approves in the admin
     response = client.post(url("approve", plan, 12), {"request": request.pk})
-    assert messages_of(response) == [("success", "Approved: step 12 is running.")]
+    assert messages_of(response) == [
+        (
+            "success",
+            "Approved: step 12 is running. Next: wait for step 12 to finish (the plan page updates itself); "
+            "then launch stage PROD — steps 13–14.",
+        )
+    ]
     assert step12(plan).state == "running" and sent_tasks.call_count == 1
     assert LaunchRequest.objects.get(pk=request.pk).state == "approved"
     assert ok_trail(step) == [("resume_request", "alice"), ("approve", "bob"), ("resume", "alice")]

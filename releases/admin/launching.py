@@ -13,12 +13,13 @@ from django.core import signing
 from django.template.response import TemplateResponse
 from django.urls import path
 
-from .. import approvals, reports, services
+from .. import approvals, guidance, launchability, reports, services
 from ..models import AuditEvent
 from .refusal import refusal_page
 
 SALT = "releases.launch.confirmed"
 MAX_AGE = 3600  # a confirmation older than an hour is shown again rather than trusted
+PATHS_SHOWN = 5  # site paths shown per batch before the rest fold away
 
 
 class LaunchMixin:
@@ -51,14 +52,26 @@ class LaunchMixin:
             return refusal_page(
                 self, request, title="Launch refused", reason=str(exc), back_url=self.plan_url(plan)
             )
+        # A launch that cannot happen now says so first, before anything is typed or confirmed
+        # (the same check as services.launch); the page still previews the targets below.
+        refusal = launchability.launch_refusal(step)
         error = ""
         if request.method == "POST":
-            confirmed, error = self._confirmation(request, step, params)
-            if not error:
-                return self._launch(request, plan, step, stage, confirmed)
+            if refusal:
+                try:
+                    services.check_launch(step, request.user, parameters=params)  # audited
+                except services.ActionRefused as exc:
+                    refusal = str(exc)
+            else:
+                confirmed, error = self._confirmation(request, step, params)
+                if not error:
+                    return self._launch(request, plan, step, stage, confirmed)
+        what = f"stage {step.environment} from step {step.number}" if stage else f"step {step.number}"
         context = {
             **self.admin_site.each_context(request),
-            "title": f"Launch {'the stage from ' if stage else ''}step {step.number} of release {plan.version}?",
+            "title": f"Launch {what} of release {plan.version}?"
+            if not refusal
+            else f"{what[0].upper()}{what[1:]} of release {plan.version} cannot be launched now",
             "opts": self.opts,
             "original": plan,
             "step": step,
@@ -66,9 +79,15 @@ class LaunchMixin:
             "protected": bool(step.environment and step.environment.protected),
             "two_person": bool(step.environment and step.environment.two_person),
             "error": error,
+            "refusal": refusal,
+            "next": guidance.next_action(plan) if refusal else None,
             "plan_url": self.plan_url(plan),
         }
         radius = reports.blast_radius(step, stage=stage)
+        for preview in radius["previews"]:
+            for batch in preview.get("batches") or ():
+                batch["more"] = max(batch["count"] - PATHS_SHOWN, 0) if batch["paths"] else 0
+                batch["unlisted"] = max(batch["count"] - len(batch["paths"]), 0)
         context["radius"] = radius
         context["token"] = signing.dumps(
             _bound(plan, step, stage, request.user, radius["confirmed"]), salt=SALT
@@ -125,8 +144,12 @@ class LaunchMixin:
                 messages.WARNING,
             )
         else:
-            what = "Launched the stage from" if stage else "Launched"
-            self.message_user(request, f"{what} step {step.number} ({step.title}).", messages.SUCCESS)
+            what = f"Launched stage {step.environment} from" if stage else "Launched"
+            self.message_user(
+                request,
+                f"{what} step {step.number} ({step.title}). {guidance.next_sentence(plan)}",
+                messages.SUCCESS,
+            )
         return self.plan_redirect(plan)
 
     def approve_view(self, request, object_id, number):
@@ -145,7 +168,11 @@ class LaunchMixin:
             except services.ActionRefused as exc:
                 self.message_user(request, f"Approval refused: {exc}", messages.ERROR)
             else:
-                self.message_user(request, f"Approved: step {step.number} is {step.state}.", messages.SUCCESS)
+                self.message_user(
+                    request,
+                    f"Approved: step {step.number} is {step.state}. {guidance.next_sentence(plan)}",
+                    messages.SUCCESS,
+                )
             return self.plan_redirect(plan)
         launch_request = approvals.pending_request(step)
         what = launch_request.what if launch_request else "launch"

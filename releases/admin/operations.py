@@ -14,8 +14,7 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.views.decorators.http import require_POST
 
-from .. import approvals, progress, services
-from ..models import LaunchRequest
+from .. import approvals, guidance, launchability, progress, services
 from ..states import ACTIVE, CANARY_WAITING, DONE, LAUNCHABLE, MANUAL_KINDS, SKIPPABLE, StepKind, StepState
 from .refusal import refusal_page
 
@@ -68,34 +67,61 @@ class ReleaseOperationsMixin:
 
     def steps_context(self, request, plan) -> dict:
         overview = progress.plan_overview(plan)
-        waiting = {
-            r.step_id: r
-            for r in LaunchRequest.objects.filter(step__plan=plan, state=LaunchRequest.State.PENDING)
-        }
         steps = [e["step"] for e in overview["steps"]]
+        facts = launchability.PlanFacts.load(plan, steps)
         stage_first: dict[str, int] = {}
         for step in steps:
             if step.environment and step.state not in DONE:
                 stage_first.setdefault(step.environment.name, step.pk)
         user = request.user
+        rows = {}
         for entry in overview["steps"]:
-            entry.update(self._operations(user, entry, steps, stage_first, waiting.get(entry["step"].pk)))
-        return {**overview, "plan_id": quote(plan.pk)}
+            entry.update(self._operations(user, entry, facts, stage_first))
+            rows[entry["step"].pk] = entry
+        action = guidance.next_action(plan, facts)
+        return {
+            **overview,
+            "plan_id": quote(plan.pk),
+            "next": action,
+            "next_url": self._next_url(plan, action, rows.get(action.step.pk) if action.step else None),
+        }
 
-    def _operations(self, user, entry, steps, stage_first, request) -> dict:
-        """Which operations this user is offered on this step now (the services decide for real)."""
+    def _next_url(self, plan, action, row) -> str:
+        """Where the next action's link goes: the launch confirmation or the approval when this user
+        is offered it, else the step's row (its controls, or the reason it waits)."""
+        if row is None:
+            return ""
+        name = f"{self.admin_site.name}:{self.opts.app_label}_{self.opts.model_name}"
+        number = action.step.number
+        if action.kind == "launch_stage" and row["can_stage"]:
+            return reverse(f"{name}_launch", args=[quote(plan.pk), number]) + "?stage=1"
+        if action.kind == "approve" and row["can_approve"]:
+            return reverse(f"{name}_approve", args=[quote(plan.pk), number])
+        return f"#step-{number}"
+
+    def _operations(self, user, entry, facts, stage_first) -> dict:
+        """Which operations this user is offered on this step now: a launch only where
+        `launchability.launch_check` (the services' own check) finds nothing in the way; the other
+        steps say in a line why they wait."""
         step, counts = entry["step"], entry["counts"]
+        request = facts.waiting.get(step.pk)
         protected = bool(step.environment and step.environment.protected)
         operate = user.has_perm(LAUNCH_PERMISSION) and (user.has_perm(PROTECTED_PERMISSION) or not protected)
         site_step = step.kind not in MANUAL_KINDS
-        launchable = operate and site_step and step.state in LAUNCHABLE and request is None
+        refusal = launchability.launch_check(step, facts) if site_step and step.state in LAUNCHABLE else None
+        launchable = operate and site_step and step.state in LAUNCHABLE and refusal is None
         canary = step.state == StepState.PAUSED and (step.result or {}).get("canary") == CANARY_WAITING
+        finalizing = step.kind == StepKind.FINALIZE
+        gate = launchability.finalize_check(step, facts) if finalizing else None
+        may_finalize = finalizing and gate is None and user.has_perm(FINALIZE_PERMISSION)
         return {
             "protected": protected,
             "canary": canary,
             "request": request,
             "can_launch": launchable,
             "can_stage": launchable and stage_first.get(getattr(step.environment, "name", None)) == step.pk,
+            "waits": (refusal.short if refusal else "")
+            or (gate.short if gate and step.state not in DONE else ""),
             "can_approve": request is not None
             and user.has_perm(PROTECTED_PERMISSION)
             and request.requested_by_id != user.pk,
@@ -110,7 +136,10 @@ class ReleaseOperationsMixin:
             and counts["failed"] > 0
             and request is None,
             "can_skip": operate and site_step and step.state in SKIPPABLE,
-            "can_finalize": user.has_perm(FINALIZE_PERMISSION) and _finalize_open(step, steps),
+            # Finalizing is offered until it is recorded; afterwards only as a correction, folded
+            # away, until a later step has used the final commit.
+            "can_finalize": may_finalize and step.state not in DONE,
+            "can_correct_finalize": may_finalize and step.state in DONE,
         }
 
     # -- abort: confirmation page, then POST ------------------------------------------------
@@ -169,7 +198,11 @@ class ReleaseOperationsMixin:
             services.skip(step, request.user, reason)
         except services.ActionRefused as exc:
             return self._form_refused(request, plan, "skip", number, exc, {"reason": reason})
-        self.message_user(request, f"Skipped step {step.number} ({step.title}).", messages.SUCCESS)
+        self.message_user(
+            request,
+            f"Skipped step {step.number} ({step.title}). {guidance.next_sentence(plan)}",
+            messages.SUCCESS,
+        )
         return self.plan_redirect(plan)
 
     def finalize_view(self, request, object_id):
@@ -183,7 +216,10 @@ class ReleaseOperationsMixin:
         except services.ActionRefused as exc:
             return self._form_refused(request, plan, "finalize", 7, exc, {"tag": tag, "commit": commit})
         self.message_user(
-            request, f"Release {plan.version} finalized: tag {tag} at {commit}.", messages.SUCCESS
+            request,
+            f"Release {plan.version} finalized: tag {tag} at {commit}; steps 8–14 deploy this commit. "
+            f"{guidance.next_sentence(plan)}",
+            messages.SUCCESS,
         )
         return self.plan_redirect(plan)
 
@@ -214,7 +250,11 @@ class ReleaseOperationsMixin:
                 messages.WARNING,
             )
         else:
-            self.message_user(request, f"{verb} step {step.number} ({step.title}).", messages.SUCCESS)
+            self.message_user(
+                request,
+                f"{verb} step {step.number} ({step.title}). {guidance.next_sentence(plan)}",
+                messages.SUCCESS,
+            )
         return self.plan_redirect(plan)
 
     def plan_and_step(self, request, object_id, number):
@@ -238,14 +278,3 @@ class ReleaseOperationsMixin:
 
     def plan_redirect(self, plan):
         return HttpResponseRedirect(self.plan_url(plan))
-
-
-def _finalize_open(step, steps) -> bool:
-    """Finalizing is offered while every earlier step is done and no later one has run."""
-    if step.kind != StepKind.FINALIZE:
-        return False
-    earlier_done = all(s.state in DONE for s in steps if s.number < step.number)
-    later_untouched = all(
-        s.state in (StepState.PENDING, StepState.SKIPPED) for s in steps if s.number > step.number
-    )
-    return earlier_done and later_untouched

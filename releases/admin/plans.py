@@ -8,7 +8,7 @@ from django import forms
 from django.contrib import admin
 from django.utils.html import format_html, format_html_join
 
-from .. import progress, services
+from .. import guidance, progress, services
 from ..models import ReleasePlan
 from .launching import LaunchMixin
 from .operations import ReleaseOperationsMixin
@@ -142,6 +142,7 @@ class ReleasePlanAdmin(
 
     def response_add(self, request, obj, post_url_continue=None):
         self.message_user(
-            request, f"Created release {obj.version}: step 1 (the branch) recorded. Next: launch stage DEV."
+            request,
+            f"Created release {obj.version}: step 1 (the branch) recorded. {guidance.next_sentence(obj)}",
         )
         return self.plan_redirect(obj)

@@ -9,8 +9,8 @@ from django.core.paginator import Paginator
 from django.template.response import TemplateResponse
 from django.urls import path
 
-from .. import progress, reports
-from ..states import CANARY_WAITING, SiteState, StepState
+from .. import launchability, progress, reports
+from ..states import ACTIVE, CANARY_WAITING, DONE, MANUAL_KINDS, SiteState, StepKind, StepState
 from .rollback import rollback_candidates
 
 SITES_PER_PAGE = 100
@@ -44,6 +44,7 @@ class StepPagesMixin:
             "sweep": progress.sweep_groups(step),
             "site_states": SiteState.choices,
             "rollback_sites": rollback_candidates(step, request.user),
+            "hint": _hint(plan, step),
         }
         request.current_app = self.admin_site.name
         return TemplateResponse(request, "admin/releases/releaseplan/step.html", context)
@@ -90,3 +91,23 @@ class StepPagesMixin:
         query = request.GET.copy()
         query.pop("page", None)
         return {"page": page, "batch": batch, "state": state, "message": message, "query": query.urlencode()}
+
+
+def _hint(plan, step) -> dict:
+    """What can be done with this step now, or why nothing can: the line under the step's title
+    (a link to the step's row on the plan page when its controls are there)."""
+    if step.kind == StepKind.FINALIZE:
+        if step.state in DONE:
+            return {"text": f"Finalized: tag {plan.final_tag} at {plan.final_commit}", "link": False}
+        gate = launchability.finalize_check(step, launchability.PlanFacts.load(plan))
+        if gate is not None:
+            return {"text": gate.short, "link": False}
+        return {"text": "Finalize it on the plan page (the tag and the commit)", "link": True}
+    if step.state in ACTIVE:
+        return {"text": "Pause, resume or abort it on the plan page", "link": True}
+    if step.kind in MANUAL_KINDS or step.state in DONE:
+        return {"text": "", "link": False}
+    refusal = launchability.launch_check(step)
+    if refusal is not None:
+        return {"text": refusal.short or refusal.message, "link": False}
+    return {"text": "Launch it (or its stage) from the plan page", "link": True}

@@ -21,6 +21,7 @@ from ..states import (
     StepKind,
     StepState,
 )
+from ..wording import spans
 
 SHA_VALIDATOR = RegexValidator(r"^[0-9a-f]{40}$", "must be a full 40-character lowercase hex commit SHA")
 VERSION_VALIDATOR = RegexValidator(r"^\d+\.\d+\.\d+([.-][0-9A-Za-z.-]+)?$", "must look like 2.8.5")
@@ -148,20 +149,34 @@ class StepRun(models.Model):
             chain.append(following)
         return chain
 
-    def blockers(self) -> list[str]:
-        """Why this step may not start now (empty when it may)."""
+    def blockers(self, *, steps=None, busy=None) -> list[str]:
+        """Why this step may not start now (empty when it may): the earliest earlier step not done
+        (by name, the others by number), and another step holding the environment. A caller that
+        has them passes the plan's `steps` and the active steps of every plan (`busy`), so the plan
+        page asks the same question without a query per row."""
+        if steps is None:
+            earlier = list(self.plan.steps.filter(number__lt=self.number).exclude(state__in=DONE))
+        else:
+            earlier = [s for s in steps if s.number < self.number and s.state not in DONE]
+        earlier.sort(key=lambda s: s.number)
         reasons = []
-        earlier = self.plan.steps.filter(number__lt=self.number).exclude(state__in=DONE)
-        for step in earlier.order_by("number"):
-            reasons.append(f"step {step.number} ({step.title}) is {step.state}")
+        if earlier:
+            first, rest = earlier[0], earlier[1:]
+            reason = f"step {first.number} ({first.title}) is {first.state}"
+            if rest:
+                verb = "is" if len(rest) == 1 else "are"
+                reason += f", and {spans(s.number for s in rest)} {verb} not done either"
+            reasons.append(reason)
         if self.environment_id:
-            busy = StepRun.objects.filter(environment=self.environment_id, state__in=ACTIVE).exclude(
-                pk=self.pk
-            )
-            for step in busy.select_related("plan"):
-                reasons.append(
-                    f"{self.environment} is busy with {step.plan.version} step {step.number} ({step.state})"
-                )
+            if busy is None:
+                busy = StepRun.objects.filter(
+                    environment=self.environment_id, state__in=ACTIVE
+                ).select_related("plan")
+            for step in busy:
+                if step.environment_id == self.environment_id and step.pk != self.pk:
+                    reasons.append(
+                        f"{self.environment} is busy with {step.plan.version} step {step.number} ({step.state})"
+                    )
         return reasons
 
     # -- transitions (each a conditional update: "another process got there first") -------

@@ -11,9 +11,9 @@ import sys
 from django.core.management.base import CommandError
 
 from portal import commands
-from releases import approvals, cli, reports, rollback, services
+from releases import approvals, cli, guidance, reports, rollback, services
 from releases import channel as channels
-from releases.models import AuditEvent, ReleasePlan
+from releases.models import ReleasePlan
 from releases.runbook import ENVIRONMENTS
 from releases.states import DONE, StepState
 
@@ -157,7 +157,7 @@ class Command(commands.Command):
         self.stdout.write(
             self.style.SUCCESS(f"Created release {plan.version}")
             + f": branch {plan.release_branch} at {plan.release_commit} (step 1 recorded). "
-            f"Next: release launch {plan.version} --stage DEV"
+            + guidance.next_command(plan)
         )
 
     def _preview(self, version, step, **options):
@@ -226,14 +226,8 @@ class Command(commands.Command):
         return False
 
     def _confirm(self, step, user, params, *, stage: bool, stdin) -> None:
-        refusal = cli.launch_refusal(step)
-        if refusal:
-            # Refused before asking, as services.launch would refuse it after (and audited the same way).
-            AuditEvent.record(
-                "launch", outcome=AuditEvent.Outcome.REFUSED, user=user, step=step, parameters=params,
-                message=refusal,
-            )  # fmt: skip
-            raise CommandError(refusal, returncode=cli.REFUSED)
+        # Refused before asking, as services.launch would refuse it after (and audited the same way).
+        services.check_launch(step, user, parameters=params)
         cli.require_terminal(stdin)
         radius = reports.blast_radius(step, stage=stage)  # one credentials probe per environment
         steps = [s for s in cli.stage_chain(step) if s.state not in DONE] if stage else [step]
@@ -247,7 +241,8 @@ class Command(commands.Command):
         what = f"stage {stage} from step {step.number}" if stage else f"step {step.number}"
         self.stdout.write(
             self.style.SUCCESS(f"Launched {step.plan.version} {what}")
-            + f" [{step.environment}] {step.title}: {step.state}, task {step.task_ids[-1]}"
+            + f" [{step.environment}] {step.title}: {step.state}, task {step.task_ids[-1]}. "
+            + guidance.next_command(step.plan)
         )
 
     def _finalize(self, version, tag, commit, user, **options):
@@ -258,7 +253,8 @@ class Command(commands.Command):
             return cli.emit_json(self.stdout, self._step_document(services.get_step(plan, 7), "finalize"))
         self.stdout.write(
             self.style.SUCCESS(f"Finalized {plan.version}")
-            + f": tag {plan.final_tag} at {plan.final_commit}; steps 8–14 deploy this commit."
+            + f": tag {plan.final_tag} at {plan.final_commit}; steps 8–14 deploy this commit. "
+            + guidance.next_command(plan)
         )
 
     def _approve(self, version, step, user, request, **options):
@@ -398,6 +394,7 @@ class Command(commands.Command):
             return cli.emit_json(self.stdout, status)
         for line in _status_lines(status):
             self.stdout.write(line)
+        self.stdout.write(guidance.next_command(plan))
 
     def _list(self, **options):
         plans = ReleasePlan.objects.prefetch_related("steps").order_by("-created_at")
@@ -441,12 +438,19 @@ class Command(commands.Command):
             raise CommandError(result.message, returncode=cli.TIMED_OUT if result.timed_out else cli.REFUSED)
         if not self.json:
             numbers = ", ".join(str(s.number) for s in result.steps)
-            self.stdout.write(self.style.SUCCESS(f"{plan.version}: step(s) {numbers} succeeded"))
+            self.stdout.write(
+                self.style.SUCCESS(f"{plan.version}: step(s) {numbers} succeeded")
+                + ". "
+                + guidance.next_command(plan)
+            )
 
     def _done(self, step, action: str, text: str) -> None:
         if self.json:
             return cli.emit_json(self.stdout, self._step_document(step, action))
-        self.stdout.write(f"{step.plan.version} step {step.number} [{step.environment or '-'}]: {text}")
+        self.stdout.write(
+            f"{step.plan.version} step {step.number} [{step.environment or '-'}]: {text}. "
+            + guidance.next_command(step.plan)
+        )
 
     @staticmethod
     def _step_document(step, action: str) -> dict:
