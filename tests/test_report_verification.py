@@ -20,7 +20,7 @@ from releases import connectivity, reports, services
 from releases.admin.report import TOP
 from releases.connectivity import DrushRole, drush_key, refusal_cache
 from releases.models import Environment, SiteResult, StepRun
-from releases.report_verification import QUEUE_POINTS, verification
+from releases.reports.verification import QUEUE_POINTS, verification
 from releases.states import SiteState, StepState
 from tests.admin_helpers import mark_done, url
 from tests.support import R, configure_environments, make_user

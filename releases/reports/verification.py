@@ -24,8 +24,8 @@ from statistics import median
 from django.db.models import Q
 from django.utils import timezone
 
-from .models import ReleasePlan, SiteResult, StepRun
-from .states import SiteState, StepKind
+from ..models import ReleasePlan, SiteResult, StepRun
+from ..states import SiteState, StepKind
 
 CHUNK = 2000  # rows fetched at a time
 QUEUE_POINTS = 240  # points of a step's queue depth drawn at most (its maximum is always exact)

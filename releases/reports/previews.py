@@ -11,10 +11,10 @@ from django.utils import timezone
 from atlas.errors import AtlasError
 from atlas.selectors import exclude_profile
 
-from .connectivity import CredentialsProbes, CredentialsRefused, DrushRole
-from .models import EnvironmentMisconfigured, ReleasePlan, SiteResult, StepRun, UpdateGroup
-from .report_verification import verification
-from .states import ACTIVE, DONE, SiteState, StepKind, StepState
+from ..connectivity import CredentialsProbes, CredentialsRefused, DrushRole
+from ..models import EnvironmentMisconfigured, ReleasePlan, SiteResult, StepRun, UpdateGroup
+from ..states import ACTIVE, DONE, SiteState, StepKind, StepState
+from .verification import verification
 
 PREVIEW_PATHS = 50  # site paths listed per batch in a preview (counts are always complete)
 
