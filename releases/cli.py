@@ -65,11 +65,6 @@ def get_plan(version: str) -> ReleasePlan:
     return plan
 
 
-def stage_chain(step: StepRun) -> list[StepRun]:
-    """`step` and the steps a stage launch continues with (StepRun.stage_chain)."""
-    return step.stage_chain()
-
-
 # -- previews ------------------------------------------------------------------------------------
 
 
@@ -243,7 +238,7 @@ class StepWaiter:
         """The stage step the engine launched after `step` (it may have ended already), or None with
         '' when the stage is complete, or None with the reason it stopped early; and whether the
         reason is our own timeout."""
-        chain = with_database(lambda: stage_chain(step)[1:], "following the stage")
+        chain = with_database(lambda: step.stage_chain()[1:], "following the stage")
         if not chain:
             return None, "", False
         following, since = chain[0], self.clock()

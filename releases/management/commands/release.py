@@ -230,7 +230,7 @@ class Command(commands.Command):
         services.check_launch(step, user, parameters=params)
         cli.require_terminal(stdin)
         radius = reports.blast_radius(step, stage=stage)  # one credentials probe per environment
-        steps = [s for s in cli.stage_chain(step) if s.state not in DONE] if stage else [step]
+        steps = [s for s in step.stage_chain() if s.state not in DONE] if stage else [step]
         previews = radius["previews"]
         cli.confirm_launch(steps, previews, stdin, self.stderr)
         return previews
