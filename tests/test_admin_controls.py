@@ -40,9 +40,11 @@ def _audited(action):
 def test_pause_asks_the_running_step_to_stop(client, plan):
     StepRun.objects.filter(plan=plan, number=2).update(state="running")
     response = client.post(url("pause", plan))
-    assert messages_of(response) == [
-        ("success", "Pause requested for step 2 (Deploy the branch to DEV as the current profile).")
-    ]
+    ((level, text),) = messages_of(response)
+    assert (level, text.split(" Next: ")[0]) == (
+        "success", "Pause requested for step 2 (Deploy the branch to DEV as the current profile)."
+    )  # fmt: skip
+    assert "Next: wait for step 2" in text  # every success message ends with the next action
     assert StepRun.objects.get(plan=plan, number=2).requested == "pause" and _audited("pause") == 1
 
 

@@ -10,9 +10,10 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.db import connection
 
-from releases import approvals, roles, services
 from releases import channel as channels
+from releases import roles, services
 from releases.models import AuditEvent, Environment, LaunchRequest, StepRun
+from releases.services import approvals
 from tests.admin_helpers import confirm_launch, mark_done, url
 from tests.support import R, configure_environments, make_user, tasks_not_sent
 

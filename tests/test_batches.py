@@ -15,8 +15,9 @@ from django.core.management import call_command
 from django.db import connection
 from django.urls import reverse
 
-from releases import services, update_groups
+from releases import services
 from releases.models import AuditEvent, Environment, SiteResult, UpdateGroup
+from releases.services import update_groups
 from releases.states import StepState
 from tests.support import R, configure_environments, make_user, sites
 from tests.test_engine_faults import closed_port, prepare_prod, release_item, run_inline, start_prod

@@ -22,9 +22,9 @@ from bson import ObjectId
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
-from releases import approvals, rollback, services
+from releases import services
 from releases.models import AuditEvent, Environment, LaunchRequest, SiteResult, StepRun
-from releases.services import ActionRefused
+from releases.services import ActionRefused, approvals, rollback
 from releases.states import RollbackState, SiteState, StepState
 from tests.support import make_user, run_engine, sites, tasks_not_sent
 from tests.test_engine_faults import release_item, wait_for

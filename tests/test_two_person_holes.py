@@ -22,8 +22,9 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.utils import timezone
 
-from releases import approvals, services
+from releases import services
 from releases.models import AuditEvent, LaunchRequest, SiteResult, StepRun
+from releases.services import approvals
 from tests.admin_helpers import confirm_launch, messages_of, url
 
 pytestmark = pytest.mark.django_db

@@ -1,6 +1,6 @@
 """Update groups: drag-and-drop ordering per environment and step (django-admin-sortable2, served
 locally), selectors edited as JSON, the sites each selector matches now, and every add, edit and
-reorder made by `releases.update_groups` (checked, audited, written to the row's history)."""
+reorder made by `releases.services.update_groups` (checked, audited, written to the row's history)."""
 
 import json
 
@@ -13,9 +13,10 @@ from django.shortcuts import redirect
 from django.urls import reverse
 from django.utils.html import format_html
 
-from .. import services, update_groups
+from .. import services
 from ..matching import matching_counts
 from ..models import AuditEvent, UpdateGroup
+from ..services import update_groups
 
 # The changelist's filters that select one environment and one step: only then can rows be dragged.
 SCOPE_PARAMS = ("environment__id__exact", "step_number")

@@ -13,8 +13,9 @@ from django.core import signing
 from django.template.response import TemplateResponse
 from django.urls import path
 
-from .. import approvals, guidance, launchability, reports, services
+from .. import guidance, launchability, reports, services
 from ..models import AuditEvent
+from ..services import approvals
 from .refusal import refusal_page
 
 SALT = "releases.launch.confirmed"

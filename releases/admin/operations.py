@@ -1,5 +1,5 @@
 """The plan page's steps and the POST-only controls. Every operation is a call into
-`releases.services` (or `releases.approvals`), which checks permissions, guards state and writes
+`releases.services`, which checks permissions, guards state and writes
 the audit trail; these views only collect input and report the outcome. A refused form comes back
 with its error next to it and its input kept (the error travels in the session, POST-redirect-GET).
 """
@@ -14,7 +14,8 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.views.decorators.http import require_POST
 
-from .. import approvals, guidance, launchability, progress, services
+from .. import guidance, launchability, progress, services
+from ..services import approvals
 from ..states import ACTIVE, CANARY_WAITING, DONE, LAUNCHABLE, MANUAL_KINDS, SKIPPABLE, StepKind, StepState
 from .refusal import refusal_page
 

@@ -16,14 +16,6 @@ from .report import ReleaseReportMixin
 from .rollback import RollbackMixin
 from .steps import StepPagesMixin
 
-# Which form field a refusal of `services.create_plan` belongs to, by how its message starts.
-_FIELD_OF_REFUSAL = (
-    ("version ", "version"),
-    ("release ", "version"),
-    ("commit ", "release_commit"),
-    ("git URL ", "git_url"),
-)
-
 
 class ReleasePlanCreationForm(forms.ModelForm):
     """The fields of `release create`. Validation is the service's own: the plan is created by
@@ -63,9 +55,7 @@ class ReleasePlanCreationForm(forms.ModelForm):
                 profile=data["profile"].strip() or "express",
             )
         except services.ActionRefused as exc:
-            message = str(exc)
-            field = next((f for prefix, f in _FIELD_OF_REFUSAL if message.startswith(prefix)), None)
-            self.add_error(field, message)
+            self.add_error(exc.field, str(exc))
 
 
 @admin.register(ReleasePlan)

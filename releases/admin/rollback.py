@@ -1,6 +1,6 @@
 """Roll back, from the step page: the failed sites are listed with a checkbox each; the selection
 goes to a confirmation page (what each site goes back to, the database warning, PROD's typed
-name), whose POST calls `releases.rollback` like `release rollback` does."""
+name), whose POST calls `releases.services.rollback` like `release rollback` does."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from django.http import HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 
-from .. import approvals, rollback, services
+from .. import services
+from ..services import approvals, rollback
 from ..states import RollbackState, SiteState, StepKind
 
 LISTED = 500  # failed sites listed with a checkbox; `release rollback --failed` takes them all

@@ -11,10 +11,11 @@ import sys
 from django.core.management.base import CommandError
 
 from portal import commands
-from releases import approvals, cli, guidance, reports, rollback, services
 from releases import channel as channels
+from releases import cli, guidance, reports, services
 from releases.models import ReleasePlan
 from releases.runbook import ENVIRONMENTS
+from releases.services import approvals, rollback
 from releases.states import DONE, StepState
 
 HELP_USER = "Staff account the action is recorded under (required; its permissions are checked)."

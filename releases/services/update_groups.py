@@ -3,7 +3,7 @@
 Each change is checked against the acting user's permissions, made under a lock on the groups of
 the (environment, step) it touches (so two concurrent reorders cannot leave two groups on one
 position), audited with before/after values, and written to the row's admin history with those
-values (e.g. "Position 2 → 1"). Lives beside `services` (which it uses) to keep that module small.
+values (e.g. "Position 2 → 1"); who may change them, and deleting them (audited with a copy of each).
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import json
 from django.contrib.admin.models import ADDITION, CHANGE, LogEntry
 from django.db import transaction
 
-from .models import AuditEvent, UpdateGroup
-from .services import _plain, check_update_group_change
+from ..models import AuditEvent, UpdateGroup
+from .core import plain, refuse
 
 LABELS = {"position": "Position", "enabled": "Enabled", "where": "Selector", "step_number": "Step"}
 
@@ -53,7 +53,7 @@ def _value(group: UpdateGroup, field: str):
     value = getattr(group, field)
     if field == "environment":
         return str(value) if value is not None else None
-    return _plain(value)
+    return plain(value)
 
 
 def save_update_group(user, group: UpdateGroup, fields: list[str], *, via: str) -> dict:
@@ -171,3 +171,64 @@ def _compact(user, environment_id: int, step_number: int, via: str) -> dict:
         return {}
     environment = groups[0].environment
     return _renumber(user, environment, step_number, groups, groups, via)
+
+
+# -- update groups ---------------------------------------------------------------------------------
+
+
+def update_group_refusal(user, environments, action: str) -> str:
+    """Why `user` may not `action` (add, change, delete) update groups of these environments."""
+    protected = sorted({env.name for env in environments if env is not None and env.protected})
+    if protected and not user.has_perm("releases.launch_protected"):
+        return (
+            f"{user.get_username()} lacks the permission releases.launch_protected "
+            f"(to {action} update groups of the protected environment {', '.join(protected)})"
+        )
+    return ""
+
+
+def check_update_group_change(user, environments, action: str, *, parameters=None) -> None:
+    """Raise ActionRefused (audited) unless `user` may `action` update groups of `environments`."""
+    refusal = update_group_refusal(user, environments, action)
+    if refusal:
+        envs = [e for e in environments if e is not None]
+        refuse(
+            refusal,
+            f"updategroup_{action}",
+            user=user,
+            environment=envs[0] if len(envs) == 1 else None,
+            parameters=parameters,
+        )
+
+
+def delete_update_groups(user, groups, *, via: str) -> int:
+    """Delete update groups, one audit event per group with a copy of its fields."""
+    groups = list(groups)
+    check_update_group_change(
+        user, [g.environment for g in groups], "delete", parameters={"objects": [str(g) for g in groups]}
+    )
+    with transaction.atomic():
+        for group in groups:
+            AuditEvent.record(
+                "updategroup_delete",
+                user=user,
+                environment=group.environment,
+                parameters={"object": str(group), "fields": copied_fields(group)},
+                message=f"via {via}",
+            )
+            group.delete()
+    return len(groups)
+
+
+def copied_fields(obj) -> dict:
+    """The row's fields as plain values (a related row by its name), for an audit record."""
+    fields = {}
+    for field in obj._meta.concrete_fields:
+        if field.primary_key:
+            fields[field.name] = obj.pk
+        elif field.is_relation:
+            related = getattr(obj, field.name)
+            fields[field.name] = None if related is None else str(related)
+        else:
+            fields[field.name] = plain(field.value_from_object(obj))
+    return fields

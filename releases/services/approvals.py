@@ -8,10 +8,10 @@ from __future__ import annotations
 from django.db import transaction
 from django.utils import timezone
 
-from . import channel as channels
-from . import rollback, services
-from .models import AuditEvent, LaunchRequest, StepRun
-from .services import ActionRefused, authorize
+from .. import channel as channels
+from ..models import AuditEvent, LaunchRequest, StepRun
+from . import controls, launching, rollback
+from .core import ActionRefused, authorize, permission_refusal, refuse
 
 __all__ = ["approve", "describe_request", "pending_request", "withdraw_request"]
 
@@ -53,11 +53,11 @@ def approve(step: StepRun, user, *, request_id: int | None) -> StepRun:
     authorize(user, "approve", plan=step.plan, step=step, parameters=params)
     request = _named_request(step, user, request_id, "approve", params)
     if request.requested_by_id == user.pk or request.requested_by_username == user.get_username():
-        _refuse(f"{user.get_username()} requested this {request.what}: another person must approve it",
+        refuse(f"{user.get_username()} requested this {request.what}: another person must approve it",
                 "approve", user=user, step=step, parameters=params)  # fmt: skip
     via = channels.current()
     if via.same_shell_account(request.requested_channel, request.requested_account):
-        _refuse(
+        refuse(
             f"request #{request.pk} was made from the shell account {request.requested_account}, and so is "
             "this approval: the shell cannot tell two people apart there. Approve it in the admin, or "
             "from another operating-system account",
@@ -90,22 +90,22 @@ def approve(step: StepRun, user, *, request_id: int | None) -> StepRun:
             _carry_out(step, request, requester)
     except ActionRefused as exc:
         # Everything above rolled back (the request still waits): record why, once, outside it.
-        _refuse(f"approved {request.what} refused: {exc}", "approve", user=user, step=step, parameters=params)
+        refuse(f"approved {request.what} refused: {exc}", "approve", user=user, step=step, parameters=params)
     step.refresh_from_db()
     return step
 
 
 def _carry_out(step: StepRun, request: LaunchRequest, requester) -> None:
     if request.action == LaunchRequest.Action.RESUME:
-        services.resume_step(step, requester, approved=True)
+        controls.resume_step(step, requester, approved=True)
     elif request.action == LaunchRequest.Action.RETRY_FAILED:
-        services.retry_failed(step, requester, approved=True)
+        controls.retry_failed(step, requester, approved=True)
     elif request.action == LaunchRequest.Action.ROLLBACK:
         # The requester typed any confirmation the rollback asked for when requesting it.
         rollback.roll_back(step, requester, ids=request.sites or [], approved=True, database_confirmed=True)
     else:
         confirmed = {int(n): c for n, c in request.confirmed.items()} if request.confirmed else None
-        services.launch(step, requester, stage=request.stage, via="approve", confirmed=confirmed)
+        launching.launch(step, requester, stage=request.stage, via="approve", confirmed=confirmed)
 
 
 def withdraw_request(step: StepRun, user, *, request_id: int | None = None) -> StepRun:
@@ -115,9 +115,9 @@ def withdraw_request(step: StepRun, user, *, request_id: int | None = None) -> S
     request = _named_request(step, user, request_id, "withdraw", params, required=False)
     params["request"] = request.pk
     if request.requested_by_id != user.pk:  # someone else's request: only an approver withdraws it
-        refusal = services.permission_refusal(user, "approve", step.environment)
+        refusal = permission_refusal(user, "approve", step.environment)
         if refusal:
-            _refuse(f"{refusal}: only the requester or an approver withdraws a request", "withdraw",
+            refuse(f"{refusal}: only the requester or an approver withdraws a request", "withdraw",
                     user=user, step=step, parameters=params)  # fmt: skip
     taken = LaunchRequest.objects.filter(pk=request.pk, state=LaunchRequest.State.PENDING).update(
         state=LaunchRequest.State.WITHDRAWN,
@@ -126,7 +126,7 @@ def withdraw_request(step: StepRun, user, *, request_id: int | None = None) -> S
     )
     if taken != 1:
         request.refresh_from_db()
-        _refuse(
+        refuse(
             f"request #{request.pk} was {request.state} by {request.decided_by_username} first: "
             "nothing was withdrawn",
             "withdraw",
@@ -142,10 +142,10 @@ def _named_request(step, user, request_id, action, params, *, required=True) -> 
     """The pending request of `step` that `request_id` names (refused and audited otherwise)."""
     pending = pending_request(step)
     if pending is None and request_id is None:
-        _refuse(f"step {step.number} has nothing waiting for approval", action, user=user, step=step,
+        refuse(f"step {step.number} has nothing waiting for approval", action, user=user, step=step,
                 parameters=params)  # fmt: skip
     if request_id is None and required:
-        _refuse(
+        refuse(
             "the approval names no request: open the request again and approve what it shows",
             action,
             user=user,
@@ -165,9 +165,4 @@ def _named_request(step, user, request_id, action, params, *, required=True) -> 
         why = f"step {step.number} has no request #{request_id}"
     if pending is not None:
         why += f"; request #{pending.pk} ({pending.what}, by {pending.requested_by_username}) waits now: look at it first"
-    _refuse(why, action, user=user, step=step, parameters=params)
-
-
-def _refuse(message: str, action: str, **where) -> None:
-    AuditEvent.record(action, outcome=AuditEvent.Outcome.REFUSED, message=message, **where)
-    raise ActionRefused(message)
+    refuse(why, action, user=user, step=step, parameters=params)

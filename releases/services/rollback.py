@@ -20,10 +20,11 @@ from django.utils import timezone
 
 from atlas.errors import AtlasError
 
-from .engine.verify import TASK_LIMIT
-from .models import AuditEvent, EnvironmentMisconfigured, SiteResult, StepRun, TransitionRefused
-from .services import ActionRefused, BrokerUnavailable, authorize, enqueue_step, request_action
-from .states import RollbackState, SiteState, StepKind, StepState
+from ..engine.verify import TASK_LIMIT
+from ..models import AuditEvent, EnvironmentMisconfigured, SiteResult, StepRun, TransitionRefused
+from ..states import RollbackState, SiteState, StepKind, StepState
+from .core import ActionRefused, BrokerUnavailable, authorize, enqueue_step
+from .launching import request_action
 
 ROLLBACK_STATES = (StepState.PAUSED, StepState.FAILED, StepState.SUCCEEDED, StepState.ABORTED)
 
