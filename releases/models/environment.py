@@ -11,6 +11,7 @@ from atlas.errors import InvalidSelector
 from atlas.selectors import validate_where
 
 from ..states import FailurePolicy
+from .querysets import UpdateGroupQuerySet
 
 _ENV_VAR = re.compile(r"^[A-Z_][A-Z0-9_]*$")
 _NAME = re.compile(r"^[A-Z][A-Z0-9_]*$")
@@ -253,6 +254,8 @@ class UpdateGroup(models.Model):
     )
     updated_at = models.DateTimeField(auto_now=True)
     updated_by = models.CharField(max_length=150, blank=True)
+
+    objects = UpdateGroupQuerySet.as_manager()
 
     class Meta:
         ordering = ["environment__order", "step_number", "position", "id"]

@@ -3,7 +3,7 @@ from datetime import timedelta
 from django.conf import settings
 from django.core.validators import RegexValidator
 from django.db import IntegrityError, models, transaction
-from django.db.models import Count, Q
+from django.db.models import Q
 from django.utils import timezone
 
 from ..states import (
@@ -22,6 +22,7 @@ from ..states import (
     StepState,
 )
 from ..wording import spans
+from .querysets import SiteResultQuerySet
 
 SHA_VALIDATOR = RegexValidator(r"^[0-9a-f]{40}$", "must be a full 40-character lowercase hex commit SHA")
 VERSION_VALIDATOR = RegexValidator(r"^\d+\.\d+\.\d+([.-][0-9A-Za-z.-]+)?$", "must look like 2.8.5")
@@ -484,23 +485,8 @@ class StepRun(models.Model):
     # -- reporting ---------------------------------------------------------------------------
 
     def counts(self) -> dict:
-        rolled = Count("id", filter=Q(rollback=RollbackState.DONE))
-        grouped = list(
-            self.sites.values_list("state")
-            .annotate(n=Count("id"), rolled=rolled)
-            .values_list("state", "n", "rolled")
-        )
-        rows = {state: n for state, n, _ in grouped}
-        rolled_back = sum(count for _, _, count in grouped)
-        return {
-            "targeted": sum(rows.values()),
-            "succeeded": rows.get(SiteState.SUCCEEDED, 0),
-            "failed": rows.get(SiteState.FAILED, 0),
-            "skipped": rows.get(SiteState.SKIPPED, 0),
-            "pending": rows.get(SiteState.PENDING, 0) + rows.get(SiteState.DISPATCHED, 0),
-            "unverified": rows.get(SiteState.UPDATING, 0),
-            "rolled_back": rolled_back,
-        }
+        """The step's sites per state (`SiteResultQuerySet.state_counts`)."""
+        return self.sites.state_counts()
 
 
 class SiteResult(models.Model):
@@ -544,6 +530,8 @@ class SiteResult(models.Model):
         verbose_name="check in Atlas",
         help_text="Its instance may have been destroyed: an operator must look at it. Never retried.",
     )
+
+    objects = SiteResultQuerySet.as_manager()
 
     class Meta:
         ordering = ["step", "batch_index", "id"]
