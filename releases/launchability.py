@@ -46,7 +46,7 @@ class PlanFacts:
         if self._groups is None:
             environments = {s.environment_id for s in self.steps if s.environment_id}
             self._groups = {}
-            enabled = UpdateGroup.objects.filter(environment__in=environments, enabled=True)
+            enabled = UpdateGroup.objects.filter(environment__in=environments).enabled()
             for group in enabled.select_related("environment").order_by("position", "id"):
                 self._groups.setdefault((group.environment_id, group.step_number), []).append(group)
         return self._groups
@@ -143,9 +143,7 @@ def selector_refusal(step: StepRun, facts: PlanFacts | None = None) -> str:
     if step.kind not in SITE_KINDS:
         return ""
     if facts is None:
-        groups = UpdateGroup.objects.filter(
-            environment=step.environment_id, step_number=step.number, enabled=True
-        ).select_related("environment")
+        groups = UpdateGroup.objects.for_step(step).enabled().select_related("environment")
     else:
         groups = facts.groups.get((step.environment_id, step.number), [])
     for group in groups:

@@ -69,10 +69,7 @@ def human(delta: timedelta | None) -> str:
 def plan_overview(plan: ReleasePlan) -> dict:
     """Every step with its counts and duration, and the DEV → TEST → PROD pipeline (3 queries)."""
     steps = list(plan.steps.select_related("environment").order_by("number"))
-    per_step: dict[int, dict[str, int]] = {}
-    rows = SiteResult.objects.filter(step__plan=plan).values_list("step_id", "state").annotate(n=Count("id"))
-    for step_id, state, n in rows.order_by():
-        per_step.setdefault(step_id, {})[state] = n
+    per_step: dict[int, dict[str, int]] = SiteResult.objects.filter(step__plan=plan).states_by("step_id")
     now = timezone.now()
     entries = []
     for step in steps:
@@ -128,10 +125,7 @@ def plan_summary(plan: ReleasePlan) -> dict:
 def step_progress(step: StepRun, now=None) -> dict:
     """Progress, per-batch breakdown, elapsed time and an ETA from the observed rate (3 queries)."""
     now = now or timezone.now()
-    per_batch: dict[int, dict[str, int]] = {}
-    rows = step.sites.values_list("batch_index", "state").annotate(n=Count("id")).order_by()
-    for index, state, n in rows:
-        per_batch.setdefault(index, {})[state] = n
+    per_batch: dict[int, dict[str, int]] = step.sites.states_by("batch_index")
     totals: dict[str, int] = {}
     for states in per_batch.values():
         for state, n in states.items():
@@ -181,9 +175,7 @@ def _eta(step: StepRun, counts: dict, now) -> str:
 def batch_names(step: StepRun) -> list[str]:
     """The step's batches by update group name, in the order its snapshot reads them: the name of
     a batch whose sites are being read, before the worker records the batch itself."""
-    groups = UpdateGroup.objects.filter(
-        environment=step.environment_id, step_number=step.number, enabled=True
-    )
+    groups = UpdateGroup.objects.for_step(step).enabled()
     return list(groups.order_by("position", "id").values_list("name", flat=True))
 
 

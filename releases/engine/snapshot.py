@@ -35,11 +35,7 @@ class Snapshot:
         self.ctx = ctx
         self.profile_id = profile_id
         self.only_available = only_available
-        self.groups = list(
-            UpdateGroup.objects.filter(
-                environment=ctx.environment, step_number=ctx.step.number, enabled=True
-            ).order_by("position", "id")
-        )
+        self.groups = list(UpdateGroup.objects.for_step(ctx.step).enabled().order_by("position", "id"))
         if not self.groups:
             raise NoSelectors(f"no enabled update group for step {ctx.step.number} on {ctx.environment}")
         self.frozen: list[dict] = []

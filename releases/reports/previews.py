@@ -3,8 +3,6 @@ target, and a launch's blast radius. The one module of `releases.reports` that a
 
 from __future__ import annotations
 
-from django.db.models import Count
-
 from atlas.errors import AtlasError
 from atlas.selectors import exclude_profile
 
@@ -77,14 +75,7 @@ def _drush_role(preview: dict, role: DrushRole) -> None:
 def frozen_targets(step: StepRun) -> dict:
     """A site step's targets were frozen when it first ran; a relaunch continues with exactly
     those, so this (not a fresh read of the selectors) is what a relaunch would touch."""
-    rows = (
-        step.sites.values_list("batch_index", "state")
-        .annotate(n=Count("id"))
-        .order_by("batch_index", "state")
-    )
-    per_batch: dict[int, dict[str, int]] = {}
-    for index, state, n in rows:
-        per_batch.setdefault(index, {})[state] = n
+    per_batch: dict[int, dict[str, int]] = step.sites.states_by("batch_index")
     batches = []
     for index, snapshot in enumerate(step.result.get("batches", [])):
         states = per_batch.get(index, {})
@@ -164,7 +155,7 @@ def _code_preview(client, step: StepRun, item) -> dict:
 
 def _groups(step: StepRun) -> list[tuple[UpdateGroup, dict]]:
     """The step's enabled update groups in order, each with its checked selector."""
-    groups = UpdateGroup.objects.filter(environment=step.environment, step_number=step.number, enabled=True)
+    groups = UpdateGroup.objects.for_step(step).enabled()
     return [
         (g, g.checked_selector()) for g in groups.select_related("environment").order_by("position", "id")
     ]
@@ -237,5 +228,5 @@ def blast_radius(step: StepRun, *, stage: bool = False) -> dict:
 
 def disabled_groups(step: StepRun) -> list[dict]:
     """The step's update groups an operator disabled: the snapshot skips them (shown, not counted)."""
-    groups = UpdateGroup.objects.filter(environment=step.environment, step_number=step.number, enabled=False)
+    groups = UpdateGroup.objects.for_step(step).filter(enabled=False)
     return [{"name": g.name, "where": g.selector()} for g in groups.order_by("position", "id")]
