@@ -18,7 +18,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from . import channel as channels
-from . import notify
+from . import notify, roles
 from .models import (
     AuditEvent,
     Environment,
@@ -52,7 +52,12 @@ PERMISSIONS = {
 
 
 class ActionRefused(Exception):
-    """The action was not carried out; the message says why (and an audit event records it)."""
+    """The action was not carried out; the message says why (and an audit event records it).
+    `errors`: every problem of a form's input at once, as (field, message) pairs."""
+
+    def __init__(self, message: str, errors: list[tuple[str | None, str]] | None = None) -> None:
+        super().__init__(message)
+        self.errors = errors or []
 
 
 def resolve_user(username: str):
@@ -76,6 +81,21 @@ PROTECTED_ACTIONS = ("launch", "abort", "resume", "retry_failed", "skip", "envir
 TWO_PERSON_ACTIONS = ("launch", "resume", "retry_failed")
 
 
+# What a refusal says the user may not do ("viewer may not launch steps: ask a release manager").
+ACTION_WORDS = {
+    "create_plan": "create release plans",
+    "launch": "launch steps",
+    "pause": "pause steps",
+    "resume": "resume steps",
+    "abort": "abort steps",
+    "retry_failed": "retry failed sites",
+    "skip": "skip steps",
+    "finalize": "finalize releases",
+    "environment_set": "change environment settings",
+    "approve": "approve requests under the two-person rule",
+}
+
+
 def permission_refusal(user, action: str, environment=None) -> str:
     """Why `user` may not do `action` (on `environment`): '' when they may. Audits nothing:
     the admin asks it to decide which controls to offer, `authorize` to refuse."""
@@ -88,11 +108,11 @@ def permission_refusal(user, action: str, environment=None) -> str:
     if not missing:
         return ""
     where = (
-        f" (on the protected environment {environment.name})"
+        f" on the protected environment {environment.name}"
         if environment is not None and ("releases.launch_protected" in missing and action != "approve")
         else ""
     )
-    return f"{user.get_username()} lacks the permission {', '.join(missing)}{where}"
+    return f"{user.get_username()} may not {ACTION_WORDS[action]}{where}: {roles.ask(*missing)}"
 
 
 def authorize(user, action: str, *, plan=None, step=None, environment=None, parameters=None) -> None:
@@ -116,18 +136,59 @@ def _refuse(message: str, action: str, **where) -> None:
     raise ActionRefused(message)
 
 
-def _fits(field: str, value: str, what: str) -> None:
-    """Refuse a value longer than its ReleasePlan column (PostgreSQL would raise a DataError)."""
-    limit = ReleasePlan._meta.get_field(field).max_length
-    if len(value) > limit:
-        raise ActionRefused(f"{what} is longer than {limit} characters")
+def typed(value: str) -> str:
+    """What was typed, in words, for a message: "39 characters", "40 characters, upper case"."""
+    details = [f"{len(value)} character{'s' if len(value) != 1 else ''}"]
+    if any(c in "ABCDEF" for c in value):
+        details.append("upper case")
+    others = sorted({c for c in value.lower() if c not in "0123456789abcdef"})
+    if others:
+        details.append("not hexadecimal: " + " ".join(repr(c) for c in others[:5]))
+    return ", ".join(details)
 
 
-def _validate(validator, value: str, what: str) -> None:
+def sha_problem(commit: str, what: str = "commit") -> str:
+    """Why `commit` is not a full SHA ('' when it is), saying what was typed."""
     try:
-        validator(value)
+        SHA_VALIDATOR(commit)
     except ValidationError:
-        raise ActionRefused(f"{what} {value!r} {validator.message}") from None
+        return f"{what} {commit!r} {SHA_VALIDATOR.message} ({typed(commit)})"
+    return ""
+
+
+def plan_problems(
+    version: str, commit: str, branch: str, git_url: str, profile: str
+) -> list[tuple[str, str]]:
+    """Every problem of a new plan's input at once, as (form field, message)."""
+    problems = []
+    if not version:
+        problems.append(("version", "the version is empty"))
+    else:
+        try:
+            VERSION_VALIDATOR(version)
+        except ValidationError:
+            problems.append(("version", f"version {version!r} {VERSION_VALIDATOR.message}"))
+        if ReleasePlan.objects.filter(version=version).exists():
+            problems.append(("version", f"release {version} already exists"))
+    if not commit:
+        problems.append(("release_commit", "the release commit is empty"))
+    elif sha_problem(commit):
+        problems.append(("release_commit", sha_problem(commit)))
+    columns = {"version": version, "release_branch": branch, "git_url": git_url, "profile_name": profile}
+    fields = {
+        "version": "version",
+        "release_branch": "branch",
+        "git_url": "git_url",
+        "profile_name": "profile",
+    }
+    for column, value in columns.items():
+        limit = ReleasePlan._meta.get_field(column).max_length
+        if len(value) > limit:
+            what = column.replace("_", " ").replace("git url", "git URL")
+            problems.append((fields[column], f"the {what} has {len(value)} characters, more than {limit}"))
+    if ".git" not in git_url:
+        problems.append(("git_url", f"git URL {git_url!r} must contain .git (Atlas refuses it otherwise)"))
+    return problems
 
 
 def create_plan(
@@ -136,17 +197,11 @@ def create_plan(
     params = {"version": version, "commit": commit, "branch": branch, "git_url": git_url, "profile": profile}
     authorize(user, "create_plan", parameters=params)
     try:
-        _validate(VERSION_VALIDATOR, version, "version")
-        _validate(SHA_VALIDATOR, commit, "commit")
         git_url = git_url or "https://github.com/CuBoulder/express.git"
         branch = branch or f"release/{version}"
-        columns = {"version": version, "release_branch": branch, "git_url": git_url, "profile_name": profile}
-        for field, value in columns.items():
-            _fits(field, value, f"the {field.replace('_', ' ')}")
-        if ".git" not in git_url:
-            raise ActionRefused(f"git URL {git_url!r} must contain .git (Atlas refuses it otherwise)")
-        if ReleasePlan.objects.filter(version=version).exists():
-            raise ActionRefused(f"release {version} already exists")
+        problems = plan_problems(version, commit, branch, git_url, profile)
+        if problems:
+            raise ActionRefused("; ".join(message for _, message in problems), errors=problems)
         environments = {e.name: e for e in Environment.objects.all()}
         missing = {d.environment for d in STEPS if d.environment} - environments.keys()
         if missing:
@@ -284,6 +339,12 @@ def request_action(
             )
     except IntegrityError:  # another request got there first (one pending request per step)
         _refuse(waiting, audit_action, user=user, step=step, parameters=params)
+    # The approvers learn that a request waits (outside the transaction: an HTTP post).
+    notify.step_event(
+        step,
+        f"{request.what} requested by {request.requested_by_username} (request #{request.pk}): "
+        f"{step.environment} requires two people, waiting for another PROD release manager's approval",
+    )
     return step
 
 
@@ -490,13 +551,10 @@ def finalize(plan: ReleasePlan, *, tag: str, commit: str, user) -> ReleasePlan:
     if not tag.strip():
         problems.append("the tag is empty")
     elif len(tag) > ReleasePlan._meta.get_field("final_tag").max_length:
-        problems.append(
-            f"the tag is longer than {ReleasePlan._meta.get_field('final_tag').max_length} characters"
-        )
-    try:
-        SHA_VALIDATOR(commit)
-    except ValidationError:
-        problems.append(f"commit {commit!r} {SHA_VALIDATOR.message}")
+        limit = ReleasePlan._meta.get_field("final_tag").max_length
+        problems.append(f"the tag has {len(tag)} characters, more than {limit}")
+    if sha_problem(commit):
+        problems.append(sha_problem(commit))
     if commit == plan.release_commit:
         problems.append(
             "the final commit equals the release-branch commit (the --no-ff merge makes a new one)"
@@ -650,7 +708,7 @@ def environment_change_refusal(user, env: Environment, requested: dict) -> str:
     if not missing:
         return ""
     because = f" ({'; '.join(why)})" if why and "releases.launch_protected" in missing else ""
-    return f"{user.get_username()} lacks the permission {', '.join(missing)}{because}"
+    return f"{user.get_username()} may not change {env.name}'s settings{because}: {roles.ask(*missing)}"
 
 
 def check_environment_change(user, env: Environment, requested: dict, *, via: str) -> None:
@@ -748,8 +806,8 @@ def update_group_refusal(user, environments, action: str) -> str:
     protected = sorted({env.name for env in environments if env is not None and env.protected})
     if protected and not user.has_perm("releases.launch_protected"):
         return (
-            f"{user.get_username()} lacks the permission releases.launch_protected "
-            f"(to {action} update groups of the protected environment {', '.join(protected)})"
+            f"{user.get_username()} may not {action} update groups of the protected environment "
+            f"{', '.join(protected)}: {roles.ask('launch_protected')}"
         )
     return ""
 
