@@ -80,6 +80,19 @@ MEASURE = """
       out.cut.push(describe(el) + ' "' + (columns || el.innerText.trim().slice(0, 60)) + '" ' +
         el.scrollWidth + '>' + el.clientWidth);
     }
+    if (el.tagName === 'TH' && el.closest('thead')) {  // a column header's word split: "SUCCEED / ED"
+      for (const node of [el, ...el.querySelectorAll('*')]) {
+        for (const child of Array.from(node.childNodes).filter(n => n.nodeType === 3)) {
+          for (const m of child.textContent.matchAll(/[^\\s\\/-]+/g)) {
+            const range = document.createRange();
+            range.setStart(child, m.index);
+            range.setEnd(child, m.index + m[0].length);
+            const lines = new Set(Array.from(range.getClientRects()).map(r => Math.round(r.top)));
+            if (lines.size > 1) out.cut.push('th "' + m[0] + '" broken across lines');
+          }
+        }
+      }
+    }
     const text = el.tagName === 'INPUT' && ['submit', 'button'].includes(el.type) ? el.value :
       Array.from(el.childNodes).filter(n => n.nodeType === 3).map(n => n.textContent).join('').trim();
     if (!text || parseFloat(s.opacity) === 0) continue;
