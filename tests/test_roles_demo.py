@@ -181,7 +181,9 @@ def test_finalize_says_what_was_typed(accounts):
     with pytest.raises(services.ActionRefused) as refused:
         services.finalize(plan, tag="2.8.5", commit="C" * 40, user=accounts["release-manager"])
     assert "(40 characters, upper case)" in str(refused.value)
-    assert "the step" in str(refused.value) or ";" in str(refused.value)  # the other problems too
+    assert "; step 2 (Deploy the branch to DEV as the current profile) is pending" in str(
+        refused.value
+    )  # and the rest
 
 
 # -- an approver sees that a request waits ---------------------------------------------------------
