@@ -55,6 +55,7 @@ SESSION_COOKIE_AGE = env.int("SESSION_COOKIE_AGE", default=8 * 3600)
 SESSION_EXPIRE_AT_BROWSER_CLOSE = True
 
 INSTALLED_APPS = [
+    "releases",  # first: its admin/base_site.html (branding, the site-wide stylesheet) wins
     "django.contrib.admin",
     "django.contrib.auth",
     "django.contrib.contenttypes",
@@ -64,7 +65,6 @@ INSTALLED_APPS = [
     "axes",
     "adminsortable2",  # drag-and-drop ordering of update groups (static files served locally)
     "atlas",
-    "releases",
 ]
 
 MIDDLEWARE = [

@@ -39,22 +39,52 @@ ROLES: dict[str, tuple[str, ...]] = {
     PROD_RELEASE_MANAGERS: PROTECTED,
 }
 
-# Who can do what, for the README and the demo accounts `runportal` creates.
-DESCRIPTIONS = {
-    VIEWERS: "read plans, steps, site results and the audit trail; no operations",
-    RELEASE_MANAGERS: "create plans, launch/pause/resume/abort/retry/skip on DEV and TEST, finalize, "
-    "edit DEV and TEST update groups",
-    PROD_RELEASE_MANAGERS: "all of that on PROD too, approve two-person launches, change environments",
+SUPERUSER = "superuser"  # not a group: Django's superuser flag
+
+# A role as a sentence says it ("ask a PROD release manager"): refusals and the README use these.
+ROLE_NAMES = {
+    VIEWERS: "viewer",
+    RELEASE_MANAGERS: "release manager",
+    PROD_RELEASE_MANAGERS: "PROD release manager",
+    SUPERUSER: "superuser",
 }
 
-# `make run` (runportal with simulators) creates one demo account per role, and a second PROD
-# release manager so the two-person rule can be tried: (username, role).
+# Who can do what: the README's role table and `runportal`'s Ready banner say the same.
+DESCRIPTIONS = {
+    SUPERUSER: "everything, including weakening a two-person environment's protection",
+    VIEWERS: "reads plans, steps, site results, launch requests and the audit trail; no operations",
+    RELEASE_MANAGERS: "creates plans; launches, pauses, resumes, aborts, retries and skips on DEV and "
+    "TEST; finalizes; edits DEV and TEST update groups; pauses on PROD too",
+    PROD_RELEASE_MANAGERS: "all of that on PROD too; approves requests under the two-person rule; "
+    "changes environment settings",
+}
+
+# `make run` (runportal with simulators) creates these accounts, all with one password: one per
+# role, and a second PROD release manager, the other person of the two-person rule.
 DEMO_ACCOUNTS = (
+    ("admin", SUPERUSER),
     ("viewer", VIEWERS),
     ("release-manager", RELEASE_MANAGERS),
     ("prod-manager", PROD_RELEASE_MANAGERS),
     ("prod-approver", PROD_RELEASE_MANAGERS),
 )
+DEMO_NOTES = {"prod-approver": "the second person of the two-person rule"}
+
+
+def role_for(*permissions: str) -> str:
+    """The least role that holds every one of `permissions` (codenames, with or without the
+    `releases.` prefix), in words: "release manager", "PROD release manager" ("superuser" when
+    no group holds them)."""
+    wanted = {p.removeprefix("releases.") for p in permissions}
+    for role, codenames in ROLES.items():
+        if wanted <= set(codenames):
+            return ROLE_NAMES[role]
+    return ROLE_NAMES[SUPERUSER]
+
+
+def ask(*permissions: str) -> str:
+    """ "ask a PROD release manager": whom to ask for what `permissions` allow."""
+    return f"ask a {role_for(*permissions)}"
 
 
 def ensure_groups() -> None:
@@ -70,14 +100,19 @@ def ensure_groups() -> None:
 
 
 def ensure_demo_accounts(password: str) -> list[tuple[str, str]]:
-    """Create the missing demo accounts (staff, in their role's group); return all of them."""
+    """Create the missing demo accounts (staff, in their role's group; `admin` a superuser) with
+    `password`; an account that exists is left as it is (an operator may have changed it)."""
     from django.contrib.auth import get_user_model
     from django.contrib.auth.models import Group
 
     ensure_groups()
     users = get_user_model().objects
     for username, role in DEMO_ACCOUNTS:
-        if not users.filter(username=username).exists():
-            user = users.create_user(username, password=password, is_staff=True)
-            user.groups.add(Group.objects.get(name=role))
+        if users.filter(username=username).exists():
+            continue
+        if role == SUPERUSER:
+            users.create_superuser(username, "", password)
+            continue
+        user = users.create_user(username, password=password, is_staff=True)
+        user.groups.add(Group.objects.get(name=role))
     return list(DEMO_ACCOUNTS)

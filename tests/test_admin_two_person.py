@@ -64,7 +64,7 @@ def test_the_rule_is_off_by_default_and_set_by_the_command_audited(requester, pl
 def test_changing_the_rule_needs_the_protected_permission(requester, plan):
     carol = member("carol", roles.RELEASE_MANAGERS)
     carol.user_permissions.add(Permission.objects.get(codename="change_environment"))
-    with pytest.raises(CommandError, match="launch_protected"):
+    with pytest.raises(CommandError, match="ask a PROD release manager"):
         call_command("environment", "set", "TEST", "--two-person", "--user", "carol", stdout=StringIO())
     assert not Environment.objects.get(name="TEST").two_person
 
@@ -118,7 +118,7 @@ def test_a_user_without_the_protected_permission_gets_a_refusal_page(client, req
     manager = member("carol", roles.RELEASE_MANAGERS)
     client.force_login(manager)
     response = client.get(url("approve", plan, 12))
-    assert response.status_code == 403 and "releases.launch_protected" in response.content.decode()
+    assert response.status_code == 403 and "ask a PROD release manager" in response.content.decode()
     assert client.post(url("approve", plan, 12)).status_code == 403
     assert StepRun.objects.get(plan=plan, number=12).state == "pending"
 

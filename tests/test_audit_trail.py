@@ -87,7 +87,10 @@ def test_bulk_delete_of_prod_update_groups_needs_the_protected_permission(client
     assert response.status_code == 403
     assert _prod_groups().count() == before
     (event,) = AuditEvent.objects.filter(action="updategroup_delete", outcome="refused")
-    assert "editor lacks the permission releases.launch_protected" in event.message
+    assert (
+        "editor may not delete update groups of the protected environment PROD: ask a PROD release manager"
+        in (event.message)
+    )
 
 
 def test_bulk_delete_of_dev_update_groups_works_for_the_editor_and_is_audited(client, editor):
@@ -107,7 +110,8 @@ def test_deleting_one_prod_update_group_needs_the_protected_permission(client, e
 
     assert response.status_code == 302
     ((level, text),) = _messages(response)
-    assert level == "error" and "lacks the permission releases.launch_protected" in text
+    assert level == "error" and "may not delete update groups of the protected environment PROD" in text
+    assert text.endswith("ask a PROD release manager")
     assert UpdateGroup.objects.filter(pk=group.pk).exists()
     assert AuditEvent.objects.filter(action="updategroup_delete", outcome="refused").count() == 1
 
@@ -143,7 +147,7 @@ def test_changing_a_prod_update_group_needs_the_protected_permission(client, edi
     response = client.post(url, data)
 
     assert response.status_code == 200
-    assert "releases.launch_protected" in " ".join(response.context["adminform"].form.non_field_errors())
+    assert "ask a PROD release manager" in " ".join(response.context["adminform"].form.non_field_errors())
     group.refresh_from_db()
     assert group.status != "launched" or group.where is not None
     assert AuditEvent.objects.filter(action="updategroup_change", outcome="refused").count() == 1
@@ -244,7 +248,7 @@ def test_audit_list_shows_the_copied_names_after_the_plan_is_gone(admin_client, 
 
     assert response.status_code == 200
     html = response.content.decode()
-    assert '<td class="field-plan_version">2.8.5</td>' in html
+    assert '<td class="field-where">2.8.5</td>' in html  # release · step · environment
     event = AuditEvent.objects.get(action="create_plan")
     detail = admin_client.get(reverse("admin:releases_auditevent_change", args=[event.pk]))
     assert detail.status_code == 200 and "2.8.5" in detail.content.decode()
@@ -268,7 +272,9 @@ def test_changelist_inline_edit_of_a_prod_update_group_needs_the_protected_permi
     response = _inline_edit(client, editor, prod)
 
     assert response.status_code == 200  # the changelist again, with the row's error
-    assert "lacks the permission releases.launch_protected" in response.content.decode()
+    assert "may not change update groups of the protected environment PROD: ask a PROD release manager" in (
+        response.content.decode()
+    )
     assert UpdateGroup.objects.get(pk=prod.pk).enabled
 
 

@@ -79,31 +79,32 @@ def test_runportal_creates_the_demo_accounts_it_prints_with_their_roles():
     users = {u.username: u for u in get_user_model().objects.all()}
     assert set(runportal.DEMO_ACCOUNTS) <= set(users)
     assert users["admin"].is_superuser
-    lead, auditor = users["ops-lead"], users["auditor"]
-    assert lead.is_staff and auditor.is_staff and not lead.is_superuser
+    lead, viewer = users["prod-manager"], users["viewer"]
+    assert lead.is_staff and viewer.is_staff and not lead.is_superuser
     assert lead.has_perms(["releases.launch_step", "releases.launch_protected", "releases.finalize_release"])
-    assert auditor.has_perm("releases.view_auditevent") and not auditor.has_perm("releases.launch_step")
-    assert lead.check_password("admin")
+    assert viewer.has_perm("releases.view_auditevent") and not viewer.has_perm("releases.launch_step")
+    assert lead.check_password("demo")
+    assert all(users[name].check_password("demo") for name in runportal.DEMO_ACCOUNTS)  # one password
 
 
 @pytest.mark.django_db
 def test_runportal_keeps_accounts_an_operator_changed_since_the_first_run():
-    make_user("ops-lead", permissions=())
+    make_user("prod-manager", permissions=())
 
     runportal.Command()._ensure_accounts()
 
-    assert not get_user_model().objects.get(username="ops-lead").has_perm("releases.launch_step")
+    assert not get_user_model().objects.get(username="prod-manager").has_perm("releases.launch_step")
 
 
 def test_the_ready_banner_starts_with_the_ready_line_and_lists_every_demo_account(monkeypatch):
-    monkeypatch.delenv("PORTAL_ADMIN_PASSWORD", raising=False)
+    monkeypatch.delenv("PORTAL_DEMO_PASSWORD", raising=False)
     ready, *rest = runportal.ready_banner("127.0.0.1:8000", "embedded filesystem broker in var/broker")
 
     assert ready.startswith("Ready: ") and "http://127.0.0.1:8000/admin/" in ready
     for username in runportal.DEMO_ACCOUNTS:
         assert any(line.split()[:1] == [username] for line in rest), username
-    assert "password 'admin'" in "\n".join(rest)
-    monkeypatch.setenv("PORTAL_ADMIN_PASSWORD", "demo-Secret-91")
+    assert "password 'demo'" in "\n".join(rest)
+    monkeypatch.setenv("PORTAL_DEMO_PASSWORD", "demo-Secret-91")
     assert "demo-Secret-91" not in "\n".join(runportal.ready_banner("127.0.0.1:8000", "x"))
 
 

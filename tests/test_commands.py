@@ -133,7 +133,7 @@ def test_create_refuses_a_non_staff_user():
 def test_create_refused_for_lack_of_permission_is_audited():
     make_user("reader")
 
-    with pytest.raises(CommandError, match="lacks the permission releases.add_releaseplan"):
+    with pytest.raises(CommandError, match="reader may not create release plans: ask a release manager"):
         run("release", "create", "2.8.5", "--commit", SHA, "--user", "reader")
     event = AuditEvent.objects.get(action="create_plan", username="reader")
     assert event.outcome == AuditEvent.Outcome.REFUSED
@@ -352,7 +352,7 @@ def test_launch_on_protected_environment_needs_the_protected_permission(plan):
     make_user("dev-ops", "launch_step")
     mark_done("2.8.5", 11)
 
-    with pytest.raises(CommandError, match="releases.launch_protected"):
+    with pytest.raises(CommandError, match="ask a PROD release manager"):
         run("release", "launch", "2.8.5", "--step", "12", "--user", "dev-ops", "--yes")
 
 
@@ -615,7 +615,7 @@ def test_environment_set_refuses_an_unknown_environment(ops):
 def test_environment_set_needs_the_change_permission():
     make_user("launcher", "launch_step")
 
-    with pytest.raises(CommandError, match="releases.change_environment"):
+    with pytest.raises(CommandError, match="may not change .*: ask a PROD release manager"):
         run("environment", "set", "DEV", "--parallelism", "2", "--user", "launcher")
     assert AuditEvent.objects.filter(action="environment_set", outcome="refused").exists()
 

@@ -124,17 +124,18 @@ def test_admin_refuses_unprotecting_prod_without_the_protected_permission(client
 
     assert response.status_code == 200  # the form again, with the error
     errors = " ".join(response.context["adminform"].form.non_field_errors())
-    assert "mallory lacks the permission releases.launch_protected (PROD is protected" in errors
+    assert "mallory may not change PROD's settings (PROD is protected" in errors
+    assert errors.endswith(": ask a PROD release manager")
     assert Environment.objects.get(name="PROD").protected
     (event,) = _refusals(environment_name="PROD")
-    assert "releases.launch_protected" in event.message and event.username == "mallory"
+    assert "ask a PROD release manager" in event.message and event.username == "mallory"
 
 
 def test_admin_refuses_setting_prods_password_variable_without_the_protected_permission(client, configurer):
     response = _change(client, configurer, "PROD", password_env="SECRET_KEY")
 
     assert response.status_code == 200
-    assert "releases.launch_protected" in " ".join(response.context["adminform"].form.non_field_errors())
+    assert "ask a PROD release manager" in " ".join(response.context["adminform"].form.non_field_errors())
     assert Environment.objects.get(name="PROD").password_env == "ATLAS_PROD_PASSWORD"
 
 
@@ -146,7 +147,7 @@ def test_admin_refuses_credentials_of_an_unprotected_environment_without_the_pro
 
     assert response.status_code == 200
     errors = " ".join(response.context["adminform"].form.non_field_errors())
-    assert "releases.launch_protected (it changes api_url, username)" in errors
+    assert "(it changes api_url, username): ask a PROD release manager" in errors
     assert Environment.objects.get(name="DEV").api_url != url
     assert len(_refusals(environment_name="DEV")) == 1
 
@@ -202,7 +203,9 @@ def test_environments_cannot_be_added_or_deleted_in_the_admin(admin_client):
 def test_cli_refuses_pointing_dev_at_prods_password_and_another_host(configurer, their_host):
     url, received = their_host
 
-    with pytest.raises(CommandError, match="mallory lacks the permission releases.launch_protected"):
+    with pytest.raises(
+        CommandError, match="mallory may not change DEV's settings .*: ask a PROD release manager"
+    ):
         run(
             "environment", "set", "DEV", "--password-env", "ATLAS_PROD_PASSWORD",
             "--url", url, "--user", "mallory",
@@ -216,7 +219,7 @@ def test_cli_refuses_pointing_dev_at_prods_password_and_another_host(configurer,
 
 
 def test_cli_refuses_any_change_to_prod_without_the_protected_permission(configurer):
-    with pytest.raises(CommandError, match=r"releases.launch_protected \(PROD is protected\)"):
+    with pytest.raises(CommandError, match=r"\(PROD is protected\): ask a PROD release manager"):
         run("environment", "set", "PROD", "--parallelism", "2", "--user", "mallory")
     assert Environment.objects.get(name="PROD").parallelism == 4
 
@@ -236,7 +239,7 @@ def test_cli_still_lets_the_change_permission_tune_an_unprotected_environment(co
 def test_renaming_an_environment_needs_the_protected_permission_and_an_upper_case_name(configurer, trusted):
     # `prod` would own ATLAS_PROD_PASSWORD: the name decides the environment's own variables.
     dev = Environment.objects.get(name="DEV")
-    with pytest.raises(services.ActionRefused, match=r"launch_protected \(it changes name\)"):
+    with pytest.raises(services.ActionRefused, match=r"\(it changes name\): ask a PROD release manager"):
         services.change_environment(dev, configurer, {"name": "prod"}, via="test")
     with pytest.raises(services.ActionRefused, match="DEV: name: must be upper case"):
         services.change_environment(dev, trusted, {"name": "prod"}, via="test")

@@ -286,7 +286,9 @@ def test_launch_without_permission_is_refused_and_audited():
     step = services.get_step(plan, 2)
 
     with tasks_not_sent() as enqueue:
-        with pytest.raises(services.ActionRefused, match="lacks the permission releases.launch_step"):
+        with pytest.raises(
+            services.ActionRefused, match="auditor may not launch steps: ask a release manager"
+        ):
             services.launch(step, reader)
 
     enqueue.assert_not_called()
@@ -303,7 +305,7 @@ def test_protected_environment_needs_the_protected_permission():
     manager = make_user("dev-manager", permissions=("launch_step",))
     step = services.get_step(plan, 12)
 
-    with pytest.raises(services.ActionRefused, match="releases.launch_protected"):
+    with pytest.raises(services.ActionRefused, match="ask a PROD release manager"):
         services.launch(step, manager)
 
     _untouched(step)

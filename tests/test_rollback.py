@@ -209,7 +209,9 @@ def test_rollback_needs_the_protected_permission_on_prod(simulator):
     prod, step, user, broken, before = failed_step_14(simulator)
     dev_only = make_user("dev-only", permissions=("launch_step",))
 
-    with pytest.raises(ActionRefused, match="launch_protected"):
+    with pytest.raises(
+        ActionRefused, match="may not roll back sites on the protected environment PROD: ask a PROD"
+    ):
         rollback.roll_back(step, dev_only, failed=True, confirm="2.8.5")
     assert AuditEvent.objects.filter(action="rollback", outcome="refused", username="dev-only").exists()
 

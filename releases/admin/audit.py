@@ -105,12 +105,10 @@ class AuditEventAdmin(ReadOnlyAdmin):
 
     list_display = (
         "at_display",
-        "username",
+        "user_display",
         "action",
         "outcome",
-        "plan_version",
-        "step_number",
-        "environment_name",
+        "where",
         "channel_display",
         "message",
     )
@@ -124,6 +122,15 @@ class AuditEventAdmin(ReadOnlyAdmin):
     @admin.display(description="channel", ordering="channel")
     def channel_display(self, obj):
         return f"{obj.channel} ({obj.channel_account})" if obj.channel_account else obj.channel
+
+    @admin.display(description="user", ordering="username")
+    def user_display(self, obj):
+        return obj.username
+
+    @admin.display(description="release · step · env", ordering="plan_version")
+    def where(self, obj):
+        parts = [obj.plan_version, obj.step_number and f"step {obj.step_number}", obj.environment_name]
+        return " · ".join(str(p) for p in parts if p) or "—"
 
     @admin.display(description="at", ordering="at")
     def at_display(self, obj):

@@ -6,6 +6,7 @@ from django import forms
 from django.contrib import admin, messages
 from django.db.models import Count, Q
 from django.urls import reverse
+from django.utils import timezone
 from django.utils.html import format_html
 
 from .. import services
@@ -113,7 +114,7 @@ class StepRunAdmin(ReadOnlyAdmin):
         "title",
         "state",
         "progress",
-        "launched_by_username",
+        "launched_by",
         "step_page",
     )
     list_filter = ("state", "environment", "plan")
@@ -130,9 +131,13 @@ class StepRunAdmin(ReadOnlyAdmin):
             )
         )
 
-    @admin.display(description="done / failed / targeted")
+    @admin.display(description="done / failed / of")
     def progress(self, obj):
         return f"{obj.n_done} / {obj.n_failed} / {obj.n_sites}"
+
+    @admin.display(description="launched by", ordering="launched_by_username")
+    def launched_by(self, obj):
+        return obj.launched_by_username
 
     @admin.display(description="page")
     def step_page(self, obj):
@@ -145,18 +150,52 @@ class StepRunAdmin(ReadOnlyAdmin):
 @admin.register(SiteResult)
 class SiteResultAdmin(ReadOnlyAdmin):
     list_display = (
-        "step", "path", "sid", "batch_name", "state", "needs_check", "attempts", "http_status", "finished_at",
+        "path", "step_short", "sid", "batch_name", "state", "needs_check", "attempts", "http_status", "finished",
     )  # fmt: skip
+    list_display_links = ("path",)
     list_filter = ("state", "needs_check", "step__environment")
-    list_select_related = ("step", "step__plan")
+    list_select_related = ("step", "step__plan", "step__environment")
     search_fields = ("path", "sid", "site_id")
+
+    @admin.display(description="step", ordering="step")
+    def step_short(self, obj):
+        return _step_short(obj.step)
+
+    @admin.display(description="finished", ordering="finished_at")
+    def finished(self, obj):
+        return timezone.localtime(obj.finished_at).strftime("%Y-%m-%d %H:%M:%S") if obj.finished_at else "—"
 
 
 @admin.register(LaunchRequest)
 class LaunchRequestAdmin(ReadOnlyAdmin):
     """Launches requested under the two-person rule and how they were decided (read-only)."""
 
-    list_display = ("step", "requested_by_username", "requested_at", "stage", "state", "decided_by_username")
+    list_display = ("request", "step_short", "what", "requested_by", "requested_at", "state", "decided_by")
     list_filter = ("state",)
-    list_select_related = ("step", "step__plan")
+    list_select_related = ("step", "step__plan", "step__environment")
     exclude = ("requested_by",)
+
+    @admin.display(description="request", ordering="pk")
+    def request(self, obj):
+        return f"#{obj.pk}"
+
+    @admin.display(description="step", ordering="step")
+    def step_short(self, obj):
+        return _step_short(obj.step)
+
+    @admin.display(description="what")
+    def what(self, obj):
+        return obj.what
+
+    @admin.display(description="requested by", ordering="requested_by_username")
+    def requested_by(self, obj):
+        return obj.requested_by_username
+
+    @admin.display(description="decided by", ordering="decided_by_username")
+    def decided_by(self, obj):
+        return obj.decided_by_username or "—"
+
+
+def _step_short(step) -> str:
+    """ "2.8.5 · 12 PROD": the release, the runbook number and the environment (the title is long)."""
+    return f"{step.plan.version} · {step.number} {step.environment or 'git'}"

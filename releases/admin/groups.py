@@ -11,7 +11,7 @@ from django.contrib.admin.utils import unquote
 from django.http import HttpResponseBadRequest, HttpResponseForbidden, HttpResponseNotAllowed, JsonResponse
 from django.shortcuts import redirect
 from django.urls import reverse
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
 
 from .. import services
 from ..matching import matching_counts
@@ -75,14 +75,14 @@ class UpdateGroupAdmin(SortableAdminMixin, admin.ModelAdmin):
     ordering = ["position"]  # the field sortable2 drags; the list itself is shown as below
     list_display = (
         "position",
-        "environment",
-        "step_number",
+        "env",
+        "step",
         "position_shown",
         "name",
         "selector_display",
         "matching_sites",
         "enabled",
-        "edited",
+        "edited_display",
     )
     list_display_links = ("name",)
     list_filter = ("environment", "step_number", "enabled")
@@ -90,8 +90,26 @@ class UpdateGroupAdmin(SortableAdminMixin, admin.ModelAdmin):
     list_editable = ("enabled",)
     readonly_fields = ("edited", "updated_by")
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # sortable2 names its drag-handle column after the field ("position", a second number
+        # beside "#"): it is a handle.
+        self._reorder_.__func__.short_description = "drag"
+
     def get_ordering(self, request):
         return ["environment__order", "step_number", "position", "id"]
+
+    class Media:
+        # Renumbers the "#" column and says "saved" (or why not) after each drag.
+        js = ("releases/reorder.js",)
+
+    @admin.display(description="env", ordering="environment__order")
+    def env(self, obj):
+        return obj.environment.name
+
+    @admin.display(description="step", ordering="step_number")
+    def step(self, obj):
+        return obj.step_number
 
     @admin.display(description="#")
     def position_shown(self, obj):
@@ -99,7 +117,21 @@ class UpdateGroupAdmin(SortableAdminMixin, admin.ModelAdmin):
 
     @admin.display(description="selector (JSON)")
     def selector_display(self, obj):
-        return format_html("<code>{}</code>", json.dumps(obj.selector()))  # in the order it is sent
+        # In the order it is sent; a line breaks between pairs, never inside one.
+        selector = obj.selector()
+        if not isinstance(selector, dict):  # stored outside the form; refused when sent
+            return format_html("<code>{}</code>", json.dumps(selector))
+        pairs = [f"{json.dumps(k)}: {json.dumps(v)}" for k, v in selector.items()]
+        # A short pair ("status": "launched") stays on one line; a long `where` wraps anywhere.
+        spans = format_html_join(
+            ", ", '<span class="{}">{}</span>', (("nowrap" if len(p) <= 32 else "", p) for p in pairs)
+        )
+        return format_html("<code>{{{}}}</code>", spans)
+
+    @admin.display(description="edited", ordering="edited")
+    def edited_display(self, obj):
+        """Whether an operator changed it (`loadrunbook --update` keeps it): a fact, not an error."""
+        return f"by {obj.updated_by}" if obj.edited and obj.updated_by else ("yes" if obj.edited else "—")
 
     @admin.display(description="sites now")
     def matching_sites(self, obj):

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 from django import forms
 from django.contrib import admin
+from django.db.models import Count, OuterRef, Subquery
 from django.utils.html import format_html, format_html_join
 
 from .. import guidance, progress, services
-from ..models import ReleasePlan
+from ..models import LaunchRequest, ReleasePlan
 from .launching import LaunchMixin
 from .operations import ReleaseOperationsMixin
 from .report import ReleaseReportMixin
@@ -23,18 +24,17 @@ class ReleasePlanCreationForm(forms.ModelForm):
 
     user = None  # set per request by ReleasePlanAdmin.get_form
 
-    version = forms.CharField(max_length=40, help_text="For example 2.8.5.")
+    # No length or required checks here: the service reports every problem of the input at once,
+    # with what was typed ("39 characters"), as `release create` does.
+    version = forms.CharField(required=False, help_text="For example 2.8.5.")
     release_commit = forms.CharField(
-        label="Release commit", max_length=40, help_text="Full 40-character SHA of the release-branch HEAD."
+        label="Release commit", required=False, help_text="Full 40-character SHA of the release-branch HEAD."
     )
-    branch = forms.CharField(required=False, max_length=200, help_text="Default: release/VERSION.")
+    branch = forms.CharField(required=False, help_text="Default: release/VERSION.")
     git_url = forms.CharField(
-        label="Git URL",
-        required=False,
-        max_length=300,
-        help_text="Default: https://github.com/CuBoulder/express.git.",
+        label="Git URL", required=False, help_text="Default: https://github.com/CuBoulder/express.git."
     )
-    profile = forms.CharField(initial="express", max_length=100, help_text="Install profile name.")
+    profile = forms.CharField(required=False, initial="express", help_text="Install profile name.")
 
     class Meta:
         model = ReleasePlan
@@ -55,7 +55,8 @@ class ReleasePlanCreationForm(forms.ModelForm):
                 profile=data["profile"].strip() or "express",
             )
         except services.ActionRefused as exc:
-            self.add_error(exc.field, str(exc))
+            for field, message in exc.errors or [(exc.field, str(exc))]:
+                self.add_error(field, message)
 
 
 @admin.register(ReleasePlan)
@@ -76,12 +77,28 @@ class ReleasePlanAdmin(
     add_fieldsets = ((None, {"fields": ("version", "release_commit", "branch", "git_url", "profile")}),)
 
     def get_queryset(self, request):
-        return super().get_queryset(request).prefetch_related("steps__environment")
+        waiting = LaunchRequest.objects.filter(step__plan=OuterRef("pk"), state=LaunchRequest.State.PENDING)
+        return (
+            super()
+            .get_queryset(request)
+            .prefetch_related("steps__environment")
+            .annotate(n_waiting=Subquery(waiting.values("step__plan").annotate(n=Count("pk")).values("n")))
+        )
 
     @admin.display(description="state")
     def state_display(self, plan):
         state = plan.state
-        return format_html('<span class="rp-state rp-state-{}">{}</span>', state, state)
+        badge = format_html('<span class="rp-state rp-state-{}">{}</span>', state, state)
+        waiting = getattr(plan, "n_waiting", None)
+        if waiting:
+            # Under the two-person rule: an approver sees from the list that someone waits for them.
+            badge = format_html(
+                '{} <span class="rp-badge rp-waiting" data-waiting="{}">{} waiting for approval</span>',
+                badge,
+                waiting,
+                "a request" if waiting == 1 else f"{waiting} requests",
+            )
+        return badge
 
     @admin.display(description="current step")
     def current_step(self, plan):

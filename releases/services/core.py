@@ -9,6 +9,7 @@ import uuid
 from celery import current_app
 from django.contrib.auth import get_user_model
 
+from .. import roles
 from ..models import (
     AuditEvent,
     StepRun,
@@ -37,12 +38,21 @@ PERMISSIONS = {
 class ActionRefused(Exception):
     """The action was not carried out; the message says why (and an audit event records it).
     `code` names the refusal for a caller that decides on it (the HTTP API's error code), `field`
-    the input it is about when there is one (a form shows it there): never the message's words."""
+    the input it is about when there is one (a form shows it there): never the message's words.
+    `errors`: every problem of a form's input at once, as (field, message) pairs."""
 
-    def __init__(self, message: str, *, field: str | None = None, code: str = "refused") -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        field: str | None = None,
+        code: str = "refused",
+        errors: list[tuple[str | None, str]] | None = None,
+    ) -> None:
         super().__init__(message)
         self.field = field
         self.code = code
+        self.errors = errors or []  # every problem of a form's input at once: (field, message)
 
 
 def resolve_user(username: str):
@@ -66,6 +76,22 @@ PROTECTED_ACTIONS = ("launch", "abort", "resume", "retry_failed", "rollback", "s
 TWO_PERSON_ACTIONS = ("launch", "resume", "retry_failed", "rollback")
 
 
+# What a refusal says the user may not do ("viewer may not launch steps: ask a release manager").
+ACTION_WORDS = {
+    "create_plan": "create release plans",
+    "launch": "launch steps",
+    "pause": "pause steps",
+    "resume": "resume steps",
+    "abort": "abort steps",
+    "retry_failed": "retry failed sites",
+    "rollback": "roll back sites",
+    "skip": "skip steps",
+    "finalize": "finalize releases",
+    "environment_set": "change environment settings",
+    "approve": "approve requests under the two-person rule",
+}
+
+
 def permission_refusal(user, action: str, environment=None) -> str:
     """Why `user` may not do `action` (on `environment`): '' when they may. Audits nothing:
     the admin asks it to decide which controls to offer, `authorize` to refuse."""
@@ -78,11 +104,11 @@ def permission_refusal(user, action: str, environment=None) -> str:
     if not missing:
         return ""
     where = (
-        f" (on the protected environment {environment.name})"
+        f" on the protected environment {environment.name}"
         if environment is not None and ("releases.launch_protected" in missing and action != "approve")
         else ""
     )
-    return f"{user.get_username()} lacks the permission {', '.join(missing)}{where}"
+    return f"{user.get_username()} may not {ACTION_WORDS[action]}{where}: {roles.ask(*missing)}"
 
 
 def authorize(user, action: str, *, plan=None, step=None, environment=None, parameters=None) -> None:

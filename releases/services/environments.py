@@ -5,6 +5,7 @@ from __future__ import annotations
 from django.core.exceptions import ValidationError
 from django.db import transaction
 
+from .. import roles
 from ..models import (
     AuditEvent,
     Environment,
@@ -102,7 +103,7 @@ def environment_change_refusal(user, env: Environment, requested: dict) -> str:
     if not missing:
         return ""
     because = f" ({'; '.join(why)})" if why and "releases.launch_protected" in missing else ""
-    return f"{user.get_username()} lacks the permission {', '.join(missing)}{because}"
+    return f"{user.get_username()} may not change {env.name}'s settings{because}: {roles.ask(*missing)}"
 
 
 def check_environment_change(user, env: Environment, requested: dict, *, via: str) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from django.db import IntegrityError, transaction
 
 from .. import channel as channels
-from .. import launchability
+from .. import launchability, notify
 from ..models import (
     AuditEvent,
     LaunchRequest,
@@ -113,6 +113,12 @@ def request_action(
             )
     except IntegrityError:  # another request got there first (one pending request per step)
         refuse(waiting, audit_action, user=user, step=step, parameters=params)
+    # The approvers learn that a request waits (outside the transaction: an HTTP post).
+    notify.step_event(
+        step,
+        f"{request.what} requested by {request.requested_by_username} (request #{request.pk}): "
+        f"{step.environment} requires two people, waiting for another PROD release manager's approval",
+    )
     return step
 
 

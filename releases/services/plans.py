@@ -26,50 +26,59 @@ from .core import (
 logger = logging.getLogger(__name__)
 
 
-# The form field (the admin's, the API's) each checked column is typed into.
-FORM_FIELDS = {
-    "version": "version",
-    "release_branch": "branch",
-    "git_url": "git_url",
-    "profile_name": "profile",
-}
+def typed(value: str) -> str:
+    """What was typed, in words, for a message: "39 characters", "40 characters, upper case"."""
+    details = [f"{len(value)} character{'s' if len(value) != 1 else ''}"]
+    if any(c in "ABCDEF" for c in value):
+        details.append("upper case")
+    others = sorted({c for c in value.lower() if c not in "0123456789abcdef"})
+    if others:
+        details.append("not hexadecimal: " + " ".join(repr(c) for c in others[:5]))
+    return ", ".join(details)
 
 
-def _fits(column: str, value: str) -> None:
-    """Refuse a value longer than its ReleasePlan column (PostgreSQL would raise a DataError)."""
-    limit = ReleasePlan._meta.get_field(column).max_length
-    if len(value) > limit:
-        what = f"the {column.replace('_', ' ')}"
-        raise ActionRefused(f"{what} is longer than {limit} characters ({len(value)})", field=FORM_FIELDS[column],
-                            code="invalid")  # fmt: skip
-
-
-def _validate(validator, value: str, what: str, field: str) -> None:
+def sha_problem(commit: str, what: str = "commit") -> str:
+    """Why `commit` is not a full SHA ('' when it is), saying what was typed."""
     try:
-        validator(value)
+        SHA_VALIDATOR(commit)
     except ValidationError:
-        raise ActionRefused(f"{what} {value!r} {validator.message}", field=field, code="invalid") from None
+        return f"{what} {commit!r} {SHA_VALIDATOR.message} ({typed(commit)})"
+    return ""
 
 
-def _check_plan(version: str, commit: str, branch: str, git_url: str, profile: str) -> dict:
-    """The plan's columns once every input is valid and nothing is in the way (refused otherwise)."""
-    _validate(VERSION_VALIDATOR, version, "version", "version")
-    _validate(SHA_VALIDATOR, commit, "commit", "release_commit")
+def plan_problems(
+    version: str, commit: str, branch: str, git_url: str, profile: str
+) -> list[tuple[str, str]]:
+    """Every problem of a new plan's input at once, as (form field, message)."""
+    problems = []
+    if not version:
+        problems.append(("version", "the version is empty"))
+    else:
+        try:
+            VERSION_VALIDATOR(version)
+        except ValidationError:
+            problems.append(("version", f"version {version!r} {VERSION_VALIDATOR.message}"))
+        if ReleasePlan.objects.filter(version=version).exists():
+            problems.append(("version", f"release {version} already exists"))
+    if not commit:
+        problems.append(("release_commit", "the release commit is empty"))
+    elif sha_problem(commit):
+        problems.append(("release_commit", sha_problem(commit)))
     columns = {"version": version, "release_branch": branch, "git_url": git_url, "profile_name": profile}
+    fields = {
+        "version": "version",
+        "release_branch": "branch",
+        "git_url": "git_url",
+        "profile_name": "profile",
+    }
     for column, value in columns.items():
-        _fits(column, value)
+        limit = ReleasePlan._meta.get_field(column).max_length
+        if len(value) > limit:
+            what = column.replace("_", " ").replace("git url", "git URL")
+            problems.append((fields[column], f"the {what} has {len(value)} characters, more than {limit}"))
     if ".git" not in git_url:
-        raise ActionRefused(f"git URL {git_url!r} must contain .git (Atlas refuses it otherwise)", field="git_url",
-                            code="invalid")  # fmt: skip
-    if ReleasePlan.objects.filter(version=version).exists():
-        raise ActionRefused(f"release {version} already exists", field="version", code="exists")
-    missing = {d.environment for d in STEPS if d.environment} - set(
-        Environment.objects.values_list("name", flat=True)
-    )
-    if missing:
-        raise ActionRefused(f"environments {', '.join(sorted(missing))} do not exist: run `manage.py loadrunbook`",
-                            code="not_configured")  # fmt: skip
-    return columns
+        problems.append(("git_url", f"git URL {git_url!r} must contain .git (Atlas refuses it otherwise)"))
+    return problems
 
 
 def create_plan(
@@ -78,8 +87,19 @@ def create_plan(
     params = {"version": version, "commit": commit, "branch": branch, "git_url": git_url, "profile": profile}
     authorize(user, "create_plan", parameters=params)
     git_url = git_url or "https://github.com/CuBoulder/express.git"
+    branch = branch or f"release/{version}"
     try:
-        columns = _check_plan(version, commit, branch or f"release/{version}", git_url, profile)
+        problems = plan_problems(version, commit, branch, git_url, profile)
+        if problems:
+            raise ActionRefused(
+                "; ".join(message for _, message in problems), errors=problems, code="invalid"
+            )
+        missing = {d.environment for d in STEPS if d.environment} - set(
+            Environment.objects.values_list("name", flat=True)
+        )
+        if missing:
+            raise ActionRefused(f"environments {', '.join(sorted(missing))} do not exist: run `manage.py loadrunbook`",
+                                code="not_configured")  # fmt: skip
     except ActionRefused as exc:
         AuditEvent.record(
             "create_plan", user=user, outcome=AuditEvent.Outcome.REFUSED, parameters=params, message=str(exc)
@@ -88,8 +108,9 @@ def create_plan(
     environments = {e.name: e for e in Environment.objects.all()}
     with transaction.atomic():
         plan = ReleasePlan.objects.create(
-            **columns, release_commit=commit, created_by=user, created_by_username=user.get_username()
-        )
+            version=version, release_commit=commit, release_branch=branch, git_url=git_url, profile_name=profile,
+            created_by=user, created_by_username=user.get_username(),
+        )  # fmt: skip
         StepRun.objects.bulk_create(
             StepRun(
                 plan=plan,
@@ -153,13 +174,10 @@ def _finalize_problems(plan: ReleasePlan, step: StepRun, tag: str, commit: str) 
     if not tag.strip():
         problems.append("the tag is empty")
     elif len(tag) > ReleasePlan._meta.get_field("final_tag").max_length:
-        problems.append(
-            f"the tag is longer than {ReleasePlan._meta.get_field('final_tag').max_length} characters"
-        )
-    try:
-        SHA_VALIDATOR(commit)
-    except ValidationError:
-        problems.append(f"commit {commit!r} {SHA_VALIDATOR.message}")
+        limit = ReleasePlan._meta.get_field("final_tag").max_length
+        problems.append(f"the tag has {len(tag)} characters, more than {limit}")
+    if sha_problem(commit):
+        problems.append(sha_problem(commit))
     if commit == plan.release_commit:
         problems.append(
             "the final commit equals the release-branch commit (the --no-ff merge makes a new one)"

@@ -13,6 +13,7 @@ import json
 from django.contrib.admin.models import ADDITION, CHANGE, LogEntry
 from django.db import transaction
 
+from .. import roles
 from ..models import AuditEvent, UpdateGroup
 from .core import plain, refuse
 
@@ -181,8 +182,8 @@ def update_group_refusal(user, environments, action: str) -> str:
     protected = sorted({env.name for env in environments if env is not None and env.protected})
     if protected and not user.has_perm("releases.launch_protected"):
         return (
-            f"{user.get_username()} lacks the permission releases.launch_protected "
-            f"(to {action} update groups of the protected environment {', '.join(protected)})"
+            f"{user.get_username()} may not {action} update groups of the protected environment "
+            f"{', '.join(protected)}: {roles.ask('launch_protected')}"
         )
     return ""
 

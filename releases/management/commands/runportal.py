@@ -17,8 +17,6 @@ from urllib.error import HTTPError
 from urllib.request import urlopen
 
 from django.conf import settings
-from django.contrib.auth import get_user_model
-from django.contrib.auth.models import Permission
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
@@ -41,22 +39,10 @@ DEMO_UPDATE_MS = 1500
 # The simulators' passwords, unless ATLAS_<ENV>_PASSWORD is set (the README's command lines export
 # the same values, so `manage.py release …` in another shell reaches the demo's simulators).
 SIMULATOR_PASSWORDS = {name: f"{name.lower()}-simulator" for name in ("DEV", "TEST", "PROD")}
-# The demo's accounts (created on the first run; their password is PORTAL_ADMIN_PASSWORD or
-# 'admin'): username -> (what it is, its releases permissions; None: a superuser).
-DEMO_ACCOUNTS = {
-    "admin": ("superuser", None),
-    "ops-lead": (
-        "release manager: create, launch (PROD too), finalize, configure environments",
-        ["add_releaseplan", "launch_step", "launch_protected", "finalize_release", "change_environment",
-         "add_updategroup", "change_updategroup", "view_releaseplan", "view_steprun", "view_siteresult",
-         "view_environment", "view_updategroup", "view_auditevent"],
-    ),
-    "auditor": (
-        "read-only: plans, steps, environments and the audit trail",
-        ["view_releaseplan", "view_steprun", "view_siteresult", "view_environment", "view_updategroup",
-         "view_auditevent"],
-    ),
-}  # fmt: skip
+# The demo's accounts, one per role (releases/roles.py), all with one password: PORTAL_DEMO_PASSWORD
+# or 'demo', set on the first run. username -> role.
+DEMO_ACCOUNTS = dict(roles.DEMO_ACCOUNTS)
+DEFAULT_PASSWORD = "demo"
 
 
 class Command(commands.Command):
@@ -78,10 +64,6 @@ class Command(commands.Command):
         call_command("migrate", verbosity=0)
         call_command("loadrunbook", verbosity=0)
         self._ensure_accounts()
-        if not no_simulators:  # demo accounts, one per role (releases/roles.py), for the simulators only
-            password = os.environ.get("PORTAL_DEMO_PASSWORD", "demo")
-            for username, role in roles.ensure_demo_accounts(password):
-                self.stdout.write(f"Demo account {username!r} ({role}), password {password!r}")
         children, simulated = [], []
         signal.signal(signal.SIGTERM, _interrupt)
         try:
@@ -101,18 +83,7 @@ class Command(commands.Command):
             self._stop(children)
 
     def _ensure_accounts(self) -> None:
-        users = get_user_model().objects
-        password = os.environ.get("PORTAL_ADMIN_PASSWORD", "admin")
-        for username, (_, permissions) in DEMO_ACCOUNTS.items():
-            if users.filter(username=username).exists():
-                continue  # an operator may have changed it since the first run
-            if permissions is None:
-                users.create_superuser(username, "", password)
-                continue
-            user = users.create_user(username, "", password, is_staff=True)
-            user.user_permissions.set(
-                Permission.objects.filter(content_type__app_label="releases", codename__in=permissions)
-            )
+        roles.ensure_demo_accounts(os.environ.get("PORTAL_DEMO_PASSWORD", DEFAULT_PASSWORD))
 
     def _start_simulators(self, prod_sites: int) -> list[tuple[subprocess.Popen, str]]:
         children = []
@@ -197,17 +168,20 @@ class Command(commands.Command):
 
 
 def ready_banner(addr: str, broker: str) -> list[str]:
-    """What `runportal` prints once the portal answers: the ready line first, then the accounts."""
+    """What `runportal` prints once the portal answers: the ready line first, then every account
+    (the README's role table), the broker last."""
     password = (
-        "the password in PORTAL_ADMIN_PASSWORD"
-        if os.environ.get("PORTAL_ADMIN_PASSWORD")
-        else "password 'admin'"
+        "the password in PORTAL_DEMO_PASSWORD"
+        if os.environ.get("PORTAL_DEMO_PASSWORD")
+        else f"password '{DEFAULT_PASSWORD}'"
     )
     lines = [
         f"Ready: the portal answers at http://{addr}/admin/ (Ctrl-C stops everything)",
-        f"  Demo accounts, {password} (set on the first run):",
+        f"  Log in with one of these accounts, {password} (set on the first run):",
     ]
-    lines += [f"    {name:<9} {what}" for name, (what, _) in DEMO_ACCOUNTS.items()]
+    for name, role in DEMO_ACCOUNTS.items():
+        what = roles.DEMO_NOTES.get(name) or roles.DESCRIPTIONS[role]
+        lines.append(f"    {name:<16} {roles.ROLE_NAMES[role]}: {what}")
     lines += [
         f"  Broker: {broker}",
         '  Command line: see the README, "Releasing from the command line"',
