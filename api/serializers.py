@@ -136,6 +136,8 @@ class Counts(serializers.Serializer):
     failed = serializers.IntegerField()
     skipped = serializers.IntegerField()
     pending = serializers.IntegerField()
+    unverified = serializers.IntegerField(help_text="PATCHed, not yet verified.")
+    rolled_back = serializers.IntegerField()
 
 
 class StepOut(serializers.Serializer):
@@ -150,6 +152,9 @@ class StepOut(serializers.Serializer):
     finished_at = serializers.DateTimeField(allow_null=True)
     counts = Counts()
     task_ids = serializers.ListField(child=serializers.CharField())
+    activity = serializers.CharField(allow_null=True)
+    liveness = serializers.CharField(allow_null=True)
+    to_check = serializers.ListField(child=serializers.DictField())
 
 
 class RequestOut(serializers.Serializer):
