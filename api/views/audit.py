@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from datetime import datetime, time
+
+from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers
@@ -53,8 +56,14 @@ class AuditTrail(ApiView):
         return pages.get_paginated_response(s.AuditEventOut(page, many=True).data)
 
 
-def _moment(name: str, text: str):
-    moment = parse_datetime(text) or parse_date(text)
+def _moment(name: str, text: str) -> datetime:
+    """An ISO date-time, or a date (its midnight in the portal's time zone)."""
+    try:
+        moment = parse_datetime(text)
+        if moment is None and (day := parse_date(text)) is not None:
+            moment = datetime.combine(day, time())
+    except ValueError:
+        moment = None
     if moment is None:
         raise serializers.ValidationError({name: f"{text!r} is not an ISO date or date-time"})
-    return moment
+    return timezone.make_aware(moment) if timezone.is_naive(moment) else moment
