@@ -5,10 +5,12 @@ appears in any log or audit row."""
 
 from __future__ import annotations
 
+import io
 import logging
 
 import pytest
 
+from api import tokens
 from releases import services
 from releases.models import AuditEvent, Environment, LaunchRequest
 from tests.admin_helpers import mark_done
@@ -134,3 +136,35 @@ def test_no_token_in_any_log_or_audit_row(api, plan, lead, caplog, capfd):
         secret = token[4:]
         for row in AuditEvent.objects.all():
             assert secret not in f"{row.parameters} {row.message} {row.reason} {row.channel_account}"
+
+
+class Terminal(io.StringIO):
+    """What an operator types, as a terminal."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def test_the_portal_command_shows_the_blast_radius_and_asks(live_server, plan, lead, monkeypatch):
+    from tests.api.test_cli import cli
+
+    _, token = tokens.create(lead, "laptop")
+    monkeypatch.setenv("PORTAL_URL", live_server.url)
+    monkeypatch.setenv("PORTAL_TOKEN", token)
+    out, err = io.StringIO(), io.StringIO()
+    with tasks_not_sent() as sent:
+        declined = cli.main(
+            ["launch", "2.8.5", "--stage", "DEV"], stdin=Terminal("n\n"), stdout=out, stderr=err
+        )
+        assert declined == 1 and "not confirmed: nothing was launched" in err.getvalue()
+        assert sent.call_count == 0
+        accepted = cli.main(
+            ["launch", "2.8.5", "--stage", "DEV"], stdin=Terminal("y\n"), stdout=out, stderr=err
+        )
+        assert accepted == 0, err.getvalue()
+        assert sent.call_count == 1
+    assert "Step 4 [DEV]" in err.getvalue() and "Proceed? [y/N]" in err.getvalue()
+    assert "Launched 2.8.5 stage DEV from step 2" in out.getvalue()
+    step4 = plan.steps.get(number=4)
+    assert step4.confirmed_targets and sum(step4.confirmed_targets.values()) == 2  # webcentral, homepage
+    assert plan.steps.get(number=2).state == "running"
