@@ -168,3 +168,17 @@ def test_the_portal_command_shows_the_blast_radius_and_asks(live_server, plan, l
     step4 = plan.steps.get(number=4)
     assert step4.confirmed_targets and sum(step4.confirmed_targets.values()) == 2  # webcentral, homepage
     assert plan.steps.get(number=2).state == "running"
+
+
+def test_refusals_carry_a_stable_code(api, plan, lead):
+    client = api(lead)
+    assert client.get("plans/9.9.9/").json() == {"code": "no_plan", "detail": "no release '9.9.9'"}
+    assert client.get("plans/2.8.5/steps/15/").json()["code"] == "no_step"
+    rollback = client.post("plans/2.8.5/steps/4/rollback/", {"failed": True})
+    assert (rollback.status_code, rollback.json()["code"]) == (409, "rollback_refused")
+    assert "a rollback starts once it is paused or has ended" in rollback.json()["detail"]
+    skip = client.post("plans/2.8.5/steps/7/skip/", {"reason": "no"})
+    assert (skip.status_code, skip.json()["code"]) == (409, "skip_refused")
+    invalid = client.post("plans/2.8.5/launch/", {"step": 4, "stage": "DEV", "yes": True})
+    assert (invalid.status_code, invalid.json()["code"]) == (400, "invalid")
+    assert AuditEvent.objects.filter(action="rollback", outcome="refused", channel="api").exists()
