@@ -64,7 +64,11 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "axes",
     "adminsortable2",  # drag-and-drop ordering of update groups (static files served locally)
+    "rest_framework",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",  # the API docs' Swagger UI, served locally (no CDN)
     "atlas",
+    "api",
 ]
 
 MIDDLEWARE = [
@@ -133,6 +137,38 @@ def _login_client_address(request) -> str | None:
 
 
 AXES_CLIENT_IP_CALLABLE = _login_client_address
+
+# The HTTP API (`api/`): personal tokens only, JSON, errors as {"code", "detail"}. Failed token
+# authentications are throttled per client address (the same proxy rule as the login lockout:
+# NUM_PROXIES); each token's user is throttled too.
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": ["api.authentication.BearerTokenAuthentication"],
+    "DEFAULT_PERMISSION_CLASSES": ["api.permissions.TokenUser"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_THROTTLE_CLASSES": ["rest_framework.throttling.UserRateThrottle"],
+    "DEFAULT_THROTTLE_RATES": {
+        "user": env.str("API_USER_RATE", default="1200/min"),
+        "failed_auth": env.str("API_FAILED_AUTH_RATE", default="20/min"),
+    },
+    "NUM_PROXIES": PORTAL_TRUSTED_PROXIES,
+    "EXCEPTION_HANDLER": "api.errors.handler",
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Express Release Portal API",
+    "DESCRIPTION": "The release manager's operations for CI and laptops: the same permissions, rules "
+    "and audit as the admin and `manage.py release`. Authenticate with a personal token: "
+    "`Authorization: Bearer erp_…`.",
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SCHEMA_PATH_PREFIX": "/api/v1",
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
+    "SERVE_AUTHENTICATION": [],
+}
 
 ROOT_URLCONF = "portal.urls"
 WSGI_APPLICATION = "portal.wsgi.application"

@@ -1,5 +1,6 @@
 """The channel an action came through, for the audit trail: `admin` (the web process), `shell`
-(`manage.py` on the portal's server), `api` (later), or `system` (the workers' own decisions).
+(`manage.py` on the portal's server), `api` (a personal token; its name is the account), or `system`
+(the workers' own decisions).
 
 What each channel proves differs. The admin proves the person: they logged in with their own
 password. The shell proves only the operating-system account that ran the command (read from

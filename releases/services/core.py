@@ -119,6 +119,7 @@ def authorize(user, action: str, *, plan=None, step=None, environment=None, para
         refuse(
             refusal,
             action,
+            code="permission_denied",
             user=user,
             plan=plan,
             step=step,
@@ -127,9 +128,10 @@ def authorize(user, action: str, *, plan=None, step=None, environment=None, para
         )
 
 
-def refuse(message: str, action: str, *, code: str = "refused", **where) -> None:
+def refuse(message: str, action: str, *, code: str = "", **where) -> None:
+    """Audit the refusal of `action` and raise it, coded (`launch_refused` unless told)."""
     AuditEvent.record(action, outcome=AuditEvent.Outcome.REFUSED, message=message, **where)
-    raise ActionRefused(message, code=code)
+    raise ActionRefused(message, code=code or f"{action}_refused")
 
 
 class BrokerUnavailable(Exception):

@@ -1,0 +1,192 @@
+"""The command line: the subcommands and options of `manage.py release` (without `--user`: the
+token says who), plus `environment show|set`. Options are never abbreviated."""
+
+from __future__ import annotations
+
+import argparse
+
+from . import __version__
+
+ENVIRONMENTS = ("DEV", "TEST", "PROD")
+
+
+class Parser(argparse.ArgumentParser):
+    def __init__(self, **kwargs):
+        super().__init__(**{**kwargs, "allow_abbrev": False})
+
+
+def parser() -> argparse.ArgumentParser:
+    p = Parser(
+        prog="portal",
+        description="The Express Release Portal's release operations over its HTTP API. Exit codes: "
+        "0 done, 1 refused or not succeeded, 2 bad usage, 3 --timeout passed.",
+    )
+    p.add_argument("--url", help="The portal's base URL (default: $PORTAL_URL).")
+    p.add_argument("--token", help="A personal token (default: $PORTAL_TOKEN).")
+    p.add_argument(
+        "--allow-http", action="store_true", help="Allow plain http:// to a host other than localhost."
+    )
+    p.add_argument("--version", action="version", version=f"portal {__version__}")
+    sub = p.add_subparsers(dest="action", required=True, metavar="SUBCOMMAND", parser_class=Parser)
+
+    s = sub.add_parser("create", help="Create a release plan; step 1 (the branch) is recorded done.")
+    _version(s)
+    s.add_argument("--commit", required=True, help="Full 40-character SHA of the release-branch HEAD.")
+    s.add_argument("--branch", default="", help="Default: release/VERSION.")
+    s.add_argument("--git-url", default="", help="Default: https://github.com/CuBoulder/express.git.")
+    s.add_argument("--profile", default="express", help="Install profile name (default: express).")
+    _json(s)
+
+    s = sub.add_parser("preview", help="Show what a step (or every step) would do, read from Atlas.")
+    _version(s)
+    s.add_argument("--step", type=int, help="Only this step (1–14).")
+    _json(s)
+
+    s = sub.add_parser("launch", help="Launch a step or a stage. Asks for confirmation unless --yes.")
+    _version(s)
+    which = s.add_mutually_exclusive_group(required=True)
+    which.add_argument("--step", type=int, help="This step (1–14).")
+    which.add_argument("--next", dest="next_step", action="store_true", help="The first step not yet done.")
+    which.add_argument("--stage", type=str.upper, choices=ENVIRONMENTS, help="The environment's stage.")
+    _yes(s)
+    _wait(s)
+    _json(s)
+
+    s = sub.add_parser("finalize", help="Record the finalized release (step 7): tag and commit.")
+    _version(s)
+    s.add_argument("--tag", required=True)
+    s.add_argument("--commit", required=True, help="Full 40-character SHA of the merge commit.")
+    _json(s)
+
+    for action, text in (
+        ("pause", "Pause the running step after the sites in flight."),
+        ("abort", "Abort the running or paused step."),
+        ("resume", "Resume the paused step."),
+    ):
+        s = sub.add_parser(action, help=text)
+        _version(s)
+        if action == "resume":
+            _wait(s)
+        _json(s)
+
+    s = sub.add_parser("retry-failed", help="Retry a paused or failed step's failed sites.")
+    _version(s)
+    s.add_argument("--step", type=int, required=True)
+    _wait(s)
+    _json(s)
+
+    s = sub.add_parser("skip", help="Skip a step, with a recorded reason.")
+    _version(s)
+    s.add_argument("--step", type=int, required=True)
+    s.add_argument("--reason", required=True, help="Why the step is skipped (recorded in the audit).")
+    _json(s)
+
+    for action, text in (
+        ("approve", "Approve the request waiting under the two-person rule: shows it and asks, unless "
+                    "--request names it."),
+        ("withdraw", "Withdraw the request waiting for approval (yours, or as an approver)."),
+    ):  # fmt: skip
+        s = sub.add_parser(action, help=text)
+        _version(s)
+        s.add_argument("--step", type=int, required=True)
+        s.add_argument("--request", type=int, metavar="ID", help="The request (as `portal status` shows it).")
+        _json(s)
+
+    s = sub.add_parser("rollback", help="Put sites of an update step back on their earlier code item.")
+    _version(s)
+    s.add_argument("--step", type=int, required=True, help="The update step (4, 6, 11, 14).")
+    which = s.add_mutually_exclusive_group(required=True)
+    which.add_argument("--failed", action="store_true", help="Every site that failed in the step.")
+    which.add_argument(
+        "--sites", type=lambda text: text.split(","), metavar="PATH[,PATH...]", help="These sites."
+    )
+    _yes(s)
+    _wait(s)
+    _json(s)
+
+    s = sub.add_parser("status", help="The plan's steps, their states and counts.")
+    _version(s)
+    _json(s)
+    s = sub.add_parser("list", help="Every release plan and its state.")
+    _json(s)
+    _environment(sub)
+    return p
+
+
+def _environment(sub) -> None:
+    env = sub.add_parser("environment", help="Show or change an Atlas environment's settings.")
+    esub = env.add_subparsers(
+        dest="environment_action", required=True, metavar="SUBCOMMAND", parser_class=Parser
+    )
+    s = esub.add_parser("show", help="Show one environment, or all of them.")
+    s.add_argument("name", nargs="?", metavar="NAME")
+    _json(s)
+    s = esub.add_parser("set", help="Change an environment's settings (audited).")
+    s.add_argument("name", metavar="NAME")
+    for option, kind in SETTINGS.items():
+        if kind is bool:
+            s.add_argument(f"--{option}", action=argparse.BooleanOptionalAction)
+        elif kind == "on|off":
+            s.add_argument(f"--{option}", type=_on_off, metavar="on|off")
+        else:
+            s.add_argument(f"--{option}", type=kind)
+    _json(s)
+
+
+# `environment set`'s options (the API takes them with underscores).
+SETTINGS = {
+    "parallelism": int,
+    "batch-pause": float,
+    "failure-threshold": str,
+    "failure-policy": str,
+    "deploy-wait": float,
+    "pool-wait": float,
+    "url": str,
+    "site-url": str,
+    "username": str,
+    "password-env": str,
+    "slack-webhook-env": str,
+    "read-timeout": float,
+    "max-attempts": int,
+    "verify-tls": bool,
+    "protected": bool,
+    "two-person": bool,
+    "verify": "on|off",
+    "verify-timeout": float,
+    "max-unverified": int,
+    "canary": "on|off",
+}
+
+
+def _on_off(text: str) -> bool:
+    value = text.strip().lower()
+    if value not in ("on", "off"):
+        raise argparse.ArgumentTypeError(f"expected on or off, not {text!r}")
+    return value == "on"
+
+
+def _version(p) -> None:
+    p.add_argument("version", metavar="VERSION", help="The release version, e.g. 2.8.5.")
+
+
+def _json(p) -> None:
+    p.add_argument("--json", action="store_true", help="Print one JSON document on stdout.")
+
+
+def _yes(p) -> None:
+    p.add_argument("--yes", action="store_true", help="Do not ask for confirmation.")
+    p.add_argument(
+        "--confirm-environment",
+        metavar="NAME",
+        default="",
+        help="With --yes on a protected environment (PROD): its name, as you would type it.",
+    )
+
+
+def _wait(p) -> None:
+    p.add_argument(
+        "--wait",
+        action="store_true",
+        help="Block until the step (or stage) ends; non-zero unless it succeeded.",
+    )
+    p.add_argument("--timeout", type=float, metavar="SECONDS", help="With --wait: give up after this long.")
