@@ -54,7 +54,7 @@ def approve(step: StepRun, user, *, request_id: int | None) -> StepRun:
     request = _named_request(step, user, request_id, "approve", params)
     if request.requested_by_id == user.pk or request.requested_by_username == user.get_username():
         refuse(f"{user.get_username()} requested this {request.what}: another person must approve it",
-                "approve", user=user, step=step, parameters=params)  # fmt: skip
+               "approve", code="own_request", user=user, step=step, parameters=params)  # fmt: skip
     via = channels.current()
     if via.same_shell_account(request.requested_channel, request.requested_account):
         refuse(
@@ -118,7 +118,7 @@ def withdraw_request(step: StepRun, user, *, request_id: int | None = None) -> S
         refusal = permission_refusal(user, "approve", step.environment)
         if refusal:
             refuse(f"{refusal}: only the requester or an approver withdraws a request", "withdraw",
-                    user=user, step=step, parameters=params)  # fmt: skip
+                   code="permission_denied", user=user, step=step, parameters=params)  # fmt: skip
     taken = LaunchRequest.objects.filter(pk=request.pk, state=LaunchRequest.State.PENDING).update(
         state=LaunchRequest.State.WITHDRAWN,
         decided_by_username=user.get_username(),
