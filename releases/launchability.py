@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .models import InvalidGroupSelector, LaunchRequest, ReleasePlan, StepRun, UpdateGroup
+from .models.plan import manual_gate
 from .states import ACTIVE, DONE, LAUNCHABLE, MANUAL_KINDS, StepKind, StepState
 from .wording import spans
 
@@ -82,8 +83,7 @@ def launch_check(step: StepRun, facts: PlanFacts | None = None) -> Refusal | Non
     facts = facts or PlanFacts.load(step.plan)
     n = step.number
     if step.kind in MANUAL_KINDS:
-        message = f"step {n} is a manual gate: record it with `release finalize`"
-        return Refusal("manual", message, "")
+        return Refusal("manual", manual_gate(n), "")
     if step.state not in LAUNCHABLE:
         done = step.state in DONE
         after = "nothing is left to launch there" if done else "it is already launched"

@@ -403,7 +403,7 @@ def test_abort_of_a_step_whose_worker_is_gone_ends_it_at_once():
     user = make_user()
     plan = services.create_plan("2.8.5", commit=R, user=user)
     with tasks_not_sent():
-        step = services.launch(services.get_step(plan, 2), user)
+        step = services.launch(services.get_step(plan, 2), user).step
     StepRun.objects.filter(pk=step.pk).update(
         lease_owner="dead-worker", lease_expires_at=timezone.now() - timedelta(seconds=5)
     )
@@ -422,7 +422,7 @@ def test_an_abort_that_races_a_threshold_pause_is_not_lost():
     user = make_user()
     plan = services.create_plan("2.8.5", commit=R, user=user)
     with tasks_not_sent():
-        step = services.launch(services.get_step(plan, 2), user)
+        step = services.launch(services.get_step(plan, 2), user).step
     assert step.claim("worker-1")
     services.abort(plan, user)  # asked while the worker is already stopping on a threshold
 

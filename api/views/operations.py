@@ -41,10 +41,10 @@ class Launch(LaunchPreviewMixin, ApiView):
         plan = self.get_plan(version)
         target = self.valid(s.LaunchTarget, request.query_params)
         step = self.target(plan, target)
-        params = {"step": step.number, "stage": bool(target.get("stage")), "via": "api"}
-        self.carry_out("launch", step.environment, lambda: services.authorize(
-            request.user, "launch", plan=plan, step=step, parameters=params))  # fmt: skip
-        return Response(self.launch_preview(step, bool(target.get("stage"))))
+        stage = bool(target.get("stage"))
+        prepared = self.carry_out("launch", step.environment, lambda: services.prepare_launch(
+            step, request.user, stage=stage, via="api", read_atlas=True))  # fmt: skip
+        return Response(self.launch_preview(step, stage, prepared))
 
     @extend_schema(
         request=s.Launch,
@@ -57,8 +57,8 @@ class Launch(LaunchPreviewMixin, ApiView):
         data = self.valid(s.Launch, request.data)
         step, stage, user = self.target(plan, data), bool(data.get("stage")), request.user
         params = {"step": step.number, "stage": stage, "via": "api"}
-        self.carry_out("launch", step.environment, lambda: services.authorize(
-            user, "launch", plan=plan, step=step, parameters=params))  # fmt: skip
+        self.carry_out("launch", step.environment, lambda: services.prepare_launch(
+            step, user, stage=stage, via="api", read_atlas=False))  # fmt: skip
         confirmed = self.confirmed(step, stage, data, params)
         self.carry_out("launch", step.environment,
                        lambda: services.launch(step, user, stage=stage, confirmed=confirmed))  # fmt: skip

@@ -106,12 +106,12 @@ class StepDetail(ApiView):
 
 
 class LaunchPreviewMixin:
-    def launch_preview(self, step, stage: bool) -> dict:
+    def launch_preview(self, step, stage: bool, prepared=None) -> dict:
         """What a launch of `step` (`stage`: and its stage) would reach, read from Atlas now, with
         the confirmation the launch takes (bound to these counts, this launch and this user; none
-        for a user who may not launch it)."""
+        for a user who may not launch it). `prepared`: the launch's `services.prepare_launch`."""
         user = self.request.user
-        radius = reports.blast_radius(step, stage=stage)
+        radius = prepared.preview() if prepared is not None else reports.blast_radius(step, stage=stage)
         env = step.environment
         may = not services.permission_refusal(user, "launch", env)
         chain = [x.number for x in step.stage_chain() if x.state not in DONE] if stage else [step.number]
@@ -127,7 +127,7 @@ class LaunchPreviewMixin:
             "deletions": radius["deletions"],
             "updates": radius["updates"],
             "total": radius["total"],
-            "refusal": services.action_refusal(step, "launch"),
+            "refusal": prepared.refusal if prepared is not None else services.action_refusal(step, "launch"),
             "confirmation": confirmations.sign(step, stage, user, radius["confirmed"]) if may else None,
         }
 

@@ -13,7 +13,7 @@ from django.core import signing
 from django.template.response import TemplateResponse
 from django.urls import path
 
-from .. import guidance, launchability, reports, services
+from .. import guidance, services
 from ..models import AuditEvent
 from ..services import approvals
 from .refusal import refusal_page
@@ -47,15 +47,16 @@ class LaunchMixin:
         stage = request.POST.get("stage", request.GET.get("stage", "")) in ("1", "true", "on")
         params = {"step": step.number, "stage": stage, "via": "admin"}
         try:
-            # Refused (and audited) before anything is read from Atlas.
-            services.authorize(request.user, "launch", plan=plan, step=step, parameters=params)
+            # Refused (and audited) before anything is read from Atlas; Atlas is read only for a
+            # page to show (a confirmed POST launches without reading it again).
+            prepared = services.prepare_launch(step, request.user, stage=stage, read_atlas=False)
         except services.ActionRefused as exc:
             return refusal_page(
                 self, request, title="Launch refused", reason=str(exc), back_url=self.plan_url(plan)
             )
         # A launch that cannot happen now says so first, before anything is typed or confirmed
         # (the same check as services.launch); the page still previews the targets below.
-        refusal = launchability.launch_refusal(step)
+        refusal = prepared.refusal
         error = ""
         if request.method == "POST":
             if refusal:
@@ -67,12 +68,23 @@ class LaunchMixin:
                 confirmed, error = self._confirmation(request, step, params)
                 if not error:
                     return self._launch(request, plan, step, stage, confirmed)
+        return self._confirmation_page(request, prepared, refusal=refusal, error=error)
+
+    def _confirmation_page(self, request, prepared, *, refusal: str, error: str):
+        """The blast radius (read from Atlas now), the refusal or the form, and the signed counts."""
+        step, stage, plan = prepared.step, prepared.stage, prepared.step.plan
         what = f"stage {step.environment} from step {step.number}" if stage else f"step {step.number}"
+        title = f"Launch {what} of release {plan.version}?"
+        if refusal:
+            title = f"{what[0].upper()}{what[1:]} of release {plan.version} cannot be launched now"
+        radius = prepared.preview()
+        for preview in radius["previews"]:
+            for batch in preview.get("batches") or ():
+                batch["more"] = max(batch["count"] - PATHS_SHOWN, 0) if batch["paths"] else 0
+                batch["unlisted"] = max(batch["count"] - len(batch["paths"]), 0)
         context = {
             **self.admin_site.each_context(request),
-            "title": f"Launch {what} of release {plan.version}?"
-            if not refusal
-            else f"{what[0].upper()}{what[1:]} of release {plan.version} cannot be launched now",
+            "title": title,
             "opts": self.opts,
             "original": plan,
             "step": step,
@@ -83,16 +95,9 @@ class LaunchMixin:
             "refusal": refusal,
             "next": guidance.next_action(plan) if refusal else None,
             "plan_url": self.plan_url(plan),
+            "radius": radius,
+            "token": signing.dumps(_bound(plan, step, stage, request.user, radius["confirmed"]), salt=SALT),
         }
-        radius = reports.blast_radius(step, stage=stage)
-        for preview in radius["previews"]:
-            for batch in preview.get("batches") or ():
-                batch["more"] = max(batch["count"] - PATHS_SHOWN, 0) if batch["paths"] else 0
-                batch["unlisted"] = max(batch["count"] - len(batch["paths"]), 0)
-        context["radius"] = radius
-        context["token"] = signing.dumps(
-            _bound(plan, step, stage, request.user, radius["confirmed"]), salt=SALT
-        )
         request.current_app = self.admin_site.name
         return TemplateResponse(request, "admin/releases/launch_confirmation.html", context)
 
@@ -133,11 +138,11 @@ class LaunchMixin:
 
     def _launch(self, request, plan, step, stage, confirmed):
         try:
-            services.launch(step, request.user, stage=stage, confirmed=confirmed)
+            outcome = services.launch(step, request.user, stage=stage, confirmed=confirmed)
         except services.ActionRefused as exc:
             self.message_user(request, f"Launch refused: {exc}", messages.ERROR)
             return self.plan_redirect(plan)
-        if approvals.pending_request(step) is not None:
+        if isinstance(outcome, services.Requested):
             self.message_user(
                 request,
                 f"Launch of step {step.number} requested: {step.environment} requires two people, "

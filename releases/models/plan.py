@@ -32,6 +32,11 @@ VERSION_VALIDATOR = RegexValidator(r"^\d+\.\d+\.\d+([.-][0-9A-Za-z.-]+)?$", "mus
 ROLLBACK_FROM = (StepState.PAUSED, StepState.FAILED, StepState.SUCCEEDED, StepState.ABORTED)
 
 
+def manual_gate(number: int) -> str:
+    """The refusal of launching a manual gate (the model's, the launch check's: one wording)."""
+    return f"step {number} is a manual gate: record it with `release finalize`"
+
+
 def lease() -> timedelta:
     return timedelta(seconds=settings.STEP_LEASE_SECONDS)
 
@@ -184,7 +189,7 @@ class StepRun(models.Model):
 
     def launch(self, user, *, continue_stage: bool = False) -> None:
         if self.kind in (StepKind.GIT_BRANCH, StepKind.FINALIZE):
-            raise TransitionRefused(f"step {self.number} is a manual gate: record it with `release finalize`")
+            raise TransitionRefused(manual_gate(self.number))
         blockers = self.blockers()
         if blockers:
             raise TransitionRefused(f"step {self.number} cannot start: " + "; ".join(blockers))

@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from django.db import models
 from django.db.models import Count, Q
 
 from ..states import RollbackState, SiteState
 
-if TYPE_CHECKING:
-    from .plan import StepRun
-
 
 class UpdateGroupQuerySet(models.QuerySet):
-    def for_step(self, step: StepRun) -> UpdateGroupQuerySet:
-        """The update groups of the step's environment and runbook number: its batches."""
+    def for_step(self, step: models.Model) -> UpdateGroupQuerySet:
+        """The update groups of the step's (a StepRun's) environment and runbook number: its batches."""
         return self.filter(environment=step.environment_id, step_number=step.number)
 
     def enabled(self) -> UpdateGroupQuerySet:

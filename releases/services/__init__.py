@@ -48,9 +48,13 @@ from .environments import (
     weakenings,
 )
 from .launching import (
+    Launched,
+    PreparedLaunch,
+    Requested,
     action_refusal,
     check_launch,
     launch,
+    prepare_launch,
     request_action,
     request_launch,
 )
@@ -68,6 +72,10 @@ from .update_groups import (
 )
 
 __all__ = [
+    "Launched",
+    "PreparedLaunch",
+    "Requested",
+    "prepare_launch",
     "ActionRefused",
     "BrokerUnavailable",
     "PERMISSIONS",

@@ -10,8 +10,10 @@ from django.utils import timezone
 
 from .. import channel as channels
 from ..models import AuditEvent, LaunchRequest, StepRun
-from . import controls, launching, rollback
+from .controls import resume_step, retry_failed
 from .core import ActionRefused, authorize, permission_refusal, refuse
+from .launching import launch
+from .rollback import roll_back
 
 __all__ = ["approve", "describe_request", "pending_request", "withdraw_request"]
 
@@ -97,15 +99,15 @@ def approve(step: StepRun, user, *, request_id: int | None) -> StepRun:
 
 def _carry_out(step: StepRun, request: LaunchRequest, requester) -> None:
     if request.action == LaunchRequest.Action.RESUME:
-        controls.resume_step(step, requester, approved=True)
+        resume_step(step, requester, approved=True)
     elif request.action == LaunchRequest.Action.RETRY_FAILED:
-        controls.retry_failed(step, requester, approved=True)
+        retry_failed(step, requester, approved=True)
     elif request.action == LaunchRequest.Action.ROLLBACK:
         # The requester typed any confirmation the rollback asked for when requesting it.
-        rollback.roll_back(step, requester, ids=request.sites or [], approved=True, database_confirmed=True)
+        roll_back(step, requester, ids=request.sites or [], approved=True, database_confirmed=True)
     else:
         confirmed = {int(n): c for n, c in request.confirmed.items()} if request.confirmed else None
-        launching.launch(step, requester, stage=request.stage, via="approve", confirmed=confirmed)
+        launch(step, requester, stage=request.stage, via="approve", confirmed=confirmed)
 
 
 def withdraw_request(step: StepRun, user, *, request_id: int | None = None) -> StepRun:

@@ -90,7 +90,7 @@ def _resume(step: StepRun, user, action: str, *, retry_failed: bool, approved: b
     request, run when another person approves it (`approved`: the approval's own call)."""
     authorize(user, action, step=step)
     if not approved and step.environment is not None and step.environment.two_person:
-        return request_action(step, user, action)
+        return request_action(step, user, action).step
     try:
         with transaction.atomic():
             step.resume(retry_failed=retry_failed)

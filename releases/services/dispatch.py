@@ -28,7 +28,7 @@ def continue_stage(step: StepRun) -> StepRun | None:
     if user is None:
         return None
     try:
-        return launch(following, user, stage=True, via="stage")
+        return launch(following, user, stage=True, via="stage").step
     except ActionRefused:
         return None
 

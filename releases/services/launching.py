@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from django.db import IntegrityError, transaction
 
 from .. import channel as channels
-from .. import launchability, notify
+from .. import launchability, notify, reports
 from ..models import (
     AuditEvent,
     LaunchRequest,
@@ -22,10 +24,72 @@ from .core import (
 )
 
 
+@dataclass(frozen=True)
+class Launched:
+    """What a launch did: the step runs (its task is with the broker)."""
+
+    step: StepRun
+    request: None = None
+
+
+@dataclass(frozen=True)
+class Requested:
+    """What a launch (or a resume, a retry, a rollback) did on a two-person environment: it waits
+    for another person's approval of `request`."""
+
+    step: StepRun
+    request: LaunchRequest
+
+
+@dataclass
+class PreparedLaunch:
+    """What a launch's confirmation shows, computed once (`prepare_launch`)."""
+
+    step: StepRun
+    stage: bool
+    refusal: str  # why the launch cannot happen now ('' when it can)
+    radius: dict | None  # everything it may reach, read from Atlas (None when not read)
+
+    @property
+    def steps(self) -> list[StepRun]:
+        """The steps the launch reaches: the step, or the stage's steps not yet done."""
+        return [s for s in self.step.stage_chain() if s.state not in DONE] if self.stage else [self.step]
+
+    @property
+    def confirmed(self) -> dict | None:
+        return self.radius["confirmed"] if self.radius is not None else None
+
+    def preview(self) -> dict:
+        """The blast radius, read from Atlas now if it was not yet (one credentials probe per
+        environment)."""
+        if self.radius is None:
+            self.radius = reports.blast_radius(self.step, stage=self.stage)
+        return self.radius
+
+
+def prepare_launch(
+    step: StepRun, user, *, stage: bool = False, via: str = "admin", strict: bool = False, read_atlas=None
+) -> PreparedLaunch:
+    """Everything before a launch, once, for the admin's confirmation, `release launch` and the
+    HTTP API alike: the user's permission (refused and audited), whether the launch can happen now
+    (the one check, `launchability`; with `strict` a refusal is audited and raised before Atlas is
+    read), and the blast radius read from Atlas (by default only when the launch can happen)."""
+    params = {"step": step.number, "stage": stage, "via": via}
+    authorize(user, "launch", plan=step.plan, step=step, parameters=params)
+    refusal = launchability.launch_refusal(step)
+    if refusal and strict:
+        refuse(refusal, "launch", user=user, step=step, parameters=params)
+    prepared = PreparedLaunch(step, stage, refusal, None)
+    if (not refusal) if read_atlas is None else read_atlas:
+        prepared.preview()
+    return prepared
+
+
 def launch(
     step: StepRun, user, *, stage: bool = False, via: str = "launch", confirmed: dict | None = None
-) -> StepRun:
-    """Launch a step (and, with `stage`, the environment's following steps as each succeeds).
+) -> Launched | Requested:
+    """Launch a step (and, with `stage`, the environment's following steps as each succeeds);
+    return what happened: `Launched`, or `Requested` on a two-person environment.
 
     `confirmed` is what the operator saw and confirmed, `{step number: {batch name: sites}}`:
     it goes into the audit event, and a site step whose snapshot finds more sites in a batch than
@@ -63,7 +127,7 @@ def launch(
             step=step,
             parameters=params,
         )
-    return step
+    return Launched(step)
 
 
 def request_action(
@@ -74,9 +138,9 @@ def request_action(
     stage: bool = False,
     confirmed: dict | None = None,
     sites: list[int] | None = None,
-) -> StepRun:
+) -> Requested:
     """The first half of an operation under the two-person rule (a launch, a resume, a retry of
-    failed sites): recorded and audited; nothing runs until another user with the protected
+    failed sites, a rollback): recorded and audited; nothing runs until another user with the protected
     permission approves that very request (`approvals.approve`)."""
     audit_action = f"{action}_request"
     params = {"step": step.number, "stage": stage}
@@ -90,27 +154,9 @@ def request_action(
     waiting = f"step {step.number} already waits for an approval"
     if step.launch_requests.filter(state=LaunchRequest.State.PENDING).exists():
         refuse(waiting, audit_action, user=user, step=step, parameters=params)
-    via = channels.current()
     try:
         with transaction.atomic():
-            request = LaunchRequest.objects.create(
-                step=step,
-                action=action,
-                stage=stage,
-                confirmed=params.get("confirmed"),
-                sites=sites,
-                requested_by=user,
-                requested_by_username=user.get_username(),
-                requested_channel=via.name,
-                requested_account=via.account,
-            )
-            AuditEvent.record(
-                audit_action,
-                user=user,
-                step=step,
-                parameters={**params, "request": request.pk},
-                message=f"{step.environment} requires two people: waiting for another user's approval",
-            )
+            request = _record_request(step, user, action, stage=stage, sites=sites, params=params)
     except IntegrityError:  # another request got there first (one pending request per step)
         refuse(waiting, audit_action, user=user, step=step, parameters=params)
     # The approvers learn that a request waits (outside the transaction: an HTTP post).
@@ -119,10 +165,33 @@ def request_action(
         f"{request.what} requested by {request.requested_by_username} (request #{request.pk}): "
         f"{step.environment} requires two people, waiting for another PROD release manager's approval",
     )
-    return step
+    return Requested(step, request)
 
 
-def request_launch(step: StepRun, user, *, stage: bool = False, confirmed: dict | None = None) -> StepRun:
+def _record_request(step: StepRun, user, action: str, *, stage: bool, sites, params: dict) -> LaunchRequest:
+    via = channels.current()
+    request = LaunchRequest.objects.create(
+        step=step,
+        action=action,
+        stage=stage,
+        confirmed=params.get("confirmed"),
+        sites=sites,
+        requested_by=user,
+        requested_by_username=user.get_username(),
+        requested_channel=via.name,
+        requested_account=via.account,
+    )
+    AuditEvent.record(
+        f"{action}_request",
+        user=user,
+        step=step,
+        parameters={**params, "request": request.pk},
+        message=f"{step.environment} requires two people: waiting for another user's approval",
+    )
+    return request
+
+
+def request_launch(step: StepRun, user, *, stage: bool = False, confirmed: dict | None = None) -> Requested:
     return request_action(step, user, "launch", stage=stage, confirmed=confirmed)
 
 

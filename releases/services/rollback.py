@@ -134,7 +134,7 @@ def roll_back(
         )
     ids = [row.pk for row in plan.rows]
     if not approved and step.environment is not None and step.environment.two_person:
-        return request_action(step, user, "rollback", sites=ids)
+        return request_action(step, user, "rollback", sites=ids).step
     try:
         with transaction.atomic():
             step.start_rollback(user, ids, plan.versions)

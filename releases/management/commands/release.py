@@ -16,7 +16,7 @@ from releases import cli, guidance, reports, services
 from releases.models import ReleasePlan
 from releases.runbook import ENVIRONMENTS
 from releases.services import approvals, rollback
-from releases.states import DONE, StepState
+from releases.states import StepState
 
 HELP_USER = "Staff account the action is recorded under (required; its permissions are checked)."
 
@@ -187,16 +187,13 @@ class Command(commands.Command):
             target = services.next_step(plan)
         else:
             target = services.get_step(plan, step)
-        params = {"step": target.number, "stage": bool(stage), "via": "launch"}
-        services.authorize(acting, "launch", plan=plan, step=target, parameters=params)
-        confirmed = None
-        if not yes:
-            previews = self._confirm(
-                target, acting, params, stage=bool(stage), stdin=options.get("stdin", sys.stdin)
-            )
-            confirmed = reports.confirmed_counts(previews)
-        services.launch(target, acting, stage=bool(stage), confirmed=confirmed)
-        if self._approval_awaited(target, "launch", wait, timeout):
+        # Refused (and audited) before anything is asked or read from Atlas.
+        # (With --yes nothing is asked: the launch itself refuses what cannot happen.)
+        prepared = services.prepare_launch(target, acting, stage=bool(stage), via="launch", strict=not yes,
+                                           read_atlas=False)  # fmt: skip
+        confirmed = None if yes else self._confirm(prepared, stdin=options.get("stdin", sys.stdin))
+        outcome = services.launch(target, acting, stage=bool(stage), confirmed=confirmed)
+        if self._approval_awaited(outcome.step, "launch", wait, timeout):
             return None
         if not wait:
             return self._launched(target, stage)
@@ -226,15 +223,12 @@ class Command(commands.Command):
             raise CommandError(f"step {target.number} was not approved ({decided})", returncode=cli.REFUSED)
         return False
 
-    def _confirm(self, step, user, params, *, stage: bool, stdin) -> None:
-        # Refused before asking, as services.launch would refuse it after (and audited the same way).
-        services.check_launch(step, user, parameters=params)
+    def _confirm(self, prepared, *, stdin) -> dict:
+        """Show the blast radius and ask; the counts the operator confirmed."""
         cli.require_terminal(stdin)
-        radius = reports.blast_radius(step, stage=stage)  # one credentials probe per environment
-        steps = [s for s in step.stage_chain() if s.state not in DONE] if stage else [step]
-        previews = radius["previews"]
-        cli.confirm_launch(steps, previews, stdin, self.stderr)
-        return previews
+        radius = prepared.preview()  # one credentials probe per environment
+        cli.confirm_launch(prepared.steps, radius["previews"], stdin, self.stderr)
+        return prepared.confirmed
 
     def _launched(self, step, stage) -> None:
         if self.json:
