@@ -28,7 +28,7 @@ FORM_ERROR = "releases_form_error"  # session key: {"form", "step", "message", "
 class ReleaseOperationsMixin:
     """Mixed into ReleasePlanAdmin: custom URLs under /admin/releases/releaseplan/<id>/."""
 
-    change_form_template = "admin/releases/releaseplan_change_form.html"
+    change_form_template = "admin/releases/releaseplan/change_form.html"
 
     def get_urls(self):
         def wrap(view, post_only=True):

@@ -13,4 +13,4 @@ def refusal_page(model_admin, request, *, title: str, reason: str, back_url: str
         "opts": model_admin.opts,
     }
     request.current_app = model_admin.admin_site.name
-    return TemplateResponse(request, "admin/releases/refusal.html", context, status=403)
+    return TemplateResponse(request, "admin/releases/releaseplan/refusal.html", context, status=403)

@@ -147,7 +147,7 @@ def queue_chart(step: dict) -> dict:
 class ReleaseReportMixin:
     """Adds the report page to the plan admin (its `get_urls`)."""
 
-    report_template = "admin/releases/releaseplan_report.html"
+    report_template = "admin/releases/releaseplan/report.html"
 
     def get_urls(self):
         name = f"{self.opts.app_label}_{self.opts.model_name}_report"
