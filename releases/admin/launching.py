@@ -99,7 +99,7 @@ class LaunchMixin:
             "token": signing.dumps(_bound(plan, step, stage, request.user, radius["confirmed"]), salt=SALT),
         }
         request.current_app = self.admin_site.name
-        return TemplateResponse(request, "admin/releases/launch_confirmation.html", context)
+        return TemplateResponse(request, "admin/releases/releaseplan/launch_confirmation.html", context)
 
     def _confirmation(self, request, step, params) -> tuple[dict | None, str]:
         """The counts the operator confirmed, or why the confirmation is refused (audited)."""
