@@ -63,11 +63,6 @@ class PlanPages:
         except services.ActionRefused as exc:
             raise Http404(str(exc)) from None
 
-    def plan_and_step(self, request, object_id, number: int):
-        """TODO remove: the old `(plan, step, redirect)` form, kept only for `launching.py` until
-        it calls `get_plan_and_step` (the redirect is always None now: a miss raises)."""
-        return (*self.get_plan_and_step(request, object_id, number), None)
-
     # -- rendering -------------------------------------------------------------------------------
 
     def render(
@@ -107,6 +102,3 @@ class PlanPages:
                 messages.SUCCESS,
             )
         return self.plan_redirect(plan)
-
-    # TODO remove: `launching.py`'s withdraw_view still calls the old private name.
-    _run = run_operation
