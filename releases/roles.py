@@ -7,6 +7,11 @@ module is what the README, `runportal`'s demo accounts and the tests read.
 
 from __future__ import annotations
 
+# The portal's own permissions as `user.has_perm` takes them (declared on ReleasePlan's Meta).
+LAUNCH_STEP = "releases.launch_step"
+LAUNCH_PROTECTED = "releases.launch_protected"
+FINALIZE_RELEASE = "releases.finalize_release"
+
 VIEWERS = "Viewers"
 RELEASE_MANAGERS = "Release managers"
 PROD_RELEASE_MANAGERS = "PROD release managers"

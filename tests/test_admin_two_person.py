@@ -175,7 +175,7 @@ def test_launch_wait_waits_through_the_approval(requester, approver, plan):
 def test_the_environment_page_sets_the_rule_through_the_audited_service(client, requester, plan):
     from django.urls import reverse
 
-    from releases.admin.config import EnvironmentForm
+    from releases.admin.environments import EnvironmentForm
 
     env = Environment.objects.get(name="TEST")
     manager = member("carol", roles.RELEASE_MANAGERS)

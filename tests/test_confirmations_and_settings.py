@@ -133,7 +133,7 @@ def test_a_superuser_may_weaken_a_two_person_environment_audited(alice):
 
 @pytest.mark.django_db
 def test_the_environment_page_refuses_a_prod_manager_unticking_two_person(client, alice):
-    from releases.admin.config import EnvironmentForm
+    from releases.admin.environments import EnvironmentForm
 
     env = Environment.objects.get(name="PROD")
     form_class = type(

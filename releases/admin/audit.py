@@ -32,7 +32,7 @@ from django.urls import path
 from django.utils import timezone
 
 from ..models import AuditEvent
-from .config import ReadOnlyAdmin
+from .records import ReadOnlyAdmin
 
 CSV_COLUMNS = [
     "id",

@@ -41,9 +41,7 @@ class LaunchMixin:
         ]
 
     def launch_view(self, request, object_id, number):
-        plan, step, redirect = self.plan_and_step(request, object_id, number)
-        if redirect:
-            return redirect
+        plan, step = self.get_plan_and_step(request, object_id, number)
         stage = request.POST.get("stage", request.GET.get("stage", "")) in ("1", "true", "on")
         params = {"step": step.number, "stage": stage, "via": "admin"}
         try:
@@ -99,7 +97,7 @@ class LaunchMixin:
             "token": signing.dumps(_bound(plan, step, stage, request.user, radius["confirmed"]), salt=SALT),
         }
         request.current_app = self.admin_site.name
-        return TemplateResponse(request, "admin/releases/launch_confirmation.html", context)
+        return TemplateResponse(request, "admin/releases/releaseplan/launch_confirmation.html", context)
 
     def _confirmation(self, request, step, params) -> tuple[dict | None, str]:
         """The counts the operator confirmed, or why the confirmation is refused (audited)."""
@@ -159,9 +157,7 @@ class LaunchMixin:
         return self.plan_redirect(plan)
 
     def approve_view(self, request, object_id, number):
-        plan, step, redirect = self.plan_and_step(request, object_id, number)
-        if redirect:
-            return redirect
+        plan, step = self.get_plan_and_step(request, object_id, number)
         try:
             services.authorize(request.user, "approve", plan=plan, step=step)
         except services.ActionRefused as exc:
@@ -196,11 +192,9 @@ class LaunchMixin:
         return TemplateResponse(request, "admin/releases/releaseplan/approve_confirmation.html", context)
 
     def withdraw_view(self, request, object_id, number):
-        plan, step, redirect = self.plan_and_step(request, object_id, number)
-        if redirect:
-            return redirect
+        plan, step = self.get_plan_and_step(request, object_id, number)
         if request.method == "POST":
-            self._run(
+            self.run_operation(
                 request,
                 plan,
                 lambda: approvals.withdraw_request(step, request.user, request_id=_request_id(request)),

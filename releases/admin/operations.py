@@ -8,42 +8,31 @@ from __future__ import annotations
 
 from django.contrib import messages
 from django.contrib.admin.utils import quote, unquote
-from django.core.exceptions import PermissionDenied
 from django.http import HttpResponseRedirect
-from django.template.response import TemplateResponse
-from django.urls import path, reverse
-from django.views.decorators.http import require_POST
 
 from .. import guidance, launchability, progress, services
-from ..services import approvals
+from ..roles import FINALIZE_RELEASE, LAUNCH_PROTECTED, LAUNCH_STEP
 from ..states import ACTIVE, CANARY_WAITING, DONE, LAUNCHABLE, MANUAL_KINDS, SKIPPABLE, StepKind, StepState
+from .pages import PlanPages
 from .refusal import refusal_page
 
-LAUNCH_PERMISSION = "releases.launch_step"
-PROTECTED_PERMISSION = "releases.launch_protected"
-FINALIZE_PERMISSION = "releases.finalize_release"
 FORM_ERROR = "releases_form_error"  # session key: {"form", "step", "message", "values"}
 
 
-class ReleaseOperationsMixin:
+class ReleaseOperationsMixin(PlanPages):
     """Mixed into ReleasePlanAdmin: custom URLs under /admin/releases/releaseplan/<id>/."""
 
-    change_form_template = "admin/releases/releaseplan_change_form.html"
+    change_form_template = "admin/releases/releaseplan/change_form.html"
 
     def get_urls(self):
-        def wrap(view, post_only=True):
-            view = require_POST(view) if post_only else view
-            return self.admin_site.admin_view(view)
-
-        name = f"{self.opts.app_label}_{self.opts.model_name}"
         return [
-            path("<path:object_id>/live/", wrap(self.plan_live_view, False), name=f"{name}_live"),
-            path("<path:object_id>/step/<int:number>/retry/", wrap(self.retry_view), name=f"{name}_retry"),
-            path("<path:object_id>/step/<int:number>/skip/", wrap(self.skip_view), name=f"{name}_skip"),
-            path("<path:object_id>/pause/", wrap(self.pause_view), name=f"{name}_pause"),
-            path("<path:object_id>/resume/", wrap(self.resume_view), name=f"{name}_resume"),
-            path("<path:object_id>/abort/", wrap(self.abort_view, False), name=f"{name}_abort"),
-            path("<path:object_id>/finalize/", wrap(self.finalize_view), name=f"{name}_finalize"),
+            self.plan_path("live/", self.plan_live_view, "live"),
+            self.plan_path("step/<int:number>/retry/", self.retry_view, "retry", post_only=True),
+            self.plan_path("step/<int:number>/skip/", self.skip_view, "skip", post_only=True),
+            self.plan_path("pause/", self.pause_view, "pause", post_only=True),
+            self.plan_path("resume/", self.resume_view, "resume", post_only=True),
+            self.plan_path("abort/", self.abort_view, "abort"),
+            self.plan_path("finalize/", self.finalize_view, "finalize", post_only=True),
             *super().get_urls(),
         ]
 
@@ -58,13 +47,11 @@ class ReleaseOperationsMixin:
         return super().change_view(request, object_id, form_url, extra_context=extra_context)
 
     def plan_live_view(self, request, object_id):
-        plan = self.get_object(request, unquote(object_id))
-        if plan is None:
-            return self._get_obj_does_not_exist_redirect(request, self.opts, object_id)
-        if not self.has_view_permission(request, plan):
-            raise PermissionDenied
-        context = {"opts": self.opts, "original": plan, **self.steps_context(request, plan)}
-        return TemplateResponse(request, "admin/releases/releaseplan/plan_live.html", context)
+        plan = self.get_viewable_plan(request, object_id)
+        context = self.steps_context(request, plan)
+        return self.render(
+            request, "admin/releases/releaseplan/plan_live.html", context, plan=plan, fragment=True
+        )
 
     def steps_context(self, request, plan) -> dict:
         overview = progress.plan_overview(plan)
@@ -92,12 +79,11 @@ class ReleaseOperationsMixin:
         is offered it, else the step's row (its controls, or the reason it waits)."""
         if row is None:
             return ""
-        name = f"{self.admin_site.name}:{self.opts.app_label}_{self.opts.model_name}"
         number = action.step.number
         if action.kind == "launch_stage" and row["can_stage"]:
-            return reverse(f"{name}_launch", args=[quote(plan.pk), number]) + "?stage=1"
+            return self.plan_reverse("launch", quote(plan.pk), number) + "?stage=1"
         if action.kind == "approve" and row["can_approve"]:
-            return reverse(f"{name}_approve", args=[quote(plan.pk), number])
+            return self.plan_reverse("approve", quote(plan.pk), number)
         return f"#step-{number}"
 
     def _operations(self, user, entry, facts, stage_first) -> dict:
@@ -107,14 +93,14 @@ class ReleaseOperationsMixin:
         step, counts = entry["step"], entry["counts"]
         request = facts.waiting.get(step.pk)
         protected = bool(step.environment and step.environment.protected)
-        operate = user.has_perm(LAUNCH_PERMISSION) and (user.has_perm(PROTECTED_PERMISSION) or not protected)
+        operate = user.has_perm(LAUNCH_STEP) and (user.has_perm(LAUNCH_PROTECTED) or not protected)
         site_step = step.kind not in MANUAL_KINDS
         refusal = launchability.launch_check(step, facts) if site_step and step.state in LAUNCHABLE else None
         launchable = operate and site_step and step.state in LAUNCHABLE and refusal is None
         canary = step.state == StepState.PAUSED and (step.result or {}).get("canary") == CANARY_WAITING
         finalizing = step.kind == StepKind.FINALIZE
         gate = launchability.finalize_check(step, facts) if finalizing else None
-        may_finalize = finalizing and gate is None and user.has_perm(FINALIZE_PERMISSION)
+        may_finalize = finalizing and gate is None and user.has_perm(FINALIZE_RELEASE)
         return {
             "protected": protected,
             "canary": canary,
@@ -124,12 +110,12 @@ class ReleaseOperationsMixin:
             "waits": (refusal.short if refusal else "")
             or (gate.short if gate and step.state not in DONE else ""),
             "can_approve": request is not None
-            and user.has_perm(PROTECTED_PERMISSION)
+            and user.has_perm(LAUNCH_PROTECTED)
             and request.requested_by_id != user.pk,
             "can_withdraw": request is not None
-            and (request.requested_by_id == user.pk or user.has_perm(PROTECTED_PERMISSION)),
+            and (request.requested_by_id == user.pk or user.has_perm(LAUNCH_PROTECTED)),
             # Pause is the emergency brake: any release manager, any environment.
-            "can_pause": user.has_perm(LAUNCH_PERMISSION) and step.state == StepState.RUNNING,
+            "can_pause": user.has_perm(LAUNCH_STEP) and step.state == StepState.RUNNING,
             "can_resume": operate and step.state == StepState.PAUSED and request is None,
             "can_abort": operate and step.state in ACTIVE,
             "can_retry": operate
@@ -146,11 +132,11 @@ class ReleaseOperationsMixin:
     # -- abort: confirmation page, then POST ------------------------------------------------
 
     def abort_view(self, request, object_id):
-        plan = self.get_object(request, unquote(object_id))
-        if plan is None:
-            return self._get_obj_does_not_exist_redirect(request, self.opts, object_id)
+        plan = self.get_plan(request, object_id)
         if request.method == "POST":
-            return self._plan_action(request, object_id, "Abort requested for", services.abort)
+            return self.run_operation(
+                request, plan, lambda: services.abort(plan, request.user), "Abort requested for"
+            )
         step = plan.steps.select_related("environment").filter(state__in=ACTIVE).first()
         refusal = services.permission_refusal(request.user, "abort", step.environment if step else None)
         if refusal:
@@ -159,16 +145,12 @@ class ReleaseOperationsMixin:
                 self, request, title="Abort refused", reason=reason, back_url=self.plan_url(plan)
             )
         context = {
-            **self.admin_site.each_context(request),
             "title": f"Abort release {plan.version}?",
-            "opts": self.opts,
-            "original": plan,
             "step": step,
             "counts": progress.step_progress(step)["counts"] if step else None,
             "plan_url": self.plan_url(plan),
         }
-        request.current_app = self.admin_site.name
-        return TemplateResponse(request, "admin/releases/releaseplan/abort_confirmation.html", context)
+        return self.render(request, "admin/releases/releaseplan/abort_confirmation.html", context, plan=plan)
 
     # -- POST-only controls ----------------------------------------------------------------
 
@@ -179,10 +161,8 @@ class ReleaseOperationsMixin:
         return self._plan_action(request, object_id, "Resumed", services.resume, requestable=True)
 
     def retry_view(self, request, object_id, number):
-        plan, step, redirect = self.plan_and_step(request, object_id, number)
-        if redirect:
-            return redirect
-        return self._run(
+        plan, step = self.get_plan_and_step(request, object_id, number)
+        return self.run_operation(
             request,
             plan,
             lambda: services.retry_failed(step, request.user),
@@ -191,9 +171,7 @@ class ReleaseOperationsMixin:
         )
 
     def skip_view(self, request, object_id, number):
-        plan, step, redirect = self.plan_and_step(request, object_id, number)
-        if redirect:
-            return redirect
+        plan, step = self.get_plan_and_step(request, object_id, number)
         reason = request.POST.get("reason", "").strip()
         try:
             services.skip(step, request.user, reason)
@@ -207,9 +185,7 @@ class ReleaseOperationsMixin:
         return self.plan_redirect(plan)
 
     def finalize_view(self, request, object_id):
-        plan = self.get_object(request, unquote(object_id))
-        if plan is None:
-            return self._get_obj_does_not_exist_redirect(request, self.opts, object_id)
+        plan = self.get_plan(request, object_id)
         tag = request.POST.get("tag", "").strip()
         commit = request.POST.get("commit", "").strip()
         try:
@@ -231,51 +207,7 @@ class ReleaseOperationsMixin:
         return HttpResponseRedirect(f"{self.plan_url(plan)}#step-{number}")
 
     def _plan_action(self, request, object_id, verb, operation, *, requestable: bool = False):
-        plan = self.get_object(request, unquote(object_id))
-        if plan is None:
-            return self._get_obj_does_not_exist_redirect(request, self.opts, object_id)
-        return self._run(request, plan, lambda: operation(plan, request.user), verb, requestable=requestable)
-
-    def _run(self, request, plan, operation, verb, *, requestable: bool = False):
-        try:
-            step = operation()
-        except services.ActionRefused as exc:
-            self.message_user(request, f"Refused: {exc}", messages.ERROR)
-            return self.plan_redirect(plan)
-        waiting = approvals.pending_request(step) if requestable else None
-        if waiting is not None and waiting.requested_by_id == request.user.pk:
-            self.message_user(
-                request,
-                f"The {waiting.what} of step {step.number} is requested (#{waiting.pk}): {step.environment} "
-                "requires two people, another PROD release manager must approve it.",
-                messages.WARNING,
-            )
-        else:
-            self.message_user(
-                request,
-                f"{verb} step {step.number} ({step.title}). {guidance.next_sentence(plan)}",
-                messages.SUCCESS,
-            )
-        return self.plan_redirect(plan)
-
-    def plan_and_step(self, request, object_id, number):
-        plan = self.get_object(request, unquote(object_id))
-        if plan is None:
-            return None, None, self._get_obj_does_not_exist_redirect(request, self.opts, object_id)
-        if not self.has_view_permission(request, plan):
-            raise PermissionDenied
-        try:
-            step = services.get_step(plan, number)
-        except services.ActionRefused as exc:
-            self.message_user(request, str(exc), messages.ERROR)
-            return plan, None, self.plan_redirect(plan)
-        return plan, step, None
-
-    def plan_url(self, plan) -> str:
-        return reverse(
-            f"{self.admin_site.name}:{self.opts.app_label}_{self.opts.model_name}_change",
-            args=[quote(plan.pk)],
+        plan = self.get_plan(request, object_id)
+        return self.run_operation(
+            request, plan, lambda: operation(plan, request.user), verb, requestable=requestable
         )
-
-    def plan_redirect(self, plan):
-        return HttpResponseRedirect(self.plan_url(plan))

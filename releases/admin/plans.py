@@ -11,6 +11,7 @@ from django.utils.html import format_html, format_html_join
 
 from .. import guidance, progress, services
 from ..models import LaunchRequest, ReleasePlan
+from ..roles import FINALIZE_RELEASE, LAUNCH_STEP
 from .launching import LaunchMixin
 from .operations import ReleaseOperationsMixin
 from .report import ReleaseReportMixin
@@ -125,7 +126,7 @@ class ReleasePlanAdmin(
         # Whoever may operate releases may see the plans they operate on.
         user = request.user
         return super().has_view_permission(request, obj) or any(
-            user.has_perm(p) for p in ("releases.launch_step", "releases.finalize_release")
+            user.has_perm(p) for p in (LAUNCH_STEP, FINALIZE_RELEASE)
         )
 
     def get_fieldsets(self, request, obj=None):

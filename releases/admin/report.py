@@ -7,14 +7,10 @@ durations; this module only shapes them for the page (rounding, coordinates)."""
 
 from datetime import datetime
 
-from django.contrib.admin.utils import unquote
-from django.core.exceptions import PermissionDenied
-from django.http import Http404
-from django.template.response import TemplateResponse
-from django.urls import path
 from django.utils import timezone
 
 from .. import reports
+from .pages import PlanPages
 
 COLORS = {"DEV": "#1565c0", "TEST": "#e65100", "PROD": "#2e7d32"}
 PALETTE = ("#6a1b9a", "#00838f", "#ad1457", "#5d4037")  # for environments with other names
@@ -144,22 +140,16 @@ def queue_chart(step: dict) -> dict:
             "first": points[0][0], "last": points[-1][0], "frame": _frame(QUEUE_HEIGHT)}  # fmt: skip
 
 
-class ReleaseReportMixin:
+class ReleaseReportMixin(PlanPages):
     """Adds the report page to the plan admin (its `get_urls`)."""
 
-    report_template = "admin/releases/releaseplan_report.html"
+    report_template = "admin/releases/releaseplan/report.html"
 
     def get_urls(self):
-        name = f"{self.opts.app_label}_{self.opts.model_name}_report"
-        report = path("<path:object_id>/report/", self.admin_site.admin_view(self.report_view), name=name)
-        return [report, *super().get_urls()]
+        return [self.plan_path("report/", self.report_view, "report"), *super().get_urls()]
 
     def report_view(self, request, object_id):
-        plan = self.get_object(request, unquote(object_id))
-        if plan is None:
-            raise Http404("no such release plan")
-        if not self.has_view_permission(request, plan):
-            raise PermissionDenied
+        plan = self.get_viewable_plan(request, object_id)
         report = reports.release_report(plan)
         durations = report["durations"]
         rows = [*durations["environments"].values(), *durations["steps"]]
@@ -172,9 +162,6 @@ class ReleaseReportMixin:
             for batch in step["batches"]:
                 batch.update(median=human(batch["median_seconds"]), longest=human(batch["max_seconds"]))
         context = {
-            **self.admin_site.each_context(request),
-            "opts": self.opts,
-            "original": plan,
             "title": f"Release {plan.version}: report",
             "report": report,
             "total": human(durations["total_seconds"]),
@@ -185,4 +172,4 @@ class ReleaseReportMixin:
             "chart": chart(report["updates"]),
             "width": WIDTH,
         }
-        return TemplateResponse(request, self.report_template, context)
+        return self.render(request, self.report_template, context, plan=plan)

@@ -6,12 +6,11 @@ from __future__ import annotations
 
 from django.contrib import messages
 from django.http import HttpResponseRedirect
-from django.template.response import TemplateResponse
-from django.urls import path, reverse
 
 from .. import services
 from ..services import approvals, rollback
 from ..states import RollbackState, SiteState, StepKind
+from .pages import PlanPages
 
 LISTED = 500  # failed sites listed with a checkbox; `release rollback --failed` takes them all
 
@@ -28,21 +27,16 @@ def rollback_candidates(step, user) -> list:
     return [row for row in rows.order_by("id")[:LISTED] if not rollback.eligibility(row, step)]
 
 
-class RollbackMixin:
+class RollbackMixin(PlanPages):
     def get_urls(self):
-        name = f"{self.opts.app_label}_{self.opts.model_name}"
-        view = self.admin_site.admin_view(self.rollback_view)
         return [
-            path("<path:object_id>/step/<int:number>/rollback/", view, name=f"{name}_rollback"),
+            self.plan_path("step/<int:number>/rollback/", self.rollback_view, "rollback"),
             *super().get_urls(),
         ]
 
     def rollback_view(self, request, object_id, number):
-        plan, step, redirect = self.plan_and_step(request, object_id, number)
-        if redirect:
-            return redirect
-        back = reverse(f"{self.admin_site.name}:{self.opts.app_label}_{self.opts.model_name}_step",
-                       args=[plan.pk, step.number])  # fmt: skip
+        plan, step = self.get_plan_and_step(request, object_id, number)
+        back = self.plan_reverse("step", plan.pk, step.number)
         if request.method != "POST":
             return HttpResponseRedirect(back)
         ids = [int(value) for value in request.POST.getlist("site") if value.isdigit()]
@@ -79,14 +73,12 @@ class RollbackMixin:
 
     def _rollback_confirmation(self, request, plan, prepared, back, error: str = ""):
         context = {
-            **self.admin_site.each_context(request),
             "title": f"Roll back {len(prepared.rows)} sites of step {prepared.step.number}?",
-            "opts": self.opts,
-            "original": plan,
             "prepared": prepared,
             "step": prepared.step,
             "back_url": back,
             "error": error,
         }
-        request.current_app = self.admin_site.name
-        return TemplateResponse(request, "admin/releases/releaseplan/rollback_confirmation.html", context)
+        return self.render(
+            request, "admin/releases/releaseplan/rollback_confirmation.html", context, plan=plan
+        )

@@ -6,36 +6,26 @@ uses). Queries are bounded whatever the number of site rows (see `releases.progr
 from __future__ import annotations
 
 from django.core.paginator import Paginator
-from django.template.response import TemplateResponse
-from django.urls import path
 
 from .. import launchability, progress, reports
 from ..states import ACTIVE, CANARY_WAITING, DONE, MANUAL_KINDS, SiteState, StepKind, StepState
+from .pages import PlanPages
 from .rollback import rollback_candidates
 
 SITES_PER_PAGE = 100
 
 
-class StepPagesMixin:
+class StepPagesMixin(PlanPages):
     def get_urls(self):
-        name = f"{self.opts.app_label}_{self.opts.model_name}"
-        view = self.admin_site.admin_view
         return [
-            path("<path:object_id>/step/<int:number>/", view(self.step_view), name=f"{name}_step"),
-            path(
-                "<path:object_id>/step/<int:number>/live/",
-                view(self.step_live_view),
-                name=f"{name}_step_live",
-            ),
+            self.plan_path("step/<int:number>/", self.step_view, "step"),
+            self.plan_path("step/<int:number>/live/", self.step_live_view, "step_live"),
             *super().get_urls(),
         ]
 
     def step_view(self, request, object_id, number):
-        plan, step, redirect = self.plan_and_step(request, object_id, number)
-        if redirect:
-            return redirect
+        plan, step = self.get_plan_and_step(request, object_id, number)
         context = {
-            **self.admin_site.each_context(request),
             **self._step_context(plan, step),
             "title": f"Release {plan.version}, step {step.number}: {step.title}",
             "sites": self._site_rows(request, step),
@@ -46,13 +36,10 @@ class StepPagesMixin:
             "rollback_sites": rollback_candidates(step, request.user),
             "hint": _hint(plan, step),
         }
-        request.current_app = self.admin_site.name
-        return TemplateResponse(request, "admin/releases/releaseplan/step.html", context)
+        return self.render(request, "admin/releases/releaseplan/step.html", context, plan=plan)
 
     def step_live_view(self, request, object_id, number):
-        plan, step, redirect = self.plan_and_step(request, object_id, number)
-        if redirect:
-            return redirect
+        plan, step = self.get_plan_and_step(request, object_id, number)
         context = {
             **self._step_context(plan, step),
             "failures": progress.failure_groups(step),
@@ -60,12 +47,12 @@ class StepPagesMixin:
             "sites": self._site_rows(request, step),  # the page's filter and page, from its query
             "fragment": True,
         }
-        return TemplateResponse(request, "admin/releases/releaseplan/step_live.html", context)
+        return self.render(
+            request, "admin/releases/releaseplan/step_live.html", context, plan=plan, fragment=True
+        )
 
     def _step_context(self, plan, step) -> dict:
         return {
-            "opts": self.opts,
-            "original": plan,
             "plan_id": plan.pk,
             "step": step,
             "plan_url": self.plan_url(plan),

@@ -21,17 +21,17 @@ RUN_STEP_TASK = "releases.tasks.run_step"
 
 PERMISSIONS = {
     "create_plan": "releases.add_releaseplan",
-    "launch": "releases.launch_step",
-    "pause": "releases.launch_step",
-    "resume": "releases.launch_step",
-    "abort": "releases.launch_step",
-    "retry_failed": "releases.launch_step",
-    "rollback": "releases.launch_step",
-    "skip": "releases.launch_step",
-    "finalize": "releases.finalize_release",
+    "launch": roles.LAUNCH_STEP,
+    "pause": roles.LAUNCH_STEP,
+    "resume": roles.LAUNCH_STEP,
+    "abort": roles.LAUNCH_STEP,
+    "retry_failed": roles.LAUNCH_STEP,
+    "rollback": roles.LAUNCH_STEP,
+    "skip": roles.LAUNCH_STEP,
+    "finalize": roles.FINALIZE_RELEASE,
     "environment_set": "releases.change_environment",
     # The second person of the two-person rule holds the protected permission.
-    "approve": "releases.launch_protected",
+    "approve": roles.LAUNCH_PROTECTED,
 }
 
 
