@@ -338,6 +338,8 @@ ATLAS_POOL_WAIT_SECONDS = env.float("ATLAS_POOL_WAIT_SECONDS", default=600.0)
 ATLAS_BATCH_PAUSE_SECONDS = env.float("ATLAS_BATCH_PAUSE_SECONDS", default=5.0)
 # How often, while sites are updating at Atlas, the portal asks for their reports and reads them.
 ATLAS_VERIFY_POLL_SECONDS = env.float("ATLAS_VERIFY_POLL_SECONDS", default=3.0)
+# ...and how long after asking it reads them (the reports run on Atlas's command queue meanwhile).
+ATLAS_VERIFY_READ_SECONDS = env.float("ATLAS_VERIFY_READ_SECONDS", default=1.0)
 # A running step is held by one worker's lease, renewed every quarter of it; a step whose lease
 # lapsed (its worker died) is enqueued again by every live worker's watchdog.
 STEP_LEASE_SECONDS = env.float("STEP_LEASE_SECONDS", default=30.0)

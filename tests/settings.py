@@ -12,3 +12,4 @@ from portal.settings import *  # noqa: E402,F403
 
 # Sites updating at the simulators are verified in rounds this far apart (3 s in production).
 ATLAS_VERIFY_POLL_SECONDS = 0.2
+ATLAS_VERIFY_READ_SECONDS = 0.1

@@ -149,7 +149,11 @@ class BatchDispatcher:
         outcomes (flushed every so often). A `StopStep` stops the batch; a write skipped because
         the batch was stopping goes back to pending; a write cancelled between attempts stays
         dispatched, for the next run to re-read."""
-        for future in _answered(self.finished, timeout=0.5):
+        timeout = 0.5
+        if self.verifier is not None and self.stopped is None:
+            # Wake for the verifier's next phase: a round that comes late makes every site wait.
+            timeout = min(timeout, max(0.0, self.verifier.next_phase()))
+        for future in _answered(self.finished, timeout=timeout):
             row = self.in_flight.pop(future)
             try:
                 outcome = future.result()

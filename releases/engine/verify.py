@@ -121,6 +121,8 @@ class Verifier:
         self._overdue: dict[str, tuple[float, str]] = with_database(
             self._still_queued, "reading overdue sites"
         )
+        self._asked: list[SiteResult] | None = None  # asked for reports, read at `_read_at`
+        self._read_at = 0.0
         self._pages = ThreadPoolExecutor(
             max_workers=min(8, max(1, env.parallelism)), thread_name_prefix="page"
         )
@@ -155,13 +157,31 @@ class Verifier:
     def answered(self, count: int = 1) -> None:
         self.waiting += count
 
+    def next_phase(self) -> float:
+        """Seconds until `poll` has something to do (the dispatcher waits no longer for answers)."""
+        if self._asked is not None:
+            return self._read_at - time.monotonic()
+        if self.waiting <= 0 and not self._overdue:
+            return float("inf")
+        return self._due - time.monotonic()
+
     def poll(self, flush=None) -> bool:
-        """One round when it is due: ask for fresh reports, read them, probe the pages of the
-        sites that reported the release cleanly, and record what was seen. True if it ran.
-        `flush` first writes the answers still buffered (the rows it reads must say `updating`)."""
-        if (self.waiting <= 0 and not self._overdue) or time.monotonic() < self._due:
+        """A round in two phases. When it is due: ask Atlas for fresh reports of the sites
+        updating. `ATLAS_VERIFY_READ_SECONDS` later (Atlas's command queue writes them meanwhile):
+        read those reports, probe the pages of the sites that reported the release cleanly, and
+        record what was seen. Read at once, the reports would be the previous round's: every site
+        would wait a round more. True if a phase ran. `flush` first writes the answers still
+        buffered (the rows it reads must say `updating`)."""
+        now = time.monotonic()
+        if self._asked is not None:
+            if now < self._read_at:
+                return False
+            rows, self._asked = self._asked, None
+            self._read(rows)
+            return True
+        if (self.waiting <= 0 and not self._overdue) or now < self._due:
             return False
-        self._due = time.monotonic() + settings.ATLAS_VERIFY_POLL_SECONDS
+        self._due = now + settings.ATLAS_VERIFY_POLL_SECONDS
         if flush is not None:
             flush()
         rows = with_database(lambda: list(self._updating().order_by("id")), "reading sites being updated")
@@ -172,15 +192,18 @@ class Verifier:
         self._writes.submit(self._ask_reports, ids).result()
         if self._first_round is None:
             self._first_round = time.monotonic()
-        reports = self.ctx.client.statistics(ids)
+        self._asked, self._read_at = rows, time.monotonic() + settings.ATLAS_VERIFY_READ_SECONDS
+        return True
+
+    def _read(self, rows: list[SiteResult]) -> None:
+        reports = self.ctx.client.statistics([row.site_id for row in rows] + list(self._overdue))
         self._forget_ran(reports)
         if not rows:
-            return True
+            return
         clean = [row for row in rows if self._see(row, reports.get(row.site_id))]
         for row, status in zip(clean, self._pages.map(self._page, clean), strict=True):
             row.page_status = status
         self._decide(rows, {id(row) for row in clean})
-        return True
 
     # -- one round --------------------------------------------------------------------------
 
