@@ -55,22 +55,15 @@ class AtlasClient(Writes, SiteChecks, Transport):
         page_timeout: float = 10.0,
         statistics_chunk: int = PAGE_SIZE,
     ) -> None:
-        self._init_transport(
-            base_url,
-            username=username,
-            password=password,
-            environment=environment,
-            verify=verify,
-            connect_timeout=connect_timeout,
-            read_timeout=read_timeout,
-            max_attempts=max_attempts,
-            backoff=backoff,
-            backoff_cap=backoff_cap,
-            pool_size=pool_size,
-        )
+        self.environment = environment
+        self.timeout = (connect_timeout, read_timeout)
         # Atlas re-PATCHes every site using a code item inside the PATCH /code request (§3.2).
         self.code_write_timeout = (connect_timeout, code_write_timeout)
+        self.max_attempts = max(1, max_attempts)
+        self.backoff = backoff
+        self.backoff_cap = backoff_cap
         self.page_size = min(page_size, PAGE_SIZE)
+        self._init_transport(base_url, (username, password), verify=verify, pool_size=pool_size)
         self._init_site_checks(
             verify=verify,
             page_timeout=page_timeout,

@@ -30,34 +30,17 @@ from .errors import (
 class Transport:
     """One Atlas environment's connection; thread-safe for concurrent requests."""
 
-    def _init_transport(
-        self,
-        base_url: str,
-        *,
-        username: str,
-        password: str,
-        environment: str,
-        verify: bool,
-        connect_timeout: float,
-        read_timeout: float,
-        max_attempts: int,
-        backoff: float,
-        backoff_cap: float,
-        pool_size: int,
-    ) -> None:
+    def _init_transport(self, base_url: str, auth: tuple[str, str], *, verify: bool, pool_size: int) -> None:
+        """The session and what the client knows of Atlas's answers so far. Wants the client's
+        `environment`, `timeout`, `max_attempts`, `backoff` and `backoff_cap` set."""
         self.base_url = base_url if base_url.endswith("/") else base_url + "/"
         parts = urlsplit(self.base_url)
         # Never show credentials someone put into the URL itself.
         self.safe_base_url = parts._replace(
             netloc=parts.hostname + (f":{parts.port}" if parts.port else "")
         ).geturl()
-        self.environment = environment
-        self.timeout = (connect_timeout, read_timeout)
-        self.max_attempts = max(1, max_attempts)
-        self.backoff = backoff
-        self.backoff_cap = backoff_cap
         self.session = requests.Session()
-        self.session.auth = (username, password)
+        self.session.auth = auth
         self.session.verify = verify
         self.session.headers.update({"Accept": "application/json", "User-Agent": "express-release-portal"})
         adapter = HTTPAdapter(pool_connections=4, pool_maxsize=pool_size, max_retries=0)
