@@ -67,41 +67,53 @@ def build_app(
     environment = environment.lower()
     if environment not in ENVIRONMENTS:
         raise ValueError(f"unknown environment {environment!r}; expected one of {ENVIRONMENTS}")
+    app = _eve_app(environment)
+    drupal = DrupalSettings(
+        update_workers=update_workers,
+        update_ms=update_ms,
+        command_workers=command_workers,
+        command_ms=command_ms,
+        broken_rate=broken_rate,
+        cron_seconds=cron_seconds,
+    )
+    users = {username: password, **(users or {})}
+    state = _attach_state(app, environment, users, drupal, seed=seed, delay=pool_refill_delay)
+    state.drush_denied.update(drush_denied)
+    seeded = _seed(app, state, sites=sites, seed=seed)
+    state.tasks.pool_size = seeded.available if pool_size is None else pool_size
+    app.wsgi_app = SerializedWSGI(app.wsgi_app, state, prefix)
+    return app
+
+
+def _eve_app(environment: str) -> Eve:
     install_id_index()
     install_fast_copies()
-    app = Eve(
+    return Eve(
         settings=eve_settings(f"atlas_{environment}"),
         data=MongomockData,
         auth=AtlasBasicAuth,
         validator=CachedSchemaValidator,
     )
+
+
+def _attach_state(
+    app: Eve, environment: str, users: dict[str, str], drupal: DrupalSettings, *, seed: int, delay: float
+) -> SimulatorState:
+    """The simulator's state on `app.simulator`, with Atlas's tasks, its Drupal sites and the
+    routes and hooks that act on them."""
     state = SimulatorState(
         app=app,
         environment=environment,
-        users={username: password, **(users or {})},
+        users=users,
         rng=random.Random(f"atlas-{environment}-{seed}"),
     )
-    state.attach_tasks(delay=pool_refill_delay)
-    state.attach_drupal(
-        DrupalSettings(
-            update_workers=update_workers,
-            update_ms=update_ms,
-            command_workers=command_workers,
-            command_ms=command_ms,
-            broken_rate=broken_rate,
-            cron_seconds=cron_seconds,
-        ),
-        seed=seed,
-    )
-    state.drush_denied.update(drush_denied)
+    state.attach_tasks(delay=delay)
+    state.attach_drupal(drupal, seed=seed)
     app.simulator = state
     behaviours.register(app, state)
     drush.register(app, state)
     _add_routes(app, state)
-    seeded = _seed(app, state, sites=sites, seed=seed)
-    state.tasks.pool_size = seeded.available if pool_size is None else pool_size
-    app.wsgi_app = SerializedWSGI(app.wsgi_app, state, prefix)
-    return app
+    return state
 
 
 def _seed(app: Flask, state: SimulatorState, *, sites: int | None, seed: int) -> population.Seeded:

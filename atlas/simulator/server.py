@@ -183,6 +183,20 @@ class SimulatorServer:
             self.app, self.state, prefix=prefix, seed=build_app_kwargs.get("seed", 0)
         )
         served = SitePages(self.injector, self.state)
+        self._server = self._listen(served, host, port, log_requests)
+        self.host = host
+        self.port: int = int(self._server.effective_port)
+        self.url = f"http://{host}:{self.port}{prefix}/"
+        self.site_url = f"http://{host}:{self.port}{PAGES_PATH}"
+        self._stop_lock = threading.Lock()
+        self._stopped = False
+        self._thread = threading.Thread(
+            target=self._server.run, name=f"atlas-{environment}-{self.port}", daemon=True
+        )
+        self._thread.start()
+
+    def _listen(self, served: Any, host: str, port: int, log_requests: bool) -> _Server:
+        """The waitress server, bound to `host:port` (not yet serving), with its thread pool."""
         self._dispatcher = _GrowingDispatcher(MAX_THREADS)
         if not log_requests:
             self._dispatcher.logger = self._dispatcher.queue_logger = quiet_log
@@ -199,7 +213,7 @@ class SimulatorServer:
             ident="Atlas simulator",
         )
         try:
-            self._server = _Server(
+            server = _Server(
                 _AccessLog(served) if log_requests else served,
                 map={},
                 dispatcher=self._dispatcher,
@@ -209,17 +223,8 @@ class SimulatorServer:
             self._dispatcher.stop()
             raise
         if not log_requests:
-            self._server.logger = quiet_log
-        self.host = host
-        self.port: int = int(self._server.effective_port)
-        self.url = f"http://{host}:{self.port}{prefix}/"
-        self.site_url = f"http://{host}:{self.port}{PAGES_PATH}"
-        self._stop_lock = threading.Lock()
-        self._stopped = False
-        self._thread = threading.Thread(
-            target=self._server.run, name=f"atlas-{environment}-{self.port}", daemon=True
-        )
-        self._thread.start()
+            server.logger = quiet_log
+        return server
 
     @property
     def environment(self) -> str:

@@ -23,6 +23,22 @@ def find_release_item(ctx: StepContext) -> CodeItem | None:
     return items[0] if items else None
 
 
+def no_release_item(ctx: StepContext) -> Outcome:
+    plan = ctx.step.plan
+    return Outcome(
+        StepState.FAILED, f"no {plan.profile_name} {plan.version} profile item on {ctx.environment}"
+    )
+
+
+def _commit_to_deploy(ctx: StepContext, default: str, then: str) -> tuple[str, Outcome | None]:
+    """The commit the step deploys (its `commit` param, else `default`), or its failure while the
+    release has no such commit yet."""
+    commit = ctx.step.plan.commit_for(ctx.step.params.get("commit", default))
+    if not commit:
+        return commit, Outcome(StepState.FAILED, f"the release is not finalized yet: {then}")
+    return commit, None
+
+
 def _stoppable(kind):
     """A code step whose writes stop for the operator: a pause or abort that comes while a write
     is being retried (a 503, a timeout) stops the step before the retry is sent. What the first
@@ -47,10 +63,10 @@ def _stoppable(kind):
 
 @_stoppable
 def deploy_code(ctx: StepContext) -> Outcome:
+    commit, refused = _commit_to_deploy(ctx, "release", "no final commit to deploy")
+    if refused:
+        return refused
     plan, params = ctx.step.plan, ctx.step.params
-    commit = plan.commit_for(params.get("commit", "release"))
-    if not commit:
-        return Outcome(StepState.FAILED, "the release is not finalized yet: no final commit to deploy")
     item = find_release_item(ctx)
     if item is None:
         refusal = _commit_clash(ctx, commit)
@@ -94,15 +110,12 @@ def update_code(ctx: StepContext) -> Outcome:
     worker that died, a timeout), the step never sends it again and never succeeds on its own: it
     pauses for the operator to confirm the cascade in Atlas, and goes on when resumed.
     """
-    plan, params = ctx.step.plan, ctx.step.params
-    commit = plan.commit_for(params.get("commit", "final"))
-    if not commit:
-        return Outcome(StepState.FAILED, "the release is not finalized yet: record the final commit first")
+    commit, refused = _commit_to_deploy(ctx, "final", "record the final commit first")
+    if refused:
+        return refused
     item = find_release_item(ctx)
     if item is None:
-        return Outcome(
-            StepState.FAILED, f"no {plan.profile_name} {plan.version} profile item on {ctx.environment}"
-        )
+        return no_release_item(ctx)
     ctx.result.update(code_id=item.id, commit=commit)
     ctx.result.setdefault("previous_commit", item.commit_hash)
     # CASCADE_CONFIRMED is set by the operator's resume only (StepRun.resume); a relaunch after
@@ -123,22 +136,30 @@ def update_code(ctx: StepContext) -> Outcome:
             return stopped
     if ctx.result.get("commit_patch") not in ("answered", CASCADE_CONFIRMED):
         return _await_operator(ctx, item.id)
-    if params.get("make_current"):
-        fresh = ctx.client.get_code(item.id)  # If-Match from a fresh read: the commit PATCH changed it
-        if fresh is None:
-            return Outcome(StepState.FAILED, f"code item {item.id} disappeared from {ctx.environment}")
-        if not fresh.is_current:
-            # The last look before the PATCH that demotes the current item. A pause or abort that
-            # came while the commit PATCH was inside Atlas (its cascade can take minutes) stops the
-            # step here: the commit is stored, nothing more is sent, and a resume finds the commit
-            # stored and only makes the item current.
-            requested = ctx.beat(force=True)
-            if requested:
-                return _stopped(ctx, requested, f"{_commit_stored(ctx, item.id, commit)}; not made current")
-            ctx.client.patch_code(item.id, {"meta": {"is_current": True}}, etag=fresh.etag)
-        ctx.result["made_current"] = True
+    if ctx.step.params.get("make_current"):
+        stopped = _make_current(ctx, item.id, commit)
+        if stopped:
+            return stopped
     ctx.save_result()
     return _wait_for_deploy(ctx, f"code item {item.id} now on {commit[:12]}")
+
+
+def _make_current(ctx: StepContext, code_id: str, commit: str) -> Outcome | None:
+    """The second PATCH of `update_code`, once the commit PATCH was answered (or confirmed)."""
+    fresh = ctx.client.get_code(code_id)  # If-Match from a fresh read: the commit PATCH changed it
+    if fresh is None:
+        return Outcome(StepState.FAILED, f"code item {code_id} disappeared from {ctx.environment}")
+    if not fresh.is_current:
+        # The last look before the PATCH that demotes the current item. A pause or abort that
+        # came while the commit PATCH was inside Atlas (its cascade can take minutes) stops the
+        # step here: the commit is stored, nothing more is sent, and a resume finds the commit
+        # stored and only makes the item current.
+        requested = ctx.beat(force=True)
+        if requested:
+            return _stopped(ctx, requested, f"{_commit_stored(ctx, code_id, commit)}; not made current")
+        ctx.client.patch_code(code_id, {"meta": {"is_current": True}}, etag=fresh.etag)
+    ctx.result["made_current"] = True
+    return None
 
 
 def _commit_stored(ctx: StepContext, code_id: str, commit: str) -> str:

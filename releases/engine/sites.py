@@ -10,23 +10,23 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
-from atlas.errors import AtlasError, AuthenticationError, Cancelled, NotFound, PossiblyDestroyed, Unavailable
 from atlas.selectors import exclude_profile
 
 from ..db import with_database
 from ..models import SiteResult
 from ..runbook import SWEEP_SELECTOR
 from ..states import CANARY_PASSED, CANARY_WAITING, FailurePolicy, SiteState, StepKind, StepState
-from .code import find_release_item
-from .context import THRESHOLD, LeaseLost, Outcome, StepContext, credentials_refused, unreachable
+from .code import find_release_item, no_release_item
+from .context import THRESHOLD, LeaseLost, Outcome, StepContext
 from .credentials import CredentialsCheck
-from .dispatch import BatchDispatcher, StopStep, Work, needs_check, threshold_outcome
-from .recorder import ResultRecorder, SiteOutcome
+from .dispatch import BatchDispatcher, Work, needs_check, threshold_outcome
+from .recorder import ResultRecorder
+from .site_work import deleter, updater
 from .snapshot import NoSelectors, Snapshot
-from .verify import Forward, Verifier, answered_at
+from .verify import Forward, Verifier
 
 logger = logging.getLogger(__name__)
 
@@ -54,21 +54,11 @@ def _run_site_step(ctx: StepContext, *, delete: bool) -> Outcome:
     ctx.doing("finding the release's code item")
     item = find_release_item(ctx)
     if item is None:
-        plan = ctx.step.plan
-        return Outcome(
-            StepState.FAILED, f"no {plan.profile_name} {plan.version} profile item on {ctx.environment}"
-        )
-    snapshot = None
-    if not ctx.result.get("snapshot"):
-        if delete:
-            ctx.result["pool_before"] = ctx.client.count("sites", {"status": "available"})
-        # A snapshot that an earlier run left unfinished is read again whole: its batches too.
-        ctx.result.pop("batches", None)
-        ctx.result.pop("shrunk", None)
-        try:
-            snapshot = Snapshot(ctx, item.id, only_available=delete)
-        except NoSelectors as exc:
-            return Outcome(StepState.FAILED, str(exc))
+        return no_release_item(ctx)
+    try:
+        snapshot = _new_snapshot(ctx, item.id, delete)
+    except NoSelectors as exc:
+        return Outcome(StepState.FAILED, str(exc))
     # Atlas binds to LDAP on every request: one request of ours is out until Atlas has accepted
     # the credentials, rather than a 401 per site (atlas-api.md §2). A delete step's probe runs
     # while the first batch is read; an update step's first PATCH is its own probe.
@@ -76,7 +66,7 @@ def _run_site_step(ctx: StepContext, *, delete: bool) -> Outcome:
     if snapshot is not None:
         snapshot.start()
     try:
-        work = _deleter(ctx) if delete else _updater(ctx, item.id)
+        work = deleter(ctx) if delete else updater(ctx, item.id)
         # Deletions go one at a time: the read before each DELETE is then the last word on the
         # site, with no other write of ours arriving in between to start an install (§3.4).
         # They are few (the pool), so this costs seconds, not minutes.
@@ -95,13 +85,30 @@ def _run_site_step(ctx: StepContext, *, delete: bool) -> Outcome:
         stopped = threshold_outcome(ctx)  # counted now that every target is frozen
     if stopped:
         return stopped
+    return _after_batches(ctx, item.id, delete)
+
+
+def _new_snapshot(ctx: StepContext, profile_id: str, delete: bool) -> Snapshot | None:
+    """The step's targets, to read from Atlas; None when an earlier run froze them all."""
+    if ctx.result.get("snapshot"):
+        return None
     if delete:
-        stopped = _wait_for_pool(ctx, item.id)
+        ctx.result["pool_before"] = ctx.client.count("sites", {"status": "available"})
+    # A snapshot that an earlier run left unfinished is read again whole: its batches too.
+    ctx.result.pop("batches", None)
+    ctx.result.pop("shrunk", None)
+    return Snapshot(ctx, profile_id, only_available=delete)
+
+
+def _after_batches(ctx: StepContext, profile_id: str, delete: bool) -> Outcome:
+    """Every batch written: wait for the pool to refill (a delete step), sweep, and sum up."""
+    if delete:
+        stopped = _wait_for_pool(ctx, profile_id)
         if stopped:
             return stopped
     if ctx.step.params.get("sweep"):
         ctx.doing("sweeping for sites still off the release profile")
-        _sweep(ctx, item.id)
+        _sweep(ctx, profile_id)
     return _final_outcome(ctx)
 
 
@@ -287,99 +294,6 @@ def _pause_before_batch(ctx: StepContext, index: int) -> str:
     # When the batch's writes began (after the pause): the release report's batch durations.
     ctx.result.setdefault("batch_started_at", {})[str(index)] = time.time()
     return ""
-
-
-def _updater(ctx: StepContext, profile_id: str) -> Work:
-    client = ctx.client
-    # With verification on, an answered PATCH leaves the site updating at Atlas (not yet done).
-    answered = SiteState.UPDATING if ctx.environment.verify else SiteState.SUCCEEDED
-
-    def work(row: SiteResult) -> SiteOutcome:
-        etag = row.etag
-        if row.state == SiteState.DISPATCHED or row.patched_at is not None:
-            # Sent by a worker that died, or PATCHed before and failed verification (a retry):
-            # re-read before sending anything (not a no-op on Atlas). A site on the profile is
-            # verified again, never updated again: its forward update may still be queued (§3.6).
-            site = _stopping_on_outage(ctx, lambda: client.get_site(row.site_id))
-            if site is None or site.deleted:
-                return SiteOutcome(SiteState.SKIPPED, 404, None, "the site no longer exists", 0)
-            if site.profile == profile_id:
-                message = "already on the release profile"
-                if answered == SiteState.UPDATING:
-                    message += " (an earlier run's PATCH): verified again, not updated again"
-                return SiteOutcome(answered, 200, None, message, 0, patched_at=answered_at(None))
-            etag = site.etag
-        try:
-            result = _stopping_on_outage(
-                ctx, lambda: client.update_site_profile(row.site_id, profile_id, etag=etag)
-            )
-        except NotFound as exc:
-            return SiteOutcome(SiteState.SKIPPED, exc.status, exc.body, exc.message, 1)
-        except Cancelled:
-            raise
-        except AtlasError as exc:
-            return SiteOutcome(SiteState.FAILED, exc.status, exc.body, str(exc), 1)
-        message = "already done (re-read)" if result.already else ""
-        return SiteOutcome(
-            answered,
-            result.status,
-            result.body or None,
-            message,
-            result.attempts,
-            patched_at=answered_at(result),
-        )
-
-    return work
-
-
-def _deleter(ctx: StepContext) -> Work:
-    """Every DELETE is preceded by a read of the site (the client does it): see
-    `AtlasClient.delete_available_site` for why a stale ETag does not protect a live site."""
-    client = ctx.client
-
-    def work(row: SiteResult) -> SiteOutcome:
-        try:
-            result = _stopping_on_outage(ctx, lambda: client.delete_available_site(row.site_id))
-        except PossiblyDestroyed as exc:
-            return SiteOutcome(SiteState.FAILED, exc.status, exc.body, str(exc), 1, needs_check=True)
-        except Cancelled:
-            raise
-        except AtlasError as exc:
-            return SiteOutcome(SiteState.FAILED, exc.status, exc.body, str(exc), 1)
-        if result.outcome == "left_pool" and row.state == SiteState.DISPATCHED:
-            # An earlier run may have sent this site's DELETE (its answer never recorded): a site
-            # found out of the pool now may have lost its instance to it.
-            message = (
-                f"instance possibly destroyed while the site was {result.site_status!r}: an earlier run's "
-                "DELETE of it has no recorded answer and the site is no longer available; check the "
-                "site in Atlas"
-            )
-            return SiteOutcome(SiteState.FAILED, None, None, message, result.attempts, needs_check=True)
-        if result.outcome == "left_pool":
-            message = f"left the pool before deletion (status {result.site_status!r}): not deleted"
-            return SiteOutcome(SiteState.SKIPPED, None, None, message, result.attempts)
-        if result.outcome == "already_deleted":
-            return SiteOutcome(SiteState.SUCCEEDED, None, None, "already deleted", result.attempts)
-        message = (
-            "deleted; the removal ran after a conflict (a DELETE was refused after Atlas had queued "
-            "the removal, so the deletion was finished with the fresh ETag)"
-            if result.after_conflict
-            else ""
-        )
-        return SiteOutcome(SiteState.SUCCEEDED, result.status, None, message, result.attempts)
-
-    return work
-
-
-def _stopping_on_outage(ctx: StepContext, call: Callable):
-    """Atlas refusing the credentials or not answering is not about one site: stop the step."""
-    try:
-        return call()
-    except AuthenticationError as exc:
-        ctx.halt.set()  # every other thread sends nothing more from now, queued writes included
-        raise StopStep(credentials_refused(ctx, exc), sent=False) from None
-    except Unavailable as exc:
-        raise StopStep(unreachable(ctx, exc), sent=True) from None
 
 
 def _wait_for_pool(ctx: StepContext, profile_id: str) -> Outcome | None:

@@ -1,7 +1,9 @@
 from .approval import LaunchRequest
 from .audit import AuditEvent
 from .environment import Environment, EnvironmentMisconfigured, InvalidGroupSelector, UpdateGroup
-from .plan import ReleasePlan, SiteResult, StepRun, TransitionRefused
+from .plan import ReleasePlan
+from .sites import SiteResult
+from .steps import StepRun, TransitionRefused
 
 __all__ = [
     "AuditEvent",

@@ -78,17 +78,9 @@ def approve(step: StepRun, user, *, request_id: int | None) -> StepRun:
             )
             if taken != 1 or requester is None:
                 raise ActionRefused(f"request #{request.pk} was decided meanwhile, or its requester is gone")
-            AuditEvent.record(
-                "approve",
-                user=user,
-                step=step,
-                parameters={
-                    **params,
-                    "action": request.action,
-                    "requested_by": request.requested_by_username,
-                    "stage": request.stage,
-                },
-            )
+            decided = {**params, "action": request.action, "requested_by": request.requested_by_username}
+            decided["stage"] = request.stage
+            AuditEvent.record("approve", user=user, step=step, parameters=decided)
             _carry_out(step, request, requester)
     except ActionRefused as exc:
         # Everything above rolled back (the request still waits): record why, once, outside it.

@@ -5,20 +5,9 @@ from __future__ import annotations
 from django.db import transaction
 from django.utils import timezone
 
-from ..models import (
-    AuditEvent,
-    LaunchRequest,
-    ReleasePlan,
-    StepRun,
-    TransitionRefused,
-)
+from ..models import AuditEvent, LaunchRequest, ReleasePlan, StepRun, TransitionRefused
 from ..states import ACTIVE, StepState
-from .core import (
-    BrokerUnavailable,
-    authorize,
-    enqueue_step,
-    refuse,
-)
+from .core import BrokerUnavailable, authorize, enqueue_step, refuse
 from .launching import request_action
 
 

@@ -8,20 +8,10 @@ from django.db import IntegrityError, transaction
 
 from .. import channel as channels
 from .. import launchability, notify, reports
-from ..models import (
-    AuditEvent,
-    LaunchRequest,
-    StepRun,
-    TransitionRefused,
-)
+from ..models import AuditEvent, LaunchRequest, StepRun, TransitionRefused
 from ..models.plan import ROLLBACK_FROM
 from ..states import DONE, StepKind, StepState
-from .core import (
-    BrokerUnavailable,
-    authorize,
-    enqueue_step,
-    refuse,
-)
+from .core import BrokerUnavailable, authorize, enqueue_step, refuse
 
 
 @dataclass(frozen=True)

@@ -22,57 +22,8 @@ class Command(commands.Command):
     requires_migrations_checks = False
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--port", type=int, default=5000, help="TCP port on 127.0.0.1.")
-        parser.add_argument("--environment", choices=ENVIRONMENTS, default="dev")
-        parser.add_argument("--sites", type=int, default=None, help="Population size.")
-        parser.add_argument("--seed", type=int, default=0, help="Population seed.")
-        parser.add_argument("--latency-ms", type=float, default=0, help="Sleep before each write.")
-        parser.add_argument("--fail-rate", type=float, default=0.0, help="Share of 503 answers.")
-        parser.add_argument("--username", default="release-portal")
-        parser.add_argument(
-            "--password",
-            default=None,
-            help="Default: $ATLAS_<ENV>_PASSWORD, else 'secret'. Never printed.",
-        )
-        parser.add_argument("--prefix", default="", help="Serve under /PREFIX/ (e.g. atlas).")
-        parser.add_argument(
-            "--request-log",
-            action="store_true",
-            help="Record every request's arrival and answer times (Atlas's clock, for benchmarks) "
-            "at /_simulator/requests (GET to read, DELETE to clear).",
-        )
-        parser.add_argument(
-            "--pool-refill-delay", type=float, default=2.0, help="Seconds before the pool refills."
-        )
-        parser.add_argument(
-            "--update-workers", type=int, default=4, help="Site updates Atlas runs at once (update_queue)."
-        )
-        parser.add_argument(
-            "--update-ms", type=float, default=1500, help="Milliseconds one site update takes."
-        )
-        parser.add_argument(
-            "--broken-rate",
-            type=float,
-            default=0.0,
-            help="Share of site updates onto new code that break their site (its page answers 500).",
-        )
-        parser.add_argument(
-            "--command-workers", type=int, default=4, help="Drush runs Atlas runs at once (command_queue)."
-        )
-        parser.add_argument(
-            "--command-ms", type=float, default=100, help="Milliseconds one drush run on one site takes."
-        )
-        parser.add_argument(
-            "--cron-seconds",
-            type=float,
-            default=0.0,
-            help="Every site reports its statistics once per this many seconds (0: no cron reports).",
-        )
-        parser.add_argument(
-            "--no-drush-role",
-            action="store_true",
-            help="The --username account lacks the drush role: POST /drush/<id>/execute answers 403.",
-        )
+        _add_server(parser)
+        _add_queues(parser)
 
     def handle(self, *args: Any, **options: Any) -> None:
         sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)  # this process is the simulator's own
@@ -137,3 +88,51 @@ class Command(commands.Command):
             f"{settings.update_ms:g} ms per site update. Ctrl-C to stop.",
         )
         self.stdout.flush()
+
+
+def _add_server(parser: CommandParser) -> None:
+    """Where the simulator listens, whom it lets in, its population and its write faults."""
+    parser.add_argument("--port", type=int, default=5000, help="TCP port on 127.0.0.1.")
+    parser.add_argument("--environment", choices=ENVIRONMENTS, default="dev")
+    parser.add_argument("--sites", type=int, default=None, help="Population size.")
+    parser.add_argument("--seed", type=int, default=0, help="Population seed.")
+    parser.add_argument("--latency-ms", type=float, default=0, help="Sleep before each write.")
+    parser.add_argument("--fail-rate", type=float, default=0.0, help="Share of 503 answers.")
+    parser.add_argument("--username", default="release-portal")
+    parser.add_argument(
+        "--password",
+        default=None,
+        help="Default: $ATLAS_<ENV>_PASSWORD, else 'secret'. Never printed.",
+    )
+    parser.add_argument("--prefix", default="", help="Serve under /PREFIX/ (e.g. atlas).")
+    parser.add_argument(
+        "--request-log",
+        action="store_true",
+        help="Record every request's arrival and answer times (Atlas's clock, for benchmarks) "
+        "at /_simulator/requests (GET to read, DELETE to clear).",
+    )
+
+
+def _add_queues(parser: CommandParser) -> None:
+    """Atlas's own work queues: the pool refill, site updates, drush runs and cron reports."""
+    parser.add_argument(
+        "--pool-refill-delay", type=float, default=2.0, help="Seconds before the pool refills."
+    )
+    _add_queue(parser, "update", "Site updates Atlas runs at once (update_queue).", 1500,
+               "Milliseconds one site update takes.")  # fmt: skip
+    text = "Share of site updates onto new code that break their site (its page answers 500)."
+    parser.add_argument("--broken-rate", type=float, default=0.0, help=text)
+    _add_queue(parser, "command", "Drush runs Atlas runs at once (command_queue).", 100,
+               "Milliseconds one drush run on one site takes.")  # fmt: skip
+    text = "Every site reports its statistics once per this many seconds (0: no cron reports)."
+    parser.add_argument("--cron-seconds", type=float, default=0.0, help=text)
+    parser.add_argument(
+        "--no-drush-role",
+        action="store_true",
+        help="The --username account lacks the drush role: POST /drush/<id>/execute answers 403.",
+    )
+
+
+def _add_queue(parser: CommandParser, queue: str, workers_help: str, ms: float, ms_help: str) -> None:
+    parser.add_argument(f"--{queue}-workers", type=int, default=4, help=workers_help)
+    parser.add_argument(f"--{queue}-ms", type=float, default=ms, help=ms_help)

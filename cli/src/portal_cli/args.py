@@ -28,89 +28,105 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--version", action="version", version=f"portal {__version__}")
     sub = p.add_subparsers(dest="action", required=True, metavar="SUBCOMMAND", parser_class=Parser)
+    for add in (
+        _create,
+        _preview,
+        _launch,
+        _finalize,
+        _controls,
+        _retry_failed,
+        _skip,
+        _requests,
+        _rollback,
+        _reports,
+        _environment,
+    ):
+        add(sub)
+    return p
 
-    s = sub.add_parser("create", help="Create a release plan; step 1 (the branch) is recorded done.")
-    _version(s)
+
+def _create(sub) -> None:
+    s = _subcommand(sub, "create", "Create a release plan; step 1 (the branch) is recorded done.")
     s.add_argument("--commit", required=True, help="Full 40-character SHA of the release-branch HEAD.")
     s.add_argument("--branch", default="", help="Default: release/VERSION.")
     s.add_argument("--git-url", default="", help="Default: https://github.com/CuBoulder/express.git.")
     s.add_argument("--profile", default="express", help="Install profile name (default: express).")
     _json(s)
 
-    s = sub.add_parser("preview", help="Show what a step (or every step) would do, read from Atlas.")
-    _version(s)
+
+def _preview(sub) -> None:
+    s = _subcommand(sub, "preview", "Show what a step (or every step) would do, read from Atlas.")
     s.add_argument("--step", type=int, help="Only this step (1–14).")
     _json(s)
 
-    s = sub.add_parser("launch", help="Launch a step or a stage. Asks for confirmation unless --yes.")
-    _version(s)
+
+def _launch(sub) -> None:
+    s = _subcommand(sub, "launch", "Launch a step or a stage. Asks for confirmation unless --yes.")
     which = s.add_mutually_exclusive_group(required=True)
     which.add_argument("--step", type=int, help="This step (1–14).")
     which.add_argument("--next", dest="next_step", action="store_true", help="The first step not yet done.")
     which.add_argument("--stage", type=str.upper, choices=ENVIRONMENTS, help="The environment's stage.")
-    _yes(s)
-    _wait(s)
-    _json(s)
+    _finish(s, yes=True, wait=True)
 
-    s = sub.add_parser("finalize", help="Record the finalized release (step 7): tag and commit.")
-    _version(s)
+
+def _finalize(sub) -> None:
+    s = _subcommand(sub, "finalize", "Record the finalized release (step 7): tag and commit.")
     s.add_argument("--tag", required=True)
     s.add_argument("--commit", required=True, help="Full 40-character SHA of the merge commit.")
     _json(s)
 
+
+def _controls(sub) -> None:
     for action, text in (
         ("pause", "Pause the running step after the sites in flight."),
         ("abort", "Abort the running or paused step."),
         ("resume", "Resume the paused step."),
     ):
-        s = sub.add_parser(action, help=text)
-        _version(s)
-        if action == "resume":
-            _wait(s)
-        _json(s)
+        s = _subcommand(sub, action, text)
+        _finish(s, wait=action == "resume")
 
-    s = sub.add_parser("retry-failed", help="Retry a paused or failed step's failed sites.")
-    _version(s)
+
+def _retry_failed(sub) -> None:
+    s = _subcommand(sub, "retry-failed", "Retry a paused or failed step's failed sites.")
     s.add_argument("--step", type=int, required=True)
-    _wait(s)
-    _json(s)
+    _finish(s, wait=True)
 
-    s = sub.add_parser("skip", help="Skip a step, with a recorded reason.")
-    _version(s)
+
+def _skip(sub) -> None:
+    s = _subcommand(sub, "skip", "Skip a step, with a recorded reason.")
     s.add_argument("--step", type=int, required=True)
     s.add_argument("--reason", required=True, help="Why the step is skipped (recorded in the audit).")
     _json(s)
 
+
+def _requests(sub) -> None:
     for action, text in (
         ("approve", "Approve the request waiting under the two-person rule: shows it and asks, unless "
                     "--request names it."),
         ("withdraw", "Withdraw the request waiting for approval (yours, or as an approver)."),
     ):  # fmt: skip
-        s = sub.add_parser(action, help=text)
-        _version(s)
+        s = _subcommand(sub, action, text)
         s.add_argument("--step", type=int, required=True)
         s.add_argument("--request", type=int, metavar="ID", help="The request (as `portal status` shows it).")
         _json(s)
 
-    s = sub.add_parser("rollback", help="Put sites of an update step back on their earlier code item.")
-    _version(s)
+
+def _rollback(sub) -> None:
+    s = _subcommand(sub, "rollback", "Put sites of an update step back on their earlier code item.")
     s.add_argument("--step", type=int, required=True, help="The update step (4, 6, 11, 14).")
     which = s.add_mutually_exclusive_group(required=True)
     which.add_argument("--failed", action="store_true", help="Every site that failed in the step.")
     which.add_argument(
         "--sites", type=lambda text: text.split(","), metavar="PATH[,PATH...]", help="These sites."
     )
-    _yes(s)
-    _wait(s)
-    _json(s)
+    _finish(s, yes=True, wait=True)
 
-    s = sub.add_parser("status", help="The plan's steps, their states and counts.")
-    _version(s)
+
+def _reports(sub) -> None:
+    s = _subcommand(sub, "status", "The plan's steps, their states and counts.")
     _json(s)
     s = sub.add_parser("list", help="Every release plan and its state.")
     _json(s)
-    _environment(sub)
-    return p
 
 
 def _environment(sub) -> None:
@@ -165,8 +181,20 @@ def _on_off(text: str) -> bool:
     return value == "on"
 
 
-def _version(p) -> None:
+def _subcommand(sub, name: str, text: str) -> argparse.ArgumentParser:
+    """A subcommand of one release: its parser, with the VERSION it acts on."""
+    p = sub.add_parser(name, help=text)
     p.add_argument("version", metavar="VERSION", help="The release version, e.g. 2.8.5.")
+    return p
+
+
+def _finish(p, *, yes: bool = False, wait: bool = False) -> None:
+    """A subcommand's last options: --yes and --wait where they apply, then --json."""
+    if yes:
+        _yes(p)
+    if wait:
+        _wait(p)
+    _json(p)
 
 
 def _json(p) -> None:

@@ -59,59 +59,9 @@ class Command(commands.Command):
         p.add_argument("--json", action="store_true", help="Print one JSON document on stdout.")
         p = sub.add_parser("set", help="Change an environment's settings (audited).")
         p.add_argument("name", metavar="NAME", help="DEV, TEST or PROD.")
-        p.add_argument("--parallelism", type=int, metavar="N", help="Atlas writes in flight at once (≥ 1).")
-        p.add_argument("--batch-pause", type=float, metavar="SECONDS", help="Pause between batches.")
-        p.add_argument(
-            "--failure-threshold",
-            metavar="N|P%|none",
-            help="Pause a step after N failed sites, or P%% of its sites; `none` for no limit.",
-        )
-        p.add_argument(
-            "--failure-policy",
-            choices=FailurePolicy.values,
-            help="What a step becomes when sites still fail after retries.",
-        )
-        p.add_argument("--deploy-wait", type=float, metavar="SECONDS", help="Wait after a code deploy.")
-        p.add_argument("--pool-wait", type=float, metavar="SECONDS", help="Wait for the pool to refill.")
-        p.add_argument("--url", metavar="URL", help="Atlas API URL.")
-        p.add_argument("--site-url", metavar="URL", help="Public base URL of the sites.")
-        p.add_argument("--username", metavar="U", help="Atlas username.")
-        p.add_argument("--password-env", metavar="VAR", help="Variable holding the Atlas password.")
-        p.add_argument("--slack-webhook-env", metavar="VAR", help="Variable holding the Slack webhook.")
-        p.add_argument("--read-timeout", type=float, metavar="SECONDS", help="Atlas read timeout.")
-        p.add_argument("--max-attempts", type=int, metavar="N", help="Attempts per Atlas request.")
-        p.add_argument("--verify-tls", action=argparse.BooleanOptionalAction, help="Verify Atlas's TLS.")
-        p.add_argument(
-            "--protected",
-            action=argparse.BooleanOptionalAction,
-            help="Typed confirmation and the protected-launch permission are required.",
-        )
-        p.add_argument(
-            "--two-person",
-            action=argparse.BooleanOptionalAction,
-            help="A launch needs a second person's approval (`release approve`).",
-        )
-        p.add_argument(
-            "--verify",
-            type=on_off,
-            metavar="on|off",
-            help="A site succeeds only once its report and its page show the release (default on).",
-        )
-        p.add_argument(
-            "--verify-timeout", type=float, metavar="SECONDS", help="Verification deadline (default 900)."
-        )
-        p.add_argument(
-            "--max-unverified",
-            type=int,
-            metavar="K",
-            help="At most K sites PATCHed and not yet verified at once (default 4 × parallelism).",
-        )
-        p.add_argument(
-            "--canary",
-            type=on_off,
-            metavar="on|off",
-            help="Pause an update step once its first batch is verified, until continued (PROD: on).",
-        )
+        _add_pacing(p)
+        _add_connection(p)
+        _add_safeguards(p)
         p.add_argument(
             "--user", required=True, metavar="NAME", help="Staff account the change is recorded under."
         )
@@ -151,6 +101,66 @@ class Command(commands.Command):
             return
         for field, (old, new) in changes.items():
             self.stdout.write(f"{env.name} {field}: {old} -> {new}")
+
+
+def _add_pacing(p) -> None:
+    """How fast a step goes, and when it stops for failures."""
+    p.add_argument("--parallelism", type=int, metavar="N", help="Atlas writes in flight at once (≥ 1).")
+    p.add_argument("--batch-pause", type=float, metavar="SECONDS", help="Pause between batches.")
+    p.add_argument(
+        "--failure-threshold",
+        metavar="N|P%|none",
+        help="Pause a step after N failed sites, or P%% of its sites; `none` for no limit.",
+    )
+    p.add_argument(
+        "--failure-policy",
+        choices=FailurePolicy.values,
+        help="What a step becomes when sites still fail after retries.",
+    )
+    p.add_argument("--deploy-wait", type=float, metavar="SECONDS", help="Wait after a code deploy.")
+    p.add_argument("--pool-wait", type=float, metavar="SECONDS", help="Wait for the pool to refill.")
+
+
+def _add_connection(p) -> None:
+    """How the portal reaches Atlas (and Slack)."""
+    p.add_argument("--url", metavar="URL", help="Atlas API URL.")
+    p.add_argument("--site-url", metavar="URL", help="Public base URL of the sites.")
+    p.add_argument("--username", metavar="U", help="Atlas username.")
+    p.add_argument("--password-env", metavar="VAR", help="Variable holding the Atlas password.")
+    p.add_argument("--slack-webhook-env", metavar="VAR", help="Variable holding the Slack webhook.")
+    p.add_argument("--read-timeout", type=float, metavar="SECONDS", help="Atlas read timeout.")
+    p.add_argument("--max-attempts", type=int, metavar="N", help="Attempts per Atlas request.")
+    p.add_argument("--verify-tls", action=argparse.BooleanOptionalAction, help="Verify Atlas's TLS.")
+
+
+def _add_safeguards(p) -> None:
+    """What guards a launch, and what tells that a site's update worked."""
+    switch = argparse.BooleanOptionalAction
+    p.add_argument(
+        "--protected",
+        action=switch,
+        help="Typed confirmation and the protected-launch permission are required.",
+    )
+    p.add_argument(
+        "--two-person", action=switch, help="A launch needs a second person's approval (`release approve`)."
+    )
+    _on_off(p, "--verify", "A site succeeds only once its report and its page show the release (default on).")
+    p.add_argument(
+        "--verify-timeout", type=float, metavar="SECONDS", help="Verification deadline (default 900)."
+    )
+    p.add_argument(
+        "--max-unverified",
+        type=int,
+        metavar="K",
+        help="At most K sites PATCHed and not yet verified at once (default 4 × parallelism).",
+    )
+    _on_off(
+        p, "--canary", "Pause an update step once its first batch is verified, until continued (PROD: on)."
+    )
+
+
+def _on_off(p, option: str, text: str) -> None:
+    p.add_argument(option, type=on_off, metavar="on|off", help=text)
 
 
 def describe(env: Environment) -> dict:

@@ -14,14 +14,14 @@ from portal import commands
 from releases import channel as channels
 from releases import cli, guidance, reports, services
 from releases.models import ReleasePlan
-from releases.runbook import ENVIRONMENTS
-from releases.services import approvals, rollback
+from releases.services import approvals
 from releases.states import StepState
 
-HELP_USER = "Staff account the action is recorded under (required; its permissions are checked)."
+from . import _release_args
+from ._release_rollback import RollbackSubcommand
 
 
-class Command(commands.Command):
+class Command(RollbackSubcommand, commands.Command):
     help = (
         "Create, preview, launch and follow release plans. Mutating subcommands require --user. "
         "Exit codes: 0 done, 1 refused or not succeeded, 2 bad usage, 3 --timeout passed."
@@ -32,110 +32,7 @@ class Command(commands.Command):
     requires_system_checks = []
 
     def add_arguments(self, parser):
-        sub = commands.subcommands(parser, dest="action", required=True, metavar="SUBCOMMAND")
-        self._add_create(sub)
-        p = sub.add_parser("preview", help="Show what a step (or every step) would do, read from Atlas.")
-        _version(p)
-        p.add_argument("--step", type=int, help="Only this step (1–14).")
-        _json(p)
-        self._add_launch(sub)
-        p = sub.add_parser("finalize", help="Record the finalized release (step 7): tag and commit.")
-        _version(p)
-        p.add_argument("--tag", required=True)
-        p.add_argument("--commit", required=True, help="Full 40-character SHA of the merge commit.")
-        _user(p)
-        _json(p)
-        for action, text in (
-            ("pause", "Pause the running step after the sites in flight."),
-            ("abort", "Abort the running or paused step."),
-            ("resume", "Resume the paused step."),
-        ):
-            p = sub.add_parser(action, help=text)
-            _version(p)
-            _user(p)
-            if action == "resume":
-                _wait(p)
-            _json(p)
-        p = sub.add_parser("retry-failed", help="Retry a paused or failed step's failed sites.")
-        _version(p)
-        p.add_argument("--step", type=int, required=True)
-        _user(p)
-        _wait(p)
-        _json(p)
-        p = sub.add_parser("skip", help="Skip a step, with a recorded reason.")
-        _version(p)
-        p.add_argument("--step", type=int, required=True)
-        p.add_argument("--reason", required=True, help="Why the step is skipped (recorded in the audit).")
-        _user(p)
-        _json(p)
-        p = sub.add_parser(
-            "approve",
-            help="Approve the request waiting under the two-person rule: shows it and asks, "
-            "unless --request names it.",
-        )
-        _version(p)
-        p.add_argument("--step", type=int, required=True)
-        p.add_argument(
-            "--request", type=int, metavar="ID", help="The request to approve (as `release status` shows it)."
-        )
-        _user(p)
-        _json(p)
-        self._add_rollback(sub)
-        p = sub.add_parser("status", help="The plan's steps, their states and counts.")
-        _version(p)
-        _json(p)
-        p = sub.add_parser("list", help="Every release plan and its state.")
-        _json(p)
-
-    def _add_create(self, sub):
-        p = sub.add_parser("create", help="Create a release plan; step 1 (the branch) is recorded done.")
-        _version(p)
-        p.add_argument("--commit", required=True, help="Full 40-character SHA of the release-branch HEAD.")
-        p.add_argument("--branch", default="", help="Default: release/VERSION.")
-        p.add_argument("--git-url", default="", help="Default: https://github.com/CuBoulder/express.git.")
-        p.add_argument("--profile", default="express", help="Install profile name (default: express).")
-        _user(p)
-        _json(p)
-
-    def _add_rollback(self, sub):
-        p = sub.add_parser(
-            "rollback",
-            help="Put sites of an update step back on the code item each was on before the step, "
-            "and verify them. Asks for confirmation unless --yes.",
-        )
-        _version(p)
-        p.add_argument("--step", type=int, required=True, help="The update step (4, 6, 11, 14).")
-        which = p.add_mutually_exclusive_group(required=True)
-        which.add_argument("--failed", action="store_true", help="Every site that failed in the step.")
-        which.add_argument(
-            "--sites", type=lambda text: text.split(","), metavar="PATH[,PATH...]", help="These sites."
-        )
-        _user(p)
-        p.add_argument("--yes", action="store_true", help="Do not ask for confirmation.")
-        _wait(p)
-        _json(p)
-
-    def _add_launch(self, sub):
-        p = sub.add_parser(
-            "launch",
-            help="Launch a step or a stage. Asks for confirmation unless --yes (PROD: type its name).",
-        )
-        _version(p)
-        which = p.add_mutually_exclusive_group(required=True)
-        which.add_argument("--step", type=int, help="This step (1–14).")
-        which.add_argument(
-            "--next", dest="next_step", action="store_true", help="The first step not yet done."
-        )
-        which.add_argument(
-            "--stage",
-            type=str.upper,
-            choices=[name for name, _, _ in ENVIRONMENTS],
-            help="The environment's next step, then its following steps up to the next gate.",
-        )
-        _user(p)
-        p.add_argument("--yes", action="store_true", help="Do not ask for confirmation.")
-        _wait(p)
-        _json(p)
+        _release_args.add_arguments(parser)
 
     @channels.from_shell
     def handle(self, *args, action, **options):
@@ -318,70 +215,6 @@ class Command(commands.Command):
         target = services.skip(services.get_step(plan, step), acting, reason)
         self._done(target, "skip", f"skipped ({reason})")
 
-    def _rollback(self, version, step, failed, sites, user, yes, wait, timeout, **options):
-        plan = cli.get_plan(version)
-        acting = services.resolve_user(user)
-        target = services.get_step(plan, step)
-        chosen = {"failed": failed, "paths": sites or ()}
-        prepared = rollback.prepare(target, acting, **chosen)
-        if yes:  # said, not asked: the database warning is printed all the same
-            for line in prepared.describe():
-                cli.note(self.stderr, line)
-        stdin = options.get("stdin", sys.stdin)
-        confirm = prepared.confirmation if yes else self._confirm_rollback(prepared, stdin)
-        target = rollback.roll_back(target, acting, confirm=confirm, **chosen)
-        if self._approval_awaited(target, "rollback", wait, timeout):
-            return None
-        if not wait:
-            return self._done(target, "rollback", f"rolling back {len(prepared.rows)} sites")
-        waiter = cli.StepWaiter(report=lambda line: cli.note(self.stderr, line), timeout=timeout)
-        result = waiter.follow(target, stage=False)
-        rows = list(target.sites.filter(pk__in=[row.pk for row in prepared.rows]).order_by("id"))
-        done = sum(1 for row in rows if row.rollback == "done")
-        if self.json:
-            document = self._step_document(target, "rollback")
-            document["sites"] = [
-                {
-                    "path": row.path,
-                    "site_id": row.site_id,
-                    "rollback": row.rollback,
-                    "message": row.rollback_message,
-                }
-                for row in rows
-            ]
-            cli.emit_json(self.stdout, document)
-        if result.timed_out:
-            raise CommandError(result.message, returncode=cli.TIMED_OUT)
-        if done < len(rows):
-            failed_rows = [f"{row.path}: {row.rollback_message}" for row in rows if row.rollback != "done"]
-            raise CommandError(
-                f"{done} of {len(rows)} sites rolled back; not: " + "; ".join(failed_rows[:10]),
-                returncode=cli.REFUSED,
-            )
-        if not self.json:
-            how = "verified" if target.environment.verify else "not verified: verification is off"
-            self.stdout.write(
-                self.style.SUCCESS(f"{plan.version} step {step}: {done} sites rolled back ({how})")
-            )
-
-    def _confirm_rollback(self, prepared, stdin) -> str:
-        """Show what the rollback does and ask; returns what was typed for the database warning."""
-        cli.require_terminal(stdin, "roll back", "the step's failed sites")
-        for line in prepared.describe():
-            cli.note(self.stderr, line)
-        environment = prepared.step.environment
-        if environment.protected:
-            if cli.ask(stdin, self.stderr, f"Type {environment.name} to proceed: ") != environment.name:
-                raise CommandError("not confirmed: nothing was rolled back", returncode=cli.REFUSED)
-        elif not prepared.database and cli.ask(stdin, self.stderr, "Proceed? [y/N] ").lower() not in (
-            "y",
-            "yes",
-        ):
-            raise CommandError("not confirmed: nothing was rolled back", returncode=cli.REFUSED)
-        if prepared.database:
-            return cli.ask(stdin, self.stderr, f"Type {prepared.confirmation} to roll back the code only: ")
-        return ""
-
     def _status(self, version, **options):
         plan = cli.get_plan(version)
         status = reports.status(plan)
@@ -485,26 +318,3 @@ def _status_lines(status: dict) -> list[str]:
             f"      {site.get('path') or site.get('_id')} ({site.get('status')})" for site in sites[:20]
         ]
     return lines
-
-
-def _version(parser) -> None:
-    parser.add_argument("version", metavar="VERSION", help="The release version, e.g. 2.8.5.")
-
-
-def _user(parser) -> None:
-    parser.add_argument("--user", required=True, metavar="NAME", help=HELP_USER)
-
-
-def _json(parser) -> None:
-    parser.add_argument("--json", action="store_true", help="Print one JSON document on stdout.")
-
-
-def _wait(parser) -> None:
-    parser.add_argument(
-        "--wait",
-        action="store_true",
-        help="Block until the step (or stage) ends; non-zero unless it succeeded.",
-    )
-    parser.add_argument(
-        "--timeout", type=float, metavar="SECONDS", help="With --wait: give up after this long."
-    )
