@@ -131,6 +131,7 @@ def test_step_14_completes_with_exact_counts_under_503s_slow_answers_and_etag_ra
         "skipped": 0,
         "pending": 0,
         "unverified": 0,
+        "rolled_back": 0,
     }
     assert step.result["counts"] == counts
     # The snapshot is exactly the runbook's batches: installed groups 0-2 and launched groups 0-6.
