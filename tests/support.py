@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 from contextlib import contextmanager
 from unittest.mock import patch
@@ -32,18 +31,6 @@ def make_user(username: str = "ops-lead", permissions=OPERATOR_PERMISSIONS, staf
         Permission.objects.filter(content_type__app_label="releases", codename__in=permissions)
     )
     return get_user_model().objects.get(pk=user.pk)  # fresh permission cache
-
-
-def start_simulators(prod_sites: int = 400, **kwargs) -> dict[str, SimulatorServer]:
-    sims = {}
-    for name in ("DEV", "TEST", "PROD"):
-        sims[name] = SimulatorServer(
-            name.lower(),
-            sites=prod_sites if name == "PROD" else None,
-            password=os.environ[f"ATLAS_{name}_PASSWORD"],
-            pool_refill_delay=kwargs.get("pool_refill_delay", 0.2),
-        )
-    return sims
 
 
 def configure_environments(sims: dict[str, SimulatorServer], **overrides) -> dict[str, Environment]:

@@ -21,8 +21,8 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 @pytest.fixture
-def dev(sims):
-    configure_environments({"DEV": sims("DEV")})
+def dev(simulator):
+    configure_environments({"DEV": simulator.of("DEV")})
 
 
 @pytest.fixture
