@@ -1,5 +1,5 @@
 """Every plan-page control that succeeds goes through its service: pause, resume, retry failed,
-skip, finalize, withdraw. (Refusals are in test_admin.py, launching in test_admin_launch.py.)"""
+skip, finalize, withdraw. (Launching is in test_launching.py.)"""
 
 from io import StringIO
 
