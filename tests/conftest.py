@@ -16,8 +16,7 @@ import pytest
 from django.core.management import call_command
 
 from atlas.simulator import SimulatorServer
-from releases import roles
-from tests.support import R, tasks_not_sent
+from tests.support import R, member, tasks_not_sent
 
 # -- Atlas simulator ---------------------------------------------------------------------------
 
@@ -68,20 +67,9 @@ def simulator() -> Iterator[Simulators]:
 # -- users, one per role -----------------------------------------------------------------------
 
 
-def member(username: str, role: str, password: str = "pw"):
-    """A staff account whose only permissions are `role`'s group (a `roles` group name)."""
-    from django.contrib.auth import get_user_model
-    from django.contrib.auth.models import Group
-
-    roles.ensure_groups()  # a transactional test before may have flushed them
-    user = get_user_model().objects.create_user(username, password=password, is_staff=True)
-    user.groups.add(Group.objects.get(name=role))
-    return get_user_model().objects.get(pk=user.pk)  # fresh permission cache
-
-
 def demo_account(username: str):
     """The demo account `username` of `roles.DEMO_ACCOUNTS`, in its role's group."""
-    return member(username, dict(roles.DEMO_ACCOUNTS)[username])
+    return member(username, username)
 
 
 @pytest.fixture

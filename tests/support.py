@@ -11,6 +11,7 @@ from django.contrib.auth.models import Permission
 from django.core.management import call_command
 
 from atlas.simulator import SimulatorServer
+from releases import roles
 from releases.models import Environment, ReleasePlan, StepRun
 from releases.states import ACTIVE, StepState
 
@@ -30,6 +31,19 @@ def make_user(username: str = "ops-lead", permissions=OPERATOR_PERMISSIONS, staf
     user.user_permissions.set(
         Permission.objects.filter(content_type__app_label="releases", codename__in=permissions)
     )
+    return get_user_model().objects.get(pk=user.pk)  # fresh permission cache
+
+
+def member(username: str, role: str = roles.PROD_RELEASE_MANAGERS, password: str | None = "pw"):
+    """A staff account whose only permissions are its role's group. `role` is a group name
+    (`roles.VIEWERS`) or a demo account's name for its role ("release-manager"); no `password`
+    makes one nobody can log in with (cheaper to create; tests use `force_login`)."""
+    from django.contrib.auth.models import Group
+
+    roles.ensure_groups()  # a transactional test before may have flushed them
+    group = dict(roles.DEMO_ACCOUNTS).get(role, role)
+    user = get_user_model().objects.create_user(username, password=password, is_staff=True)
+    user.groups.add(Group.objects.get(name=group))
     return get_user_model().objects.get(pk=user.pk)  # fresh permission cache
 
 

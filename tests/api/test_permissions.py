@@ -12,16 +12,9 @@ from django.core.management import call_command
 from releases import services
 from releases.models import AuditEvent
 from tests.admin import test_operations_permissions as admin_table
-from tests.api.conftest import member
-from tests.support import R, T, tasks_not_sent
+from tests.support import R, T, member
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture
-def sent_tasks():
-    with tasks_not_sent() as send:
-        yield send
 
 
 @pytest.fixture

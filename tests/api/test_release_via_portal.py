@@ -9,8 +9,7 @@ import pytest
 
 from api import tokens
 from releases.models import AuditEvent
-from tests.api.conftest import member
-from tests.support import R, T, code_items, configure_environments
+from tests.support import R, T, code_items, configure_environments, member
 
 pytestmark = pytest.mark.slow
 

@@ -9,8 +9,7 @@ from drf_spectacular.validation import validate_schema
 
 from api import examples
 from releases import services
-from tests.api.conftest import member
-from tests.support import R, configure_environments, tasks_not_sent
+from tests.support import R, configure_environments, member, tasks_not_sent
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
