@@ -1,14 +1,9 @@
-"""The admin's tests, one file per module of `releases/admin/`. Nothing is enqueued: `send_task`
-is replaced for every test here (`sent_tasks`), so tests count it."""
+"""The admin's tests, one file per module of `releases/admin/`: DEV and PROD on simulated Atlas
+servers. Users, the runbook and plans come from tests/conftest.py."""
 
 import pytest
 
 from tests.support import configure_environments
-
-
-@pytest.fixture(autouse=True)
-def _no_task_sent(sent_tasks):
-    return sent_tasks
 
 
 @pytest.fixture

@@ -12,7 +12,8 @@ from releases.models import AuditEvent, Environment, StepRun, UpdateGroup
 from tests.admin_helpers import confirm_launch, mark_done, url
 from tests.support import sites
 
-pytestmark = pytest.mark.django_db
+# Nothing is enqueued: `send_task` is replaced for every test (`sent_tasks`), so tests count it.
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("sent_tasks")]
 
 
 def test_stage_confirmation_shows_every_step_it_may_reach_with_deletions_and_updates_apart(

@@ -17,6 +17,9 @@ from releases.services import approvals
 from tests.admin_helpers import confirm_launch, mark_done, url
 from tests.support import R, configure_environments, member
 
+# Nothing is enqueued: `send_task` is replaced for every test (`sent_tasks`), so tests count it.
+pytestmark = pytest.mark.usefixtures("sent_tasks")
+
 
 @pytest.fixture
 def requester(runbook):

@@ -11,7 +11,8 @@ from releases.models import AuditEvent, SiteResult, StepRun
 from tests.admin_helpers import messages_of, url
 from tests.support import R, T
 
-pytestmark = pytest.mark.django_db
+# Nothing is enqueued: `send_task` is replaced for every test (`sent_tasks`), so tests count it.
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("sent_tasks")]
 
 
 @pytest.fixture(autouse=True)

@@ -36,7 +36,8 @@ from releases.models import (
 from tests.admin_helpers import mark_done, url
 from tests.support import R, T, member
 
-pytestmark = pytest.mark.django_db
+# Nothing is enqueued: `send_task` is replaced for every test (`sent_tasks`), so tests count it.
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("sent_tasks")]
 
 ROLES = {
     "viewer": roles.VIEWERS,

@@ -7,7 +7,8 @@ from releases.models import AuditEvent, ReleasePlan, StepRun
 from tests.admin_helpers import mark_done, url
 from tests.support import R, make_user
 
-pytestmark = pytest.mark.django_db
+# Nothing is enqueued: `send_task` is replaced for every test (`sent_tasks`), so tests count it.
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("sent_tasks")]
 ADD = "/admin/releases/releaseplan/add/"
 
 

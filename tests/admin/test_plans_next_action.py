@@ -13,7 +13,8 @@ from releases.wording import spans
 from tests.admin_helpers import confirm_launch, mark_done, messages_of, url
 from tests.support import R, T, configure_environments
 
-pytestmark = pytest.mark.django_db
+# Nothing is enqueued: `send_task` is replaced for every test (`sent_tasks`), so tests count it.
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("sent_tasks")]
 
 
 def _text(html: str) -> str:
