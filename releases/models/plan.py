@@ -386,9 +386,6 @@ class StepRun(models.Model):
             return None
         return StepRun.objects.values_list("requested", flat=True).get(pk=self.pk)
 
-    def owned_by(self, owner: str) -> bool:
-        return StepRun.objects.filter(pk=self.pk, lease_owner=owner, state=StepState.RUNNING).exists()
-
     def finish(self, owner: str, state: str, message: str = "", result: dict | None = None) -> bool:
         """End the worker's hold on the step. An abort the operator asked for while the step was
         stopping for another reason (a threshold pause, a failure) wins: it is never lost."""
