@@ -50,17 +50,19 @@ def duration(step: StepRun, now=None) -> timedelta | None:
     return max(end - step.started_at, timedelta(0))
 
 
-def human(delta: timedelta | None) -> str:
-    if delta is None:
-        return ""
-    seconds = int(delta.total_seconds())
-    if seconds < 60:
-        return f"{seconds} s"
-    minutes, seconds = divmod(seconds, 60)
-    if minutes < 60:
-        return f"{minutes} min {seconds:02d} s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours} h {minutes:02d} min"
+def human(length: timedelta | float | None, unknown: str = "") -> str:
+    """A duration (or seconds) as the pages and the report show it: "under 1 s", "42 s",
+    "3 min 07 s", "2 h 05 min"; `unknown` when there is none."""
+    if length is None:
+        return unknown
+    seconds = length.total_seconds() if isinstance(length, timedelta) else length
+    if seconds < 1:
+        return "under 1 s"
+    hours, rest = divmod(round(seconds), 3600)
+    minutes, seconds = divmod(rest, 60)
+    if hours:
+        return f"{hours} h {minutes:02d} min"
+    return f"{minutes} min {seconds:02d} s" if minutes else f"{seconds} s"
 
 
 # -- the plan page ---------------------------------------------------------------------------------

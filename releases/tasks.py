@@ -7,7 +7,7 @@ import socket
 
 from celery import shared_task
 
-from . import engine, services, watchdog
+from . import engine, services
 
 
 def _owner(task_id: str | None) -> str:
@@ -22,8 +22,3 @@ def run_step(self, step_id: int) -> str | None:
         return None
     step, outcome = ran
     return engine.with_database(lambda: services.complete_step(step, owner, outcome), "finishing the step")
-
-
-@shared_task(acks_late=True, soft_time_limit=60, time_limit=90)
-def requeue_stalled_steps() -> int:
-    return watchdog.requeue_stalled()

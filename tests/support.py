@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 from contextlib import contextmanager
 from unittest.mock import patch
@@ -12,6 +11,7 @@ from django.contrib.auth.models import Permission
 from django.core.management import call_command
 
 from atlas.simulator import SimulatorServer
+from releases import roles
 from releases.models import Environment, ReleasePlan, StepRun
 from releases.states import ACTIVE, StepState
 
@@ -34,16 +34,17 @@ def make_user(username: str = "ops-lead", permissions=OPERATOR_PERMISSIONS, staf
     return get_user_model().objects.get(pk=user.pk)  # fresh permission cache
 
 
-def start_simulators(prod_sites: int = 400, **kwargs) -> dict[str, SimulatorServer]:
-    sims = {}
-    for name in ("DEV", "TEST", "PROD"):
-        sims[name] = SimulatorServer(
-            name.lower(),
-            sites=prod_sites if name == "PROD" else None,
-            password=os.environ[f"ATLAS_{name}_PASSWORD"],
-            pool_refill_delay=kwargs.get("pool_refill_delay", 0.2),
-        )
-    return sims
+def member(username: str, role: str = roles.PROD_RELEASE_MANAGERS, password: str | None = "pw"):
+    """A staff account whose only permissions are its role's group. `role` is a group name
+    (`roles.VIEWERS`) or a demo account's name for its role ("release-manager"); no `password`
+    makes one nobody can log in with (cheaper to create; tests use `force_login`)."""
+    from django.contrib.auth.models import Group
+
+    roles.ensure_groups()  # a transactional test before may have flushed them
+    group = dict(roles.DEMO_ACCOUNTS).get(role, role)
+    user = get_user_model().objects.create_user(username, password=password, is_staff=True)
+    user.groups.add(Group.objects.get(name=group))
+    return get_user_model().objects.get(pk=user.pk)  # fresh permission cache
 
 
 def configure_environments(sims: dict[str, SimulatorServer], **overrides) -> dict[str, Environment]:

@@ -134,9 +134,9 @@ LONG_MESSAGE = (
 )
 
 
-def _release_in_progress(sims) -> ReleasePlan:
+def _release_in_progress(simulator) -> ReleasePlan:
     """A release whose DEV stage ran (with failures), TEST waiting, a PROD launch requested."""
-    configure_environments({name: sims(name, sites=60) for name in ("DEV", "TEST", "PROD")})
+    configure_environments({name: simulator.of(name, sites=60) for name in ("DEV", "TEST", "PROD")})
     Environment.objects.filter(name="PROD").update(two_person=True)
     admin = make_user("admin")
     get_user_model().objects.filter(pk=admin.pk).update(is_superuser=True)
@@ -186,8 +186,8 @@ def _release_in_progress(sims) -> ReleasePlan:
     return plan
 
 
-def test_every_admin_page_is_readable_at_1400_px(browser, live_server, sims):  # noqa: F811
-    plan = _release_in_progress(sims)
+def test_every_admin_page_is_readable_at_1400_px(browser, live_server, simulator):  # noqa: F811
+    plan = _release_in_progress(simulator)
     page = browser.new_context(viewport={"width": WIDTH, "height": 1000}).new_page()
     page.goto(f"{live_server.url}/admin/login/")
     page.fill("input[name=username]", "admin")

@@ -16,7 +16,6 @@ from django.utils import timezone
 from releases.cli import StepWaiter
 from releases.models import AuditEvent, Environment, ReleasePlan, StepRun
 from releases.states import StepState
-from tests.support import tasks_not_sent
 
 SHA = "a" * 40
 FINAL_SHA = "b" * 40
@@ -28,7 +27,8 @@ ALL_PERMISSIONS = (
     "change_environment",
 )
 
-pytestmark = pytest.mark.django_db
+# No worker runs in these tests: launches hand nothing to the broker (`sent_tasks`); tests may count.
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("sent_tasks")]
 
 
 class Terminal(io.StringIO):
@@ -60,13 +60,6 @@ def mark_done(plan_version: str, up_to: int) -> None:
 
 def step(number: int, version: str = "2.8.5") -> StepRun:
     return StepRun.objects.get(plan__version=version, number=number)
-
-
-@pytest.fixture(autouse=True)
-def sent_tasks():
-    """No worker runs in these tests: launches hand nothing to the broker; tests may count."""
-    with tasks_not_sent() as send:
-        yield send
 
 
 @pytest.fixture(autouse=True)

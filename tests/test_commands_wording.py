@@ -13,15 +13,9 @@ from django.utils import timezone
 from releases.cli import _progress_line
 from releases.models import StepRun
 from releases.states import StepState
-from tests.support import R, T, make_user, tasks_not_sent
+from tests.support import R, T, make_user
 
-pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture(autouse=True)
-def sent_tasks():
-    with tasks_not_sent() as send:
-        yield send
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("sent_tasks")]
 
 
 @pytest.fixture(autouse=True)

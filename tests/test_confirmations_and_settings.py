@@ -13,18 +13,17 @@ from io import StringIO
 
 import pytest
 from django.contrib.auth import get_user_model
-from django.contrib.auth.models import Group
 from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.db.models import Max
 from django.urls import reverse
 from django.utils import timezone
 
-from releases import reports, roles, services
+from releases import reports, services
 from releases.models import AuditEvent, Environment, SiteResult, StepRun, UpdateGroup
 from releases.states import StepState
 from tests.admin_helpers import confirm_launch, mark_done, url
-from tests.support import R, T, configure_environments, make_user, run_engine, tasks_not_sent
+from tests.support import R, T, configure_environments, make_user, member, run_engine, tasks_not_sent
 from tests.test_engine_faults import client_updates, start_prod
 from tests.test_engine_safety import reach, removals, site_writes
 
@@ -32,13 +31,6 @@ from tests.test_engine_safety import reach, removals, site_writes
 @pytest.fixture(autouse=True)
 def fast_password_hashing(settings):
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
-def member(username, role=roles.PROD_RELEASE_MANAGERS):
-    user = make_user(username, permissions=())
-    roles.ensure_groups()  # a transactional test before may have flushed them
-    user.groups.add(Group.objects.get(name=role))
-    return type(user).objects.get(pk=user.pk)
 
 
 def prod_row() -> dict:
@@ -158,12 +150,6 @@ def test_the_environment_page_refuses_a_prod_manager_unticking_two_person(client
 
 
 # -- 2. a confirmation belongs to one launch -------------------------------------------------------
-
-
-@pytest.fixture
-def sent_tasks():
-    with tasks_not_sent() as send:
-        yield send
 
 
 @pytest.fixture

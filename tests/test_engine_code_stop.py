@@ -101,8 +101,8 @@ def assert_stored_not_current(sim: SimulatorServer, step: StepRun, code_id: str,
     assert step.result["commit_patch"] == "answered" and "made_current" not in step.result
 
 
-def test_an_abort_during_step_9s_commit_patch_sends_no_is_current_patch(sims):
-    sim = sims("TEST")
+def test_an_abort_during_step_9s_commit_patch_sends_no_is_current_patch(simulator):
+    sim = simulator.of("TEST")
     step, user, code_id, ids = step_9_with_sites_on_the_item(sim)
 
     state, asked_at = stop_inside_the_commit_patch(sim, step, user, services.abort)
@@ -116,8 +116,8 @@ def test_an_abort_during_step_9s_commit_patch_sends_no_is_current_patch(sims):
     assert sorted(sim.events.ids("cascade")) == sorted(ids)
 
 
-def test_a_pause_during_step_9s_commit_patch_stops_and_a_resume_only_makes_the_item_current(sims):
-    sim = sims("TEST")
+def test_a_pause_during_step_9s_commit_patch_stops_and_a_resume_only_makes_the_item_current(simulator):
+    sim = simulator.of("TEST")
     step, user, code_id, ids = step_9_with_sites_on_the_item(sim)
 
     state, asked_at = stop_inside_the_commit_patch(sim, step, user, services.pause)

@@ -48,10 +48,10 @@ def site_status(sim, site_id: str) -> str:
 # -- deletions --------------------------------------------------------------------------------------
 
 
-def delete_step_frozen_and_paused(sims) -> tuple[SimulatorServer, StepRun, object, dict]:
+def delete_step_frozen_and_paused(simulator) -> tuple[SimulatorServer, StepRun, object, dict]:
     """DEV step 3 launched with every batch confirmed empty: it freezes its targets and pauses
     before any write. Returns the simulator, the step, the operator and the real batch sizes."""
-    sim = sims("DEV")
+    sim = simulator.of("DEV")
     configure_environments({"DEV": sim}, parallelism=1)
     user = make_user()
     step = reach(services.create_plan("2.8.5", commit=R, user=user), user, 3)
@@ -66,9 +66,9 @@ def delete_step_frozen_and_paused(sims) -> tuple[SimulatorServer, StepRun, objec
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize("second", ["refused", "401"])
 def test_a_delete_that_reached_atlas_then_failed_again_is_flagged_never_called_not_deleted(
-    sims, monkeypatch, second
+    simulator, monkeypatch, second
 ):
-    sim = sims("DEV")
+    sim = simulator.of("DEV")
     configure_environments({"DEV": sim}, parallelism=1)
     user = make_user()
     step = reach(services.create_plan("2.8.5", commit=R, user=user), user, 3)
@@ -104,8 +104,10 @@ def test_a_delete_that_reached_atlas_then_failed_again_is_flagged_never_called_n
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_destroyed_site_is_named_when_atlas_then_goes_away_and_flagged_after_an_abort(sims, monkeypatch):
-    sim = sims("DEV")
+def test_a_destroyed_site_is_named_when_atlas_then_goes_away_and_flagged_after_an_abort(
+    simulator, monkeypatch
+):
+    sim = simulator.of("DEV")
     configure_environments({"DEV": sim}, parallelism=2, max_attempts=2)
     user = make_user()
     step = reach(services.create_plan("2.8.5", commit=R, user=user), user, 3)
@@ -141,8 +143,8 @@ def test_a_destroyed_site_is_named_when_atlas_then_goes_away_and_flagged_after_a
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_dispatched_delete_found_out_of_the_pool_on_resume_is_flagged(sims):
-    sim, step, user, counts = delete_step_frozen_and_paused(sims)
+def test_a_dispatched_delete_found_out_of_the_pool_on_resume_is_flagged(simulator):
+    sim, step, user, counts = delete_step_frozen_and_paused(simulator)
     assert removals(sim) == []
     # As after a worker that died with this site's DELETE on the wire: dispatched, no answer.
     row = SiteResult.objects.filter(step=step).first()
@@ -168,9 +170,9 @@ def test_a_dispatched_delete_found_out_of_the_pool_on_resume_is_flagged(sims):
 
 @pytest.mark.django_db(transaction=True)
 def test_a_commit_stored_by_an_unanswered_patch_pauses_for_the_operator_while_other_writes_touch_the_sites(
-    sims, monkeypatch
+    simulator, monkeypatch
 ):
-    dev = sims("DEV")
+    dev = simulator.of("DEV")
     step, user, ids = step_8_with_every_site_on_the_item(dev)
     plan = step.plan
     real_clients = give_up_code_patch_answers_after_one_second(monkeypatch)
@@ -201,11 +203,11 @@ def test_a_commit_stored_by_an_unanswered_patch_pauses_for_the_operator_while_ot
 
 
 @pytest.mark.django_db(transaction=True)
-def test_an_abort_while_a_takeover_waits_for_an_earlier_patch_sends_nothing(sims, monkeypatch):
+def test_an_abort_while_a_takeover_waits_for_an_earlier_patch_sends_nothing(simulator, monkeypatch):
     from releases.engine import code
 
     monkeypatch.setattr(code, "STORE_GRACE_SECONDS", 6.0)
-    dev = sims("DEV")
+    dev = simulator.of("DEV")
     configure_environments({"DEV": dev})
     user = make_user()
     plan = services.create_plan("2.8.5", commit=R, user=user)
@@ -279,10 +281,10 @@ def test_a_renewal_blocked_past_the_lease_stops_the_writes_before_another_worker
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_snapshot_cut_short_by_a_late_renewal_is_never_saved_as_the_whole_snapshot(sims, monkeypatch):
+def test_a_snapshot_cut_short_by_a_late_renewal_is_never_saved_as_the_whole_snapshot(simulator, monkeypatch):
     from releases.engine import snapshot as snap
 
-    prod = sims("PROD", sites=300)
+    prod = simulator.of("PROD", sites=300)
     configure_environments({"PROD": prod})
     user = make_user()
     step = prepare_prod(services.create_plan("2.8.5", commit=R, user=user), user)
@@ -319,8 +321,8 @@ def test_a_snapshot_cut_short_by_a_late_renewal_is_never_saved_as_the_whole_snap
 
 
 @pytest.mark.django_db(transaction=True)
-def test_skipping_a_paused_delete_step_flags_an_unanswered_delete(sims):
-    sim, step, user, counts = delete_step_frozen_and_paused(sims)
+def test_skipping_a_paused_delete_step_flags_an_unanswered_delete(simulator):
+    sim, step, user, counts = delete_step_frozen_and_paused(simulator)
     row = SiteResult.objects.filter(step=step).first()
     SiteResult.objects.filter(pk=row.pk).update(state=SiteState.DISPATCHED)  # a DELETE with no answer
 
@@ -334,8 +336,8 @@ def test_skipping_a_paused_delete_step_flags_an_unanswered_delete(sims):
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_relaunch_after_aborting_an_unconfirmed_cascade_asks_again(sims, monkeypatch):
-    dev = sims("DEV")
+def test_a_relaunch_after_aborting_an_unconfirmed_cascade_asks_again(simulator, monkeypatch):
+    dev = simulator.of("DEV")
     step, user, _ = step_8_with_every_site_on_the_item(dev)
     plan = step.plan
     real_clients = give_up_code_patch_answers_after_one_second(monkeypatch)

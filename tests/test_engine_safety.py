@@ -127,8 +127,10 @@ def removals(sim: SimulatorServer) -> list[dict]:
 
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize("number, environment", [(3, "DEV"), (10, "TEST"), (13, "PROD")])
-def test_pool_churn_during_a_delete_step_never_removes_a_site_that_left_the_pool(sims, number, environment):
-    sim = sims(environment, sites=None if environment == "DEV" else 300)
+def test_pool_churn_during_a_delete_step_never_removes_a_site_that_left_the_pool(
+    simulator, number, environment
+):
+    sim = simulator.of(environment, sites=None if environment == "DEV" else 300)
     # At a parallelism of 8, as PROD runs: deletions still go one at a time, so no DELETE of ours
     # arrives (and starts an install) between another site's read and its DELETE.
     # The churn keeps the pool from refilling: the step's wait for it is kept short.
@@ -155,8 +157,8 @@ def test_pool_churn_during_a_delete_step_never_removes_a_site_that_left_the_pool
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_delete_racing_an_install_is_failed_as_possibly_destroyed_named_and_never_retried(sims):
-    sim = sims("DEV")
+def test_a_delete_racing_an_install_is_failed_as_possibly_destroyed_named_and_never_retried(simulator):
+    sim = simulator.of("DEV")
     configure_environments({"DEV": sim}, parallelism=2)
     user = make_user()
     step = reach(services.create_plan("2.8.5", commit=R, user=user), user, 3)
@@ -190,10 +192,10 @@ def test_a_delete_racing_an_install_is_failed_as_possibly_destroyed_named_and_ne
 
 
 @pytest.mark.django_db(transaction=True)
-def test_installs_at_any_moment_never_destroy_an_unreported_site(sims):
+def test_installs_at_any_moment_never_destroy_an_unreported_site(simulator):
     """Atlas's own installs run on their own clock: the window between our read and our DELETE
     cannot be closed, but every instance a DELETE may have destroyed is reported for a check."""
-    sim = sims("PROD", sites=600)
+    sim = simulator.of("PROD", sites=600)
     configure_environments({"PROD": sim}, parallelism=8)
     user = make_user()
     step = reach(services.create_plan("2.8.5", commit=R, user=user), user, 13)
@@ -227,8 +229,8 @@ def test_installs_at_any_moment_never_destroy_an_unreported_site(sims):
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_conflict_on_a_site_still_available_finishes_the_deletion_and_says_so(sims):
-    sim = sims("PROD", sites=300)
+def test_a_conflict_on_a_site_still_available_finishes_the_deletion_and_says_so(simulator):
+    sim = simulator.of("PROD", sites=300)
     configure_environments({"PROD": sim}, parallelism=2)
     user = make_user()
     step = reach(services.create_plan("2.8.5", commit=R, user=user), user, 13)
@@ -250,8 +252,10 @@ def test_a_conflict_on_a_site_still_available_finishes_the_deletion_and_says_so(
 
 
 @pytest.mark.slow
-def test_a_code_patch_slower_than_the_lease_is_sent_once_and_succeeds_after_its_cascade(sims, start_worker):
-    dev = sims("DEV")
+def test_a_code_patch_slower_than_the_lease_is_sent_once_and_succeeds_after_its_cascade(
+    simulator, start_worker
+):
+    dev = simulator.of("DEV")
     step, user, ids = step_8_with_every_site_on_the_item(dev)
     # The cascade takes ~150 ms a site: several times the 4 s lease of the test workers.
     dev.set_faults(cascade_delay_ms=150)
@@ -273,11 +277,13 @@ def test_a_code_patch_slower_than_the_lease_is_sent_once_and_succeeds_after_its_
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_code_patch_with_no_answer_is_never_sent_twice_and_the_step_pauses_until_checked(sims, monkeypatch):
+def test_a_code_patch_with_no_answer_is_never_sent_twice_and_the_step_pauses_until_checked(
+    simulator, monkeypatch
+):
     from releases.engine import code
 
     monkeypatch.setattr(code, "STORE_GRACE_SECONDS", 1.0)
-    dev = sims("DEV")
+    dev = simulator.of("DEV")
     step, user, _ = step_8_with_every_site_on_the_item(dev)
     dev.set_faults(
         fail_next=1, fail_status=504, fail_methods=("PATCH",)
@@ -797,8 +803,8 @@ def test_the_pause_between_batches_holds_after_a_resume(prod_sim):
 
 
 @pytest.mark.django_db(transaction=True)
-def test_finalize_is_refused_once_step_8_has_run_and_a_refinalize_before_is_audited(sims):
-    dev = sims("DEV")
+def test_finalize_is_refused_once_step_8_has_run_and_a_refinalize_before_is_audited(simulator):
+    dev = simulator.of("DEV")
     configure_environments({"DEV": dev})
     user = make_user()
     plan = services.create_plan("2.8.5", commit=R, user=user)

@@ -120,9 +120,9 @@ def current_express(sim: SimulatorServer) -> list[str]:
     ]
 
 
-def step_14_in_batches(sims, batches: int) -> tuple[SimulatorServer, StepRun, object, list[UpdateGroup]]:
+def step_14_in_batches(simulator, batches: int) -> tuple[SimulatorServer, StepRun, object, list[UpdateGroup]]:
     """A small PROD whose step 14 is next, with only its first `batches` update groups enabled."""
-    prod = sims("PROD", sites=PROD_SITES)
+    prod = simulator.of("PROD", sites=PROD_SITES)
     step, user = step_14(prod)
     groups = list(
         UpdateGroup.objects.filter(environment__name="PROD", step_number=14).order_by("position", "id")
@@ -145,9 +145,9 @@ def assert_each_target_written_once(prod: SimulatorServer, step: StepRun) -> Non
 
 
 def test_a_pause_in_the_backoff_after_a_503_on_step_9s_commit_patch_sends_no_retry(
-    sims, held_in_backoff, monkeypatch
+    simulator, held_in_backoff, monkeypatch
 ):
-    sim = sims("TEST")
+    sim = simulator.of("TEST")
     step, user, code_id, ids = step_9_with_sites_on_the_item(sim)
     sim.set_faults(fail_next=1, fail_methods=("PATCH",))  # the commit PATCH is refused at the door
 
@@ -179,9 +179,9 @@ def test_a_pause_in_the_backoff_after_a_503_on_step_9s_commit_patch_sends_no_ret
 
 
 def test_a_pause_in_the_backoff_after_a_503_on_step_9s_is_current_patch_sends_no_retry(
-    sims, held_in_backoff, monkeypatch
+    simulator, held_in_backoff, monkeypatch
 ):
-    sim = sims("TEST")
+    sim = simulator.of("TEST")
     step, user, code_id, ids = step_9_with_sites_on_the_item(sim)
     sim.set_faults()  # no cascade delay
     real_patch_code = AtlasClient.patch_code
@@ -224,8 +224,8 @@ def test_a_pause_in_the_backoff_after_a_503_on_step_9s_is_current_patch_sends_no
     assert current_express(sim) == ["2.8.5"]
 
 
-def test_a_pause_in_the_backoff_after_a_503_on_step_2s_post_sends_no_retry(sims, held_in_backoff):
-    dev = sims("DEV")
+def test_a_pause_in_the_backoff_after_a_503_on_step_2s_post_sends_no_retry(simulator, held_in_backoff):
+    dev = simulator.of("DEV")
     step, user = step_2_on(dev)
     dev.set_faults(fail_next=1, fail_methods=("POST",))
 
@@ -262,10 +262,10 @@ def test_a_pause_in_the_backoff_after_a_503_on_step_2s_post_sends_no_retry(sims,
     ids=["pause", "abort"],
 )
 def test_a_stop_asked_just_after_a_heartbeat_in_step_2s_deploy_wait_ends_the_stage_there(
-    sims, settings, monkeypatch, action, stopped, then
+    simulator, settings, monkeypatch, action, stopped, then
 ):
     settings.STEP_LEASE_SECONDS = 30.0  # the production heartbeat: a renewal every 2 s
-    dev = sims("DEV")
+    dev = simulator.of("DEV")
     step, user = step_2_on(dev, deploy_wait_seconds=DEPLOY_WAIT)
     hold, beats = Hold(), threading.Event()
     real_heartbeat, real_sleep = StepRun.heartbeat, StepContext.sleep
@@ -312,8 +312,8 @@ def test_a_stop_asked_just_after_a_heartbeat_in_step_2s_deploy_wait_ends_the_sta
 # -- 3.-5. what the operator confirmed ------------------------------------------------------------
 
 
-def test_a_yes_relaunch_is_not_held_to_an_earlier_launchs_confirmed_counts(sims):
-    prod, step, user, (first, _) = step_14_in_batches(sims, batches=2)
+def test_a_yes_relaunch_is_not_held_to_an_earlier_launchs_confirmed_counts(simulator):
+    prod, step, user, (first, _) = step_14_in_batches(simulator, batches=2)
     (preview,) = reports.preview(step.plan, 14)
     with tasks_not_sent():
         services.launch(step, user, confirmed={14: reports.confirmed_counts([preview])[14]})
@@ -335,8 +335,8 @@ def test_a_yes_relaunch_is_not_held_to_an_earlier_launchs_confirmed_counts(sims)
     assert "confirmed" not in step.message and step.confirmed_targets is None
 
 
-def test_a_site_step_whose_preview_failed_confirms_no_batch_and_pauses_before_any_write(sims):
-    prod, step, user, (first, _) = step_14_in_batches(sims, batches=2)
+def test_a_site_step_whose_preview_failed_confirms_no_batch_and_pauses_before_any_write(simulator):
+    prod, step, user, (first, _) = step_14_in_batches(simulator, batches=2)
     prod.set_faults(fail_rate=1.0, fail_methods=("GET",))  # Atlas answers no read of the preview
     with patch.object(AtlasClient, "_sleep_backoff", lambda client, attempt: None):
         radius = reports.blast_radius(step)
@@ -361,8 +361,10 @@ def test_a_site_step_whose_preview_failed_confirms_no_batch_and_pauses_before_an
     assert_each_target_written_once(prod, step)
 
 
-def test_resuming_a_snapshot_that_never_finished_reads_it_again_without_its_stale_batches(sims, monkeypatch):
-    prod, step, user, groups = step_14_in_batches(sims, batches=3)
+def test_resuming_a_snapshot_that_never_finished_reads_it_again_without_its_stale_batches(
+    simulator, monkeypatch
+):
+    prod, step, user, groups = step_14_in_batches(simulator, batches=3)
     monkeypatch.setattr(AtlasClient, "_sleep_backoff", lambda client, attempt: None)
     real_read_batch = Snapshot._read_batch
 

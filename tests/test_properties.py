@@ -153,10 +153,12 @@ def release_arguments(draw) -> list[str]:
 
 
 @pytest.fixture
-def portal(sims, monkeypatch):
+def portal(simulator, monkeypatch):
     """Three recording simulators behind the runbook's environments, a plan 2.8.5, an operator
     and a read-only auditor; tasks are not handed to a broker."""
-    atlases = {name: sims(name, sites=60 if name == "PROD" else None) for name in ("DEV", "TEST", "PROD")}
+    atlases = {
+        name: simulator.of(name, sites=60 if name == "PROD" else None) for name in ("DEV", "TEST", "PROD")
+    }
     for atlas in atlases.values():
         atlas.injector.record = True
     configure_environments(atlases)

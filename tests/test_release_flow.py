@@ -17,7 +17,6 @@ from tests.support import (
     configure_environments,
     make_user,
     sites,
-    start_simulators,
     states,
     wait_until_idle,
 )
@@ -26,11 +25,8 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
-def sims():
-    servers = start_simulators(prod_sites=400)
-    yield servers
-    for server in servers.values():
-        server.stop()
+def sims(simulator):
+    return simulator.all(prod_sites=400, pool_refill_delay=0.2)
 
 
 def _release_item(sim, version="2.8.5"):

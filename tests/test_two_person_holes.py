@@ -27,13 +27,13 @@ from releases.models import AuditEvent, LaunchRequest, SiteResult, StepRun
 from releases.services import approvals
 from tests.admin_helpers import confirm_launch, messages_of, url
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("sent_tasks")]
 
-# The two-person fixtures are tests/test_admin_two_person.py's: alice requests, bob approves, PROD
-# requires two people, steps 2-11 of 2.8.5 are done; no task is sent (sent_tasks, autouse there).
+# The two-person fixtures are tests/admin/test_launching_approval.py's: alice requests, bob approves, PROD
+# requires two people, steps 2-11 of 2.8.5 are done; no task is sent (`sent_tasks`, used by every test).
 # Tests take them as parameters, which ruff reads as redefinitions of the imported names (F811).
 # ruff: noqa: F811
-from tests.test_admin_two_person import approver, member, plan, requester, sent_tasks  # noqa: E402, F401
+from tests.admin.test_launching_approval import approver, plan, requester  # noqa: E402, F401
 
 # -- helpers --------------------------------------------------------------------------------------
 

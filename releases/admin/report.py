@@ -6,10 +6,11 @@ come from `reports.release_report`, the same functions `release status --json` u
 durations; this module only shapes them for the page (rounding, coordinates)."""
 
 from datetime import datetime
+from functools import partial
 
 from django.utils import timezone
 
-from .. import reports
+from .. import progress, reports
 from .pages import PlanPages
 
 COLORS = {"DEV": "#1565c0", "TEST": "#e65100", "PROD": "#2e7d32"}
@@ -20,23 +21,14 @@ QUEUE_HEIGHT = 150
 INSET = 6  # the first moment is drawn this far right of the y axis, so a line starting there shows
 
 
+# Durations as the plan and step pages show them; an unknown one is a dash in the report's tables.
+human = partial(progress.human, unknown="—")
+
+
 def color(environment: str | None) -> str:
     if environment in COLORS:
         return COLORS[environment]
     return PALETTE[sum(map(ord, environment or "")) % len(PALETTE)]
-
-
-def human(seconds: float | None) -> str:
-    if seconds is None:
-        return "—"
-    if seconds < 1:
-        return "under 1 s"
-    seconds = round(seconds)
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    if hours:
-        return f"{hours} h {minutes:02d} min"
-    return f"{minutes} min {secs:02d} s" if minutes else f"{secs} s"
 
 
 def rate(per_minute: float | None) -> str:

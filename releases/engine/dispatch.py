@@ -78,7 +78,9 @@ class BatchDispatcher:
         self.ready: list[SiteResult] = []  # marked dispatched, not yet submitted
         self.unsent: list[SiteResult] = []  # marked dispatched, known never sent
         self.in_flight: dict[Future, SiteResult] = {}
-        self.finished: SimpleQueue = SimpleQueue()  # each write's future as it ends: O(1) to wait for
+        # Each write's future as it ends: the loop takes the next to finish instead of waiting on every
+        # write in flight again.
+        self.finished: SimpleQueue = SimpleQueue()
         self.stopped: Outcome | None = None
         # Every row taken (marked dispatched or known done): until then a full window (no room
         # under `max_unverified`) waits for verification instead of ending the batch.

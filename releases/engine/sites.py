@@ -168,7 +168,7 @@ def _run_batches(
 ) -> Outcome | None:
     total = snapshot.batch_count if snapshot else len(ctx.result.get("batches", []))
     recorder = ResultRecorder(ctx.step, ctx.owner)
-    # One pool for every batch, as a plain client would: no batch waits for its threads to start.
+    # One pool for every batch, so no batch waits for its threads to start.
     pool = ThreadPoolExecutor(max_workers=parallelism, thread_name_prefix="atlas")
     verifier = _verifier(ctx, recorder, pool)
     try:

@@ -313,9 +313,6 @@ class StepRun(WorkerLease, models.Model):
             self.result = {**result, "rollback": rollback}
             StepRun.objects.filter(pk=self.pk).update(result=self.result)
 
-    def owned_by(self, owner: str) -> bool:
-        return StepRun.objects.filter(pk=self.pk, lease_owner=owner, state=StepState.RUNNING).exists()
-
     def record_manual(self, user, *, message: str = "") -> None:
         """A manual gate done outside the portal (branch created, release finalized)."""
         now = timezone.now()

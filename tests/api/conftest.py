@@ -12,19 +12,11 @@ from pathlib import Path
 
 import pytest
 import requests
-from django.contrib.auth import get_user_model
-from django.contrib.auth.models import Group
 from django.core.cache import cache
 
 from api import tokens
-from releases import roles
 
 CLI_SOURCE = Path(__file__).resolve().parents[2] / "cli" / "src"
-ROLES = {
-    "viewer": roles.VIEWERS,
-    "release-manager": roles.RELEASE_MANAGERS,
-    "prod-manager": roles.PROD_RELEASE_MANAGERS,
-}
 
 
 @pytest.fixture(autouse=True)
@@ -33,14 +25,6 @@ def _fresh_throttles():
     cache.clear()
     yield
     cache.clear()
-
-
-def member(username: str, role: str):
-    """A staff account whose only permissions are its role's group."""
-    roles.ensure_groups()  # a transactional test before may have flushed them
-    user = get_user_model().objects.create_user(username, password="pw", is_staff=True)
-    user.groups.add(Group.objects.get(name=ROLES[role]))
-    return get_user_model().objects.get(pk=user.pk)
 
 
 @dataclass

@@ -14,15 +14,14 @@ from api import tokens
 from releases import services
 from releases.models import AuditEvent, Environment, LaunchRequest
 from tests.admin_helpers import mark_done
-from tests.api.conftest import member
-from tests.support import R, configure_environments, tasks_not_sent
+from tests.support import R, configure_environments, member, tasks_not_sent
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
 @pytest.fixture
-def dev(sims):
-    configure_environments({"DEV": sims("DEV")})
+def dev(simulator):
+    configure_environments({"DEV": simulator.of("DEV")})
 
 
 @pytest.fixture

@@ -1,5 +1,5 @@
 """Every role's allowed and refused operations through the API are the admin's: the table is
-tests/test_control_permissions.py's POLICY, each row put into the same state, POSTed through the
+tests/admin/test_operations_permissions.py's POLICY, each row put into the same state, POSTed through the
 API with the role's own token, and judged from the database the same way. A refused row is a 403
 `permission_denied` that changed nothing and left a refusal in the audit trail; an allowed one
 was carried out; both recorded with the channel `api` and the token's name."""
@@ -11,17 +11,10 @@ from django.core.management import call_command
 
 from releases import services
 from releases.models import AuditEvent
-from tests import test_control_permissions as admin_table
-from tests.api.conftest import member
-from tests.support import R, T, tasks_not_sent
+from tests.admin import test_operations_permissions as admin_table
+from tests.support import R, T, member
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture
-def sent_tasks():
-    with tasks_not_sent() as send:
-        yield send
 
 
 @pytest.fixture

@@ -9,18 +9,14 @@ import pytest
 
 from api import tokens
 from releases.models import AuditEvent
-from tests.api.conftest import member
-from tests.support import R, T, code_items, configure_environments, start_simulators
+from tests.support import R, T, code_items, configure_environments, member
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
-def sims():
-    servers = start_simulators(prod_sites=60)
-    yield servers
-    for server in servers.values():
-        server.stop()
+def sims(simulator):
+    return simulator.all(prod_sites=60, pool_refill_delay=0.2)
 
 
 def test_whole_release_driven_by_the_portal_command(sims, celery_worker, portal):

@@ -9,8 +9,7 @@ from drf_spectacular.validation import validate_schema
 
 from api import examples
 from releases import services
-from tests.api.conftest import member
-from tests.support import R, configure_environments, tasks_not_sent
+from tests.support import R, configure_environments, member, tasks_not_sent
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -49,8 +48,8 @@ def test_the_schema_validates_and_the_docs_serve_it_locally(live_server):
     )
 
 
-def test_the_documented_examples_are_real_responses(api, sims):
-    configure_environments({"DEV": sims("DEV")})
+def test_the_documented_examples_are_real_responses(api, simulator):
+    configure_environments({"DEV": simulator.of("DEV")})
     user = member("ops-lead", "prod-manager")
     services.create_plan("2.8.5", commit=R, user=user)
     client = api(user)

@@ -15,7 +15,7 @@ from django.utils import timezone
 from api import tokens
 from api.models import ApiToken, digest
 from releases.models import AuditEvent
-from tests.api.conftest import member
+from tests.support import member
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -80,7 +80,7 @@ def test_failed_authentications_are_throttled_per_address(api, settings):
 
 
 def test_a_read_only_token_reads_and_changes_nothing(api):
-    from tests.support import R
+    from tests.support import R, member
 
     client = api(member("ops-lead", "release-manager"), read_only=True)
     assert client.get("plans/").status_code == 200

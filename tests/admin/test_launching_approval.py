@@ -5,7 +5,7 @@ import time
 from io import StringIO
 
 import pytest
-from django.contrib.auth.models import Group, Permission
+from django.contrib.auth.models import Permission
 from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.db import connection
@@ -15,18 +15,14 @@ from releases import roles, services
 from releases.models import AuditEvent, Environment, LaunchRequest, StepRun
 from releases.services import approvals
 from tests.admin_helpers import confirm_launch, mark_done, url
-from tests.support import R, configure_environments, make_user, tasks_not_sent
+from tests.support import R, configure_environments, member
 
-
-@pytest.fixture(autouse=True)
-def sent_tasks():
-    with tasks_not_sent() as send:
-        yield send
+# Nothing is enqueued: `send_task` is replaced for every test (`sent_tasks`), so tests count it.
+pytestmark = pytest.mark.usefixtures("sent_tasks")
 
 
 @pytest.fixture
-def requester():
-    call_command("loadrunbook", verbosity=0)
+def requester(runbook):
     return member("alice")
 
 
@@ -37,18 +33,11 @@ def approver(requester):
 
 @pytest.fixture
 def plan(requester, simulator):
-    configure_environments({"PROD": simulator("prod", password="prod-secret-Zq7", sites=60)})
+    configure_environments({"PROD": simulator.of("PROD", sites=60)})
     call_command("environment", "set", "PROD", "--two-person", "--user", "alice", stdout=StringIO())
     plan = services.create_plan("2.8.5", commit=R, user=requester)
     mark_done(plan, *range(2, 12))
     return plan
-
-
-def member(username, role=roles.PROD_RELEASE_MANAGERS):
-    user = make_user(username, permissions=())
-    roles.ensure_groups()  # a transactional test before may have flushed them
-    user.groups.add(Group.objects.get(name=role))
-    return type(user).objects.get(pk=user.pk)
 
 
 @pytest.mark.django_db

@@ -155,3 +155,7 @@ def test_audit_changelist_queries_are_bounded(client, auditor, django_assert_max
         response = client.get(reverse(CHANGELIST))
     assert response.status_code == 200
     assert "event 1999" in response.content.decode()
+
+
+def test_audit_events_cannot_be_added_in_the_admin(admin_client):
+    assert admin_client.get(reverse("admin:releases_auditevent_add")).status_code == 403

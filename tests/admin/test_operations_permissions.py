@@ -19,10 +19,7 @@ import re
 from datetime import timedelta
 
 import pytest
-from django.contrib.auth import get_user_model
-from django.contrib.auth.models import Group
 from django.core import signing
-from django.core.management import call_command
 from django.utils import timezone
 
 from releases import roles, services
@@ -37,9 +34,10 @@ from releases.models import (
     UpdateGroup,
 )
 from tests.admin_helpers import mark_done, url
-from tests.support import R, T, tasks_not_sent
+from tests.support import R, T, member
 
-pytestmark = pytest.mark.django_db
+# Nothing is enqueued: `send_task` is replaced for every test (`sent_tasks`), so tests count it.
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("sent_tasks")]
 
 ROLES = {
     "viewer": roles.VIEWERS,
@@ -87,25 +85,10 @@ def _rows():
                 yield pytest.param(role, control, env, id=name)
 
 
-@pytest.fixture(autouse=True)
-def sent_tasks():
-    with tasks_not_sent() as send:
-        yield send
-
-
-def member(username: str, role: str):
-    """A staff account whose only permissions are its role's group (no password: force_login)."""
-    roles.ensure_groups()  # a transactional test before may have flushed them
-    user = get_user_model().objects.create_user(username, is_staff=True)
-    user.groups.add(Group.objects.get(name=ROLES[role]))
-    return get_user_model().objects.get(pk=user.pk)  # fresh permission cache
-
-
 @pytest.fixture
-def lead():
+def lead(runbook):
     """The plan's creator and, under the two-person rule, the requester: another prod-manager."""
-    call_command("loadrunbook", verbosity=0)
-    return member("prod-lead", "prod-manager")
+    return member("prod-lead", "prod-manager", password=None)
 
 
 @pytest.fixture
@@ -234,7 +217,7 @@ def assert_carried_out(control: str, plan, step: StepRun, sent_tasks) -> None:
 
 @pytest.mark.parametrize(("role", "control", "env"), list(_rows()))
 def test_every_control_follows_the_environment(client, lead, plan, sent_tasks, role, control, env):
-    user = member(role, role)
+    user = member(role, role, password=None)
     step = prepare(plan, lead, control, env)
     before = snapshot(plan)
     client.force_login(user)
@@ -296,7 +279,7 @@ def _page_rows():
 def test_the_plan_page_offers_exactly_the_allowed_controls(client, lead, plan, role, env, state):
     step = prepare(plan, lead, PREPARED_AS[state], env)
     expected = {control for control in OFFERED[state] if allowed(role, control, env)}
-    client.force_login(member(role, role))
+    client.force_login(member(role, role, password=None))
 
     for name in ("change", "live"):
         response = client.get(url(name, plan))

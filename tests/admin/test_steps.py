@@ -4,27 +4,13 @@ in a bounded number of queries with 20,000 site rows."""
 from datetime import timedelta
 
 import pytest
-from django.core.management import call_command
 from django.utils import timezone
 
-from releases import services
 from releases.models import SiteResult, StepRun
 from tests.admin_helpers import url
-from tests.support import R, make_user
 
 pytestmark = pytest.mark.django_db
 ROWS, BATCHES = 20_000, 10
-
-
-@pytest.fixture
-def operator():
-    call_command("loadrunbook", verbosity=0)
-    return make_user("ops-lead")
-
-
-@pytest.fixture
-def plan(operator):
-    return services.create_plan("2.8.5", commit=R, user=operator)
 
 
 @pytest.fixture

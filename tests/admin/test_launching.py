@@ -5,53 +5,15 @@ import json
 import pytest
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
-from django.core.management import call_command
 from django.urls import reverse
 
-from releases import roles, services
-from releases.models import AuditEvent, StepRun, UpdateGroup
+from releases import roles
+from releases.models import AuditEvent, Environment, StepRun, UpdateGroup
 from tests.admin_helpers import confirm_launch, mark_done, url
-from tests.support import R, configure_environments, make_user, sites, tasks_not_sent
+from tests.support import sites
 
-pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture(autouse=True)
-def sent_tasks():
-    with tasks_not_sent() as send:
-        yield send
-
-
-@pytest.fixture
-def operator():
-    call_command("loadrunbook", verbosity=0)
-    return make_user("ops-lead")
-
-
-@pytest.fixture
-def plan(operator):
-    return services.create_plan("2.8.5", commit=R, user=operator)
-
-
-@pytest.fixture
-def dev(simulator):
-    sim = simulator("dev", password="dev-secret-Zq7")
-    configure_environments({"DEV": sim})
-    return sim
-
-
-@pytest.fixture
-def prod(simulator):
-    sim = simulator("prod", password="prod-secret-Zq7", sites=120)
-    configure_environments({"PROD": sim})
-    return sim
-
-
-def member(username, role):
-    user = make_user(username, permissions=())
-    roles.ensure_groups()  # a transactional test before may have flushed them
-    user.groups.add(Group.objects.get(name=role))
-    return type(user).objects.get(pk=user.pk)
+# Nothing is enqueued: `send_task` is replaced for every test (`sent_tasks`), so tests count it.
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("sent_tasks")]
 
 
 def test_stage_confirmation_shows_every_step_it_may_reach_with_deletions_and_updates_apart(
@@ -91,8 +53,8 @@ def test_a_forged_or_missing_confirmation_launches_nothing_and_is_audited(client
     assert AuditEvent.objects.filter(action="launch", outcome="refused").count() == 1
 
 
-def test_prod_launches_only_with_its_name_typed(client, operator, plan, prod, sent_tasks):
-    mark_done(plan, *range(2, 12))
+def test_prod_launches_only_with_its_name_typed(client, operator, plan_at, prod, sent_tasks):
+    plan = plan_at(12)
     client.force_login(operator)
     page, refused = confirm_launch(client, plan, 12, typed="PROD ")  # stripped: still PROD
     assert 'name="confirm_environment"' in page.content.decode()
@@ -101,14 +63,74 @@ def test_prod_launches_only_with_its_name_typed(client, operator, plan, prod, se
     assert sent_tasks.call_count == 1
 
 
-def test_prod_launch_with_the_wrong_name_keeps_the_page_and_says_why(client, operator, plan, prod):
-    mark_done(plan, *range(2, 12))
+def test_prod_launch_with_the_wrong_name_keeps_the_page_and_says_why(client, operator, plan_at, prod):
+    plan = plan_at(12)
     client.force_login(operator)
     _, response = confirm_launch(client, plan, 12, typed="DEV")
     assert response.status_code == 200
     assert "you typed &#x27;DEV&#x27;" in response.content.decode()
     assert StepRun.objects.get(plan=plan, number=12).state == "pending"
     assert AuditEvent.objects.get(action="launch", outcome="refused").parameters["typed"] == "DEV"
+
+
+def test_launch_confirmation_shows_batch_counts(client, operator, plan_at, dev):
+    plan = plan_at(3)
+    expected = sum(
+        1 for s in dev.db["sites"].find({"status": "available", "_deleted": {"$ne": True}})
+    )  # step 3 deletes the available sites
+    client.force_login(operator)
+    response = client.get(url("launch", plan, 3))
+    assert response.status_code == 200
+    (preview,) = response.context["radius"]["previews"]
+    (batch,) = preview["batches"]
+    assert batch["count"] == expected > 0
+    assert f'<td class="batch-count">{expected}</td>' in response.content.decode()
+    assert StepRun.objects.get(plan=plan, number=3).state == "pending"  # GET launches nothing
+
+
+def test_post_launch_starts_the_step_and_audits_it(client, operator, plan, sent_tasks, dev):
+    client.force_login(operator)
+    _, response = confirm_launch(client, plan, 2)
+    assert response.status_code == 302 and response.url == url("change", plan)
+    assert StepRun.objects.get(plan=plan, number=2).state == "running"
+    assert AuditEvent.objects.filter(action="launch", outcome="ok", username=operator.username).count() == 1
+    assert sent_tasks.call_count == 1  # the worker task, counted rather than sent
+
+
+def test_stage_launch_continues_the_stage(client, operator, plan, dev):
+    client.force_login(operator)
+    confirm_launch(client, plan, 2, stage=True)
+    step = StepRun.objects.get(plan=plan, number=2)
+    assert (step.state, step.continue_stage) == ("running", True)
+
+
+def test_prod_launch_with_wrong_typed_name_is_refused_and_audited(client, operator, plan):
+    StepRun.objects.filter(plan=plan, number__lt=12).update(state="succeeded")
+    Environment.objects.filter(name="PROD").update(max_attempts=1)  # no Atlas here: fail the preview fast
+    client.force_login(operator)
+    response = client.post(url("launch", plan, 12), {"confirm_environment": "prod"})
+    assert response.status_code == 200
+    assert "PROD is protected" in response.context["error"]
+    assert StepRun.objects.get(plan=plan, number=12).state == "pending"
+    refused = AuditEvent.objects.get(action="launch", outcome="refused")
+    assert refused.username == operator.username and refused.parameters["typed"] == "prod"
+
+
+def test_prod_launch_page_asks_for_the_environment_name(client, operator, plan_at):
+    assert Environment.objects.get(name="PROD").protected
+    Environment.objects.filter(name="PROD").update(max_attempts=1)  # no Atlas here: fail the preview fast
+    plan = plan_at(12)
+    client.force_login(operator)
+    response = client.get(url("launch", plan, 12))
+    assert 'name="confirm_environment"' in response.content.decode()
+
+
+def test_launch_without_permission_is_a_refusal_page(client, plan, viewer):
+    client.force_login(viewer)
+    response = client.post(url("launch", plan, 2))
+    assert response.status_code == 403
+    assert "viewer may not launch steps: ask a release manager" in response.content.decode()
+    assert StepRun.objects.get(plan=plan, number=2).state == "pending"
 
 
 # -- roles -------------------------------------------------------------------------------------
@@ -127,8 +149,7 @@ def test_the_migration_creates_the_three_roles():
     assert "launch_step" not in roles.VIEW and "launch_protected" not in roles.MANAGE
 
 
-def test_a_viewer_gets_a_refusal_page_before_any_atlas_call(client, plan, dev):
-    viewer = member("viewer", roles.VIEWERS)
+def test_a_viewer_gets_a_refusal_page_before_any_atlas_call(client, plan, dev, viewer):
     dev.injector.record = True
     client.force_login(viewer)
     response = client.get(url("launch", plan, 2, query="?stage=1"))
@@ -138,8 +159,7 @@ def test_a_viewer_gets_a_refusal_page_before_any_atlas_call(client, plan, dev):
     assert AuditEvent.objects.filter(action="launch", outcome="refused", username="viewer").count() == 1
 
 
-def test_a_viewer_sees_the_plan_without_any_operation(client, plan):
-    viewer = member("viewer", roles.VIEWERS)
+def test_a_viewer_sees_the_plan_without_any_operation(client, plan, viewer):
     client.force_login(viewer)
     html = client.get(url("change", plan)).content.decode().split('id="release-steps"')[1]
     assert 'data-step="2"' in html
@@ -151,9 +171,8 @@ def test_a_viewer_sees_the_plan_without_any_operation(client, plan):
     assert client.get(reverse("admin:releases_releaseplan_add")).status_code == 403
 
 
-def test_a_release_manager_launches_dev_but_is_refused_prod(client, plan, dev):
-    manager = member("manager", roles.RELEASE_MANAGERS)
-    client.force_login(manager)
+def test_a_release_manager_launches_dev_but_is_refused_prod(client, plan, dev, release_manager):
+    client.force_login(release_manager)
     _, response = confirm_launch(client, plan, 2)
     assert StepRun.objects.get(plan=plan, number=2).state == "running"
     mark_done(plan, *range(2, 12))
@@ -161,9 +180,8 @@ def test_a_release_manager_launches_dev_but_is_refused_prod(client, plan, dev):
     assert refused.status_code == 403 and "ask a PROD release manager" in refused.content.decode()
 
 
-def test_a_release_manager_edits_dev_update_groups_but_not_prod(client, operator):
-    manager = member("manager", roles.RELEASE_MANAGERS)
-    client.force_login(manager)
+def test_a_release_manager_edits_dev_update_groups_but_not_prod(client, runbook, release_manager):
+    client.force_login(release_manager)
     for env, allowed in (("DEV", True), ("PROD", False)):
         group = UpdateGroup.objects.filter(environment__name=env).first()
         data = {
@@ -176,10 +194,9 @@ def test_a_release_manager_edits_dev_update_groups_but_not_prod(client, operator
         assert group.name.endswith("(edited)") is allowed, env
 
 
-def test_a_prod_release_manager_opens_the_prod_confirmation(client, plan, prod):
-    mark_done(plan, *range(2, 12))
-    boss = member("boss", roles.PROD_RELEASE_MANAGERS)
-    client.force_login(boss)
+def test_a_prod_release_manager_opens_the_prod_confirmation(client, plan_at, prod, prod_manager):
+    plan = plan_at(12)
+    client.force_login(prod_manager)
     response = client.get(url("launch", plan, 12))
     assert response.status_code == 200 and 'name="confirm_environment"' in response.content.decode()
 

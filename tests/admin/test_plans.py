@@ -1,33 +1,15 @@
 """Creating a release in the admin, the plan list, the branded site and the plan page."""
 
 import pytest
-from django.core.management import call_command
 from django.urls import reverse
 
-from releases import services
 from releases.models import AuditEvent, ReleasePlan, StepRun
 from tests.admin_helpers import mark_done, url
-from tests.support import R, make_user, tasks_not_sent
+from tests.support import R, make_user
 
-pytestmark = pytest.mark.django_db
+# Nothing is enqueued: `send_task` is replaced for every test (`sent_tasks`), so tests count it.
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("sent_tasks")]
 ADD = "/admin/releases/releaseplan/add/"
-
-
-@pytest.fixture(autouse=True)
-def sent_tasks():
-    with tasks_not_sent() as send:
-        yield send
-
-
-@pytest.fixture
-def operator():
-    call_command("loadrunbook", verbosity=0)
-    return make_user("ops-lead")
-
-
-@pytest.fixture
-def plan(operator):
-    return services.create_plan("2.8.5", commit=R, user=operator)
 
 
 def _form(**overrides):
@@ -41,9 +23,11 @@ def test_creating_a_release_goes_through_the_service_and_opens_its_page(client, 
     response = client.post(ADD, _form(branch="release/2.8.5-rc"))
     plan = ReleasePlan.objects.get(version="2.8.5")
     assert response.status_code == 302 and response.url == url("change", plan)
-    assert plan.release_branch == "release/2.8.5-rc" and plan.created_by_username == "ops-lead"
+    assert plan.release_branch == "release/2.8.5-rc" and plan.created_by_username == operator.username
     assert StepRun.objects.get(plan=plan, number=1).state == "succeeded"  # as `release create` records it
-    assert AuditEvent.objects.filter(action="create_plan", outcome="ok", username="ops-lead").count() == 1
+    assert (
+        AuditEvent.objects.filter(action="create_plan", outcome="ok", username=operator.username).count() == 1
+    )
 
 
 def test_the_add_page_has_the_contract_field_names(client, operator):
@@ -82,16 +66,15 @@ def test_a_duplicate_version_is_refused_on_the_version_field(client, operator, p
     assert ReleasePlan.objects.count() == 1
 
 
-def test_a_user_without_add_permission_cannot_create(client, plan):
-    viewer = make_user("viewer", permissions=("view_releaseplan",))
+def test_a_user_without_add_permission_cannot_create(client, plan, viewer):
     client.force_login(viewer)
     assert client.get(ADD).status_code == 403
     assert client.post(ADD, _form(version="2.8.6")).status_code == 403
     assert not ReleasePlan.objects.filter(version="2.8.6").exists()
 
 
-def test_the_plan_list_shows_state_current_step_and_progress_per_environment(client, operator, plan):
-    mark_done(plan, 2, 3)
+def test_the_plan_list_shows_state_current_step_and_progress_per_environment(client, operator, plan_at):
+    plan = plan_at(4)
     StepRun.objects.filter(plan=plan, number=4).update(state="running")
     client.force_login(operator)
     html = client.get(reverse("admin:releases_releaseplan_changelist")).content.decode()
@@ -166,8 +149,8 @@ def test_the_live_fragment_reports_the_current_states(client, operator, plan):
     assert "<html" not in html  # a fragment, not a page
 
 
-def test_abort_asks_for_confirmation_then_aborts(client, operator, plan):
-    mark_done(plan, 2)
+def test_abort_asks_for_confirmation_then_aborts(client, operator, plan_at):
+    plan = plan_at(3)
     StepRun.objects.filter(plan=plan, number=3).update(state="paused")
     client.force_login(operator)
     page = client.get(url("abort", plan))
@@ -191,3 +174,24 @@ def test_fragments_and_step_pages_need_the_view_permission(client, plan):
     client.force_login(stranger)
     for name, args in (("live", ()), ("step", (3,)), ("step_live", (3,))):
         assert client.get(url(name, plan, *args)).status_code == 403
+
+
+def test_plan_page_lists_all_steps_with_bounded_queries(
+    client, operator, plan, django_assert_max_num_queries
+):
+    client.force_login(operator)
+    with django_assert_max_num_queries(15):
+        response = client.get(url("change", plan))
+    assert response.status_code == 200
+    html = response.content.decode()
+    for number in range(1, 15):
+        assert f'id="step-{number}"' in html
+    assert url("launch", plan, 2) in html  # step 2 is pending and launchable
+
+
+def test_plan_page_hides_launch_buttons_without_permission(client, plan, viewer):
+    client.force_login(viewer)
+    response = client.get(url("change", plan))
+    assert response.status_code == 200
+    assert 'id="step-2"' in response.content.decode()
+    assert url("launch", plan, 2) not in response.content.decode()

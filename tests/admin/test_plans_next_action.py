@@ -6,39 +6,15 @@ action."""
 import re
 
 import pytest
-from django.core.management import call_command
 
 from releases import guidance, launchability, services
 from releases.models import AuditEvent, StepRun
 from releases.wording import spans
 from tests.admin_helpers import confirm_launch, mark_done, messages_of, url
-from tests.support import R, T, configure_environments, make_user, tasks_not_sent
+from tests.support import R, T, configure_environments
 
-pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture(autouse=True)
-def sent_tasks():
-    with tasks_not_sent() as send:
-        yield send
-
-
-@pytest.fixture
-def operator():
-    call_command("loadrunbook", verbosity=0)
-    return make_user("ops-lead")
-
-
-@pytest.fixture
-def plan(operator):
-    return services.create_plan("2.8.5", commit=R, user=operator)
-
-
-@pytest.fixture
-def dev(simulator):
-    sim = simulator("dev", password="dev-secret-Zq7")
-    configure_environments({"DEV": sim})
-    return sim
+# Nothing is enqueued: `send_task` is replaced for every test (`sent_tasks`), so tests count it.
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("sent_tasks")]
 
 
 def _text(html: str) -> str:
@@ -77,8 +53,8 @@ def test_a_new_plan_names_the_dev_stage_and_offers_no_other_launch(client, opera
     assert "Finalize opens when DEV steps 2–4 and TEST steps 5–6 have succeeded" in _text(_row(html, 7))
 
 
-def test_after_dev_the_next_action_is_test_and_finalize_says_what_it_waits_for(client, operator, plan):
-    mark_done(plan, 2, 3, 4)
+def test_after_dev_the_next_action_is_test_and_finalize_says_what_it_waits_for(client, operator, plan_at):
+    plan = plan_at(5)
     client.force_login(operator)
     html = client.get(url("change", plan)).content.decode()
     assert _next(html) == "Launch stage TEST — steps 5–6"
@@ -88,8 +64,8 @@ def test_after_dev_the_next_action_is_test_and_finalize_says_what_it_waits_for(c
     assert 'value="Finalize"' not in html
 
 
-def test_after_test_finalize_then_dev_8_then_test_then_prod(client, operator, plan):
-    mark_done(plan, 2, 3, 4, 5, 6)
+def test_after_test_finalize_then_dev_8_then_test_then_prod(client, operator, plan_at):
+    plan = plan_at(7)
     client.force_login(operator)
     html = client.get(url("change", plan)).content.decode()
     assert _next(html).startswith("Finalize")
@@ -105,8 +81,8 @@ def test_after_test_finalize_then_dev_8_then_test_then_prod(client, operator, pl
     assert _launch_controls(html) == [8]
 
 
-def test_a_finalized_gate_offers_no_finalize_button_only_a_folded_correction(client, operator, plan):
-    mark_done(plan, 2, 3, 4, 5, 6)
+def test_a_finalized_gate_offers_no_finalize_button_only_a_folded_correction(client, operator, plan_at):
+    plan = plan_at(7)
     services.finalize(plan, tag="2.8.5", commit=T, user=operator)
     client.force_login(operator)
     row = _row(client.get(url("change", plan)).content.decode(), 7)
@@ -118,8 +94,8 @@ def test_a_finalized_gate_offers_no_finalize_button_only_a_folded_correction(cli
     assert "Correct the tag" not in row
 
 
-def test_steps_queued_in_a_running_stage_offer_no_launch_and_say_so(client, operator, plan):
-    mark_done(plan, 2)
+def test_steps_queued_in_a_running_stage_offer_no_launch_and_say_so(client, operator, plan_at):
+    plan = plan_at(3)
     StepRun.objects.filter(plan=plan, number=3).update(state="running", continue_stage=True)
     client.force_login(operator)
     html = client.get(url("change", plan)).content.decode()
@@ -145,8 +121,8 @@ def test_a_step_of_a_busy_environment_says_which_release_holds_it(client, operat
     assert "It cannot start yet" in _text(html)
 
 
-def test_a_complete_release_has_an_empty_next_action(client, operator, plan):
-    mark_done(plan, *range(2, 15))
+def test_a_complete_release_has_an_empty_next_action(client, operator, plan_at):
+    plan = plan_at(15)
     client.force_login(operator)
     html = client.get(url("change", plan)).content.decode()
     assert "<span data-next></span>" in html
@@ -154,8 +130,8 @@ def test_a_complete_release_has_an_empty_next_action(client, operator, plan):
     assert guidance.next_action(plan).kind == "done"
 
 
-def test_a_paused_step_with_failed_sites_names_the_retry(operator, plan):
-    mark_done(plan, 2)
+def test_a_paused_step_with_failed_sites_names_the_retry(operator, plan_at):
+    plan = plan_at(3)
     step = StepRun.objects.get(plan=plan, number=3)
     StepRun.objects.filter(pk=step.pk).update(state="paused", message="threshold reached")
     step.sites.create(site_id="s1", path="p1", state="failed")
@@ -174,7 +150,7 @@ def test_the_commands_next_action_is_a_command(plan):
 
 
 def test_a_blocked_prod_stage_is_refused_before_anything_is_typed(client, operator, plan, simulator):
-    configure_environments({"PROD": simulator("prod", password="prod-secret-Zq7", sites=120)})
+    configure_environments({"PROD": simulator.of("PROD", sites=120)})
     client.force_login(operator)
     response = client.get(url("launch", plan, 12, query="?stage=1"))
     html = response.content.decode()
@@ -194,8 +170,8 @@ def test_a_blocked_prod_stage_is_refused_before_anything_is_typed(client, operat
     assert event.message.startswith("step 12 cannot start")
 
 
-def test_a_succeeded_steps_confirmation_says_so_and_offers_no_yes(client, operator, plan, dev):
-    mark_done(plan, 2)
+def test_a_succeeded_steps_confirmation_says_so_and_offers_no_yes(client, operator, plan_at, dev):
+    plan = plan_at(3)
     client.force_login(operator)
     html = client.get(url("launch", plan, 2)).content.decode()
     assert "step 2 is no longer launchable (it is succeeded): nothing is left to launch there" in _text(html)
@@ -213,7 +189,7 @@ def test_the_launch_message_ends_with_the_next_action(client, operator, plan, de
 
 
 def test_long_path_lists_fold_after_the_first_few(client, operator, plan, simulator):
-    configure_environments({"PROD": simulator("prod", password="prod-secret-Zq7", sites=400)})
+    configure_environments({"PROD": simulator.of("PROD", sites=400)})
     mark_done(plan, *range(2, 14))
     client.force_login(operator)
     response = client.get(url("launch", plan, 14))
