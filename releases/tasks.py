@@ -7,7 +7,8 @@ import socket
 
 from celery import shared_task
 
-from . import engine, services
+# watchdog: imported for its worker_ready handler, which starts the lease watchdog in every worker.
+from . import engine, services, watchdog  # noqa: F401
 
 
 def _owner(task_id: str | None) -> str:
