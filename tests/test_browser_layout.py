@@ -18,7 +18,7 @@ from django.utils import timezone
 from releases import services
 from releases.models import AuditEvent, Environment, LaunchRequest, ReleasePlan, SiteResult, UpdateGroup
 from releases.states import StepState
-from tests.support import R, configure_environments, make_user
+from tests.support import R, code_items, configure_environments, make_user
 from tests.test_browser import WIDTH, browser, pytestmark  # noqa: F401  (the browser fixture, the skips)
 
 # What the browser measures on a page: the document's width, boxes whose content is cut off (a
@@ -263,3 +263,61 @@ def test_every_admin_page_is_readable_at_1400_px(browser, live_server, simulator
         "/admin/releases/environment/",
         "/admin/releases/launchrequest/",
     } <= set(visited)
+
+
+def test_roll_back_on_the_step_page_and_its_confirmation_are_readable_at_1400_px(  # noqa: F811
+    browser, live_server, simulator  # noqa: F811
+):  # fmt: skip
+    """PROD's step 14 paused with two sites failed after their update ran: the step page offers
+    Roll back for them, and its confirmation names each site's earlier version, the database
+    warning and the typed inputs, all at 1400 px without scrolling sideways or clipped text."""
+    prod_sim = simulator.of("PROD", sites=60)
+    configure_environments({"PROD": prod_sim})
+    admin = make_user("admin")
+    get_user_model().objects.filter(pk=admin.pk).update(is_superuser=True)
+    plan = services.create_plan("2.8.5", commit=R, user=admin)
+    earlier = code_items(prod_sim, **{"meta.code_type": "profile"})[0]
+    step = plan.steps.get(number=14)
+    step.state, step.message = (
+        StepState.PAUSED,
+        "2 succeeded, 2 failed: retry the failed sites, skip or abort",
+    )
+    step.save()
+    then = timezone.now() - timedelta(hours=1)
+    SiteResult.objects.bulk_create(
+        SiteResult(
+            step=step,
+            site_id=f"{i:024x}",
+            path=f"department-of-very-long-names-{i}",
+            batch_name="installed group 0",
+            state="failed" if i < 2 else "succeeded",
+            previous_profile=str(earlier["_id"]),
+            patched_at=then,
+            reported_version="2.8.5",
+            reported_error=i < 2,
+            reported_at=then + timedelta(minutes=1),
+            finished_at=then + timedelta(minutes=16),
+            page_status=500 if i < 2 else 200,
+            message="verification: not verified within 900 s of its PATCH: its page answered 500"
+            if i < 2
+            else "",
+        )  # fmt: skip
+        for i in range(4)
+    )
+    page = browser.new_context(viewport={"width": WIDTH, "height": 1000}).new_page()
+    page.goto(f"{live_server.url}/admin/login/")
+    page.fill("input[name=username]", "admin")
+    page.fill("input[name=password]", "pw")
+    page.click("input[type=submit]")
+    page.wait_for_selector("#site-name")
+
+    page.goto(f"{live_server.url}/admin/releases/releaseplan/{plan.pk}/step/14/")
+    page.wait_for_load_state("networkidle")
+    _measure(page, "step 14 with failed sites to roll back")
+    assert page.locator("#step-rollback input[name=site]").count() == 2
+    page.click("#step-rollback input[type=submit]")
+    page.wait_for_selector("input[name=confirm_environment]")
+    _measure(page, "the rollback confirmation")
+    assert page.locator(".breadcrumbs").inner_text().endswith("Step 14 › Roll back")
+    assert page.locator(".rp-rollback-sites li").count() >= 2
+    assert "back to" in page.locator(".rp-rollback-sites").inner_text()

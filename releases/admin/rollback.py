@@ -77,6 +77,7 @@ class RollbackMixin(PlanPages):
             "prepared": prepared,
             "step": prepared.step,
             "back_url": back,
+            "plan_url": self.plan_url(plan),
             "error": error,
         }
         return self.render(
