@@ -123,6 +123,8 @@ class Config:
     command_workers: int = 8
     command_ms: float = 50
     poll: float | None = None  # ATLAS_VERIFY_POLL_SECONDS for the worker (None: the setting's default)
+    read: float | None = None  # ATLAS_VERIFY_READ_SECONDS for the worker (None: the setting's default)
+    one_batch: bool = False  # step 14 as one update group: no batch boundary for §2 to drain
 
 
 class VerifyBench(Bench):
@@ -133,6 +135,8 @@ class VerifyBench(Bench):
             self.env["CELERY_BROKER_URL"] = BROKER
         if config.poll is not None:
             self.env["ATLAS_VERIFY_POLL_SECONDS"] = str(config.poll)
+        if config.read is not None:
+            self.env["ATLAS_VERIFY_READ_SECONDS"] = str(config.read)
 
     def start_simulator(self) -> None:
         port, events_port, c = free_port(), free_port(), self.config
@@ -163,6 +167,21 @@ class VerifyBench(Bench):
         self.manage(
             "environment", "set", "PROD", "--site-url", self.site_url, "--verify", "on",
             "--max-unverified", str(c.max_unverified), "--canary", "off", "--user", "bench",
+        )  # fmt: skip
+        if c.one_batch:
+            self.one_batch()
+
+    def one_batch(self) -> None:
+        """Step 14's ten runbook batches as one: the same sites (installed and launched), so that
+        the step's time is Atlas's update capacity and the engine's, without §2's drain at each
+        batch boundary (`floor_s` says what those boundaries cost any client)."""
+        from releases.models import UpdateGroup
+
+        groups = UpdateGroup.objects.filter(environment__name="PROD", step_number=14)
+        groups.update(enabled=False)
+        UpdateGroup.objects.create(
+            environment=groups.first().environment, step_number=14, position=0, name="all, one batch",
+            where={"status": {"$in": ["installed", "launched"]}}, edited=True,
         )  # fmt: skip
 
     def step(self, version: str) -> Figures:
@@ -207,6 +226,8 @@ class Figures:
     step_s: float  # first site PATCH → the step's finish
     last_page_s: float  # first site PATCH → the last page GET that answered 200
     limit_s: float  # N·U/W
+    batches: int
+    floor_s: float  # Σ over batches of ⌈n_b/W⌉·U: §2 drains each batch, so no client is faster
     busy_s: float  # first update_started → last update_finished
     lost_in_batches: float  # Atlas's idle worker-seconds / W while a batch's PATCHes went out
     lost_between: float  # … between a batch's last PATCH and the next batch's first
@@ -227,6 +248,10 @@ class Figures:
     @property
     def ratio(self) -> float:
         return self.step_s / self.limit_s
+
+    @property
+    def floor_ratio(self) -> float:
+        return self.step_s / self.floor_s
 
 
 class Timeline:
@@ -300,6 +325,12 @@ class Timeline:
         tail = self.idle(spans[-1][1], end)
         return within / self.workers, between / self.workers, tail / self.workers
 
+    def batch_sizes(self) -> list[int]:
+        sizes: dict[int, int] = {}
+        for batch in self.batch.values():
+            sizes[batch] = sizes.get(batch, 0) + 1
+        return list(sizes.values())
+
     def latencies(self) -> tuple[list[float], list[float]]:
         """Per site: update_finished → verified_at, and update_finished → its first clean report."""
         finished = {e["id"]: e["at"] for e in self.of("update_finished") if not e.get("skipped")}
@@ -321,6 +352,8 @@ class Timeline:
             N=n, step_s=finished_at - start,
             last_page_s=max(e["at"] for e in pages if e["status"] == 200) - start,
             limit_s=n * config.update_ms / 1000 / config.workers,
+            batches=len(self.batch_sizes()),
+            floor_s=sum(-(-size // config.workers) for size in self.batch_sizes()) * config.update_ms / 1000,
             busy_s=self.of("update_finished")[-1]["at"] - self.of("update_started")[0]["at"],
             **dict(zip(("lost_in_batches", "lost_between", "lost_tail"), self.lost(finished_at), strict=True)),
             latency_median=statistics.median(verified), latency_p90=deciles[8],
@@ -350,6 +383,7 @@ def measure(config: Config, runs: int) -> dict:
         row.update(
             config=asdict(config), broker=bench.broker, runs=[f.ratio for f in figures],
             ratio=statistics.median(f.ratio for f in figures), rss=bench.worker_peak_rss(),
+            floor_ratio=statistics.median(f.floor_ratio for f in figures),
             max_depth=max(f.max_depth for f in figures),
         )  # fmt: skip
         return row
@@ -358,7 +392,7 @@ def measure(config: Config, runs: int) -> dict:
 
 
 HEADER = (
-    "| N | W | U ms | K | limit s | step s | ratio | last page s | Atlas busy s "
+    "| N | batches | W | U ms | K | limit s | floor s | step s | ratio | ratio to floor | last page s | Atlas busy s "
     "| lost s: in batches / between / tail | verify latency s (median / p90) | report wait s "
     "| max queue depth | statistics reads/site | page GETs/site | drush executes | drush runs/site "
     "| worker CPU s/1k sites | worker peak RSS MiB | simulator CPU % of a core |"
@@ -373,8 +407,9 @@ def table(rows: list[dict]) -> str:
             f" ({min(r['runs']):.2f}–{max(r['runs']):.2f})" if len(r["runs"]) > 1 else ""
         )
         lines.append(
-            f"| {r['N']:.0f} | {c['workers']} | {c['update_ms']:g} | {c['max_unverified']} | {r['limit_s']:.1f} "
-            f"| {r['step_s']:.1f} | {ratio} | {r['last_page_s']:.1f} | {r['busy_s']:.1f} "
+            f"| {r['N']:.0f} | {r['batches']:.0f} | {c['workers']} | {c['update_ms']:g} | {c['max_unverified']} "
+            f"| {r['limit_s']:.1f} | {r['floor_s']:.1f} | {r['step_s']:.1f} | {ratio} | {r['floor_ratio']:.2f} "
+            f"| {r['last_page_s']:.1f} | {r['busy_s']:.1f} "
             f"| {r['lost_in_batches']:.1f} / {r['lost_between']:.1f} / {r['lost_tail']:.1f} "
             f"| {r['latency_median']:.1f} / {r['latency_p90']:.1f} | {r['report_wait']:.1f} "
             f"| {r['max_depth']} | {r['statistics_reads']:.2f} | {r['pages']:.2f} | {r['drush_executes']:.0f} "
@@ -457,6 +492,8 @@ def main() -> None:
     parser.add_argument("--command-workers", type=int, default=8, help="Atlas's drush workers")
     parser.add_argument("--command-ms", type=float, default=50, help="ms per drush run on one site")
     parser.add_argument("--poll", type=float, default=None, help="ATLAS_VERIFY_POLL_SECONDS for the worker")
+    parser.add_argument("--read", type=float, default=None, help="ATLAS_VERIFY_READ_SECONDS for the worker")
+    parser.add_argument("--one-batch", action="store_true", help="Step 14's sites as one update group")
     parser.add_argument("--runs", type=int, default=1)
     parser.add_argument("--matrix", action="store_true", help="Every row of bench/RESULTS.md, then write it")
     parser.add_argument("--json", action="store_true", help="Print one row's figures as JSON.")
@@ -468,7 +505,7 @@ def main() -> None:
         return serve(args)
     common = dict(
         parallelism=args.parallelism, latency_ms=args.latency_ms, command_workers=args.command_workers,
-        command_ms=args.command_ms, poll=args.poll,
+        command_ms=args.command_ms, poll=args.poll, read=args.read, one_batch=args.one_batch,
     )  # fmt: skip
     if not args.matrix:
         k = args.max_unverified or 2 * args.workers
@@ -483,7 +520,8 @@ def main() -> None:
             out = run_row(
                 ["--sites", str(sites), "--workers", str(workers), "--update-ms", str(update_ms),
                  "--max-unverified", str(k), "--json",
-                 *(f"--{name.replace('_', '-')}={value}" for name, value in common.items() if value is not None)]
+                 *(f"--{name.replace('_', '-')}" + ("" if value is True else f"={value}")
+                   for name, value in common.items() if value is not None and value is not False)]
             )  # fmt: skip
             rows.append(json.loads(out.strip().splitlines()[-1]))
             print(f"done: W={workers}, U={update_ms} ms, K={k}", file=sys.stderr, flush=True)
