@@ -250,13 +250,6 @@ def test_a_viewer_a_dev_only_manager_and_bad_requests_are_refused_and_nothing_re
     assert site_patches_since(prod, mark) == Counter({row.site_id: 1 for row in rows})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="product bug: POST …/rollback/ checks the typed environment before the permission, so a "
-    "viewer (or a DEV-only manager) who leaves confirm_environment out gets 409 confirmation_refused "
-    "('give its name in confirm_environment'), audited as a confirmation refusal, instead of 403 "
-    "permission_denied as the admin, the shell and the API's launch answer",
-)
 def test_a_viewer_is_refused_for_permission_whatever_they_typed(api, simulator, viewer, release_manager):
     """The person the protection is meant to stop is told they may not, not asked to type PROD."""
     prod, step, _, broken, _ = failed_step_14(simulator)
