@@ -221,6 +221,10 @@ class Rollback(ApiView):
     def post(self, request, version, number):
         step = self.get_step(self.get_plan(version), number)
         data = self.valid(s.Rollback, request.data)
+        # Permission and eligibility first: a person who may not roll back is told so, not asked to
+        # type PROD's name (as `Launch.post`, the admin and the shell do).
+        self.carry_out("rollback", step.environment, lambda: rollback.prepare(
+            step, request.user, failed=data["failed"], paths=data["sites"]))  # fmt: skip
         why = confirmations.typed_environment(step, data["confirm_environment"])
         if why:
             AuditEvent.record("rollback", user=request.user, step=step, outcome=AuditEvent.Outcome.REFUSED,
