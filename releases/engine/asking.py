@@ -1,0 +1,104 @@
+"""Which waiting sites a verification round asks Atlas to report on (atlas-api.md §3.6).
+
+Each site asked costs Atlas a `drush atlas-statistics` run on its command queue and the portal a
+statistics item read. Asking about every site waiting, every round, costs that once per round a
+site waits: at real update times (a minute and more) tens of runs per site. Atlas's update queue
+runs sites about in the order their PATCHes arrived, so the oldest waiting sites are the ones that
+end next. A round therefore asks about the oldest `width` sites, `width` being about as many as
+ended in the round before and a few more, so that most sites are asked about once, soon after
+they ended:
+
+- a round in which every site asked had ended doubles the width (the asking may be what holds
+  the sites back);
+- a site asked about `FRESH_ASKS` times without ending (running long, or broken: its update failed
+  or its page answers 500) stops taking a place in the window: it is asked about again after a
+  backoff of up to `MAX_BACKOFF` polls, and every round once its deadline is near, so it still
+  fails at its deadline with what was last seen;
+- the first round asks about every site waiting (nothing is known yet);
+- rounds come every poll, or less often while fewer than `PER_ROUND` sites end in a poll (Atlas
+  ending one site every few polls, as at real update times): a round then waits until about
+  `PER_ROUND` sites can have ended; a round in which none ended doubles the wait; never more
+  than `MAX_BACKOFF` polls.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+FRESH_ASKS = 3
+MAX_BACKOFF = 8
+PER_ROUND = 3
+
+
+@dataclass
+class _Asked:
+    times: int = 0
+    next_at: float = 0.0
+
+
+class AskWindow:
+    def __init__(self, poll: float) -> None:
+        self.poll = poll
+        self.width: int | None = None  # None: ask about every site waiting
+        self.rate: float | None = None  # sites ended a second, smoothed over the last rounds
+        self._asked: dict[str, _Asked] = {}
+        self._last = time.monotonic()
+        self._interval = poll
+
+    def interval(self) -> float:
+        """Seconds until the next round asks."""
+        return self._interval
+
+    def pick(self, rows: Sequence, near_deadline: Callable[[object], bool]) -> list:
+        """The rows to ask about now, from `rows` oldest first (by when Atlas answered the PATCH)."""
+        now = time.monotonic()
+        fresh = [row for row in rows if self._seen(row).times < FRESH_ASKS]
+        head = fresh if self.width is None else fresh[: self.width]
+        chosen = {id(row) for row in head}
+        return [
+            row
+            for row in rows
+            if id(row) in chosen
+            or (
+                self._seen(row).times >= FRESH_ASKS and (now >= self._seen(row).next_at or near_deadline(row))
+            )
+        ]
+
+    def ended(self, asked: Sequence, still_waiting: Sequence, seen_ended: Sequence = ()) -> None:
+        """After a round's read: `asked` the rows it asked about, `still_waiting` those of them
+        not verified or failed, `seen_ended` those of these whose report shows their update ended
+        (their page did not answer 200 yet): they need no place in the window."""
+        now = time.monotonic()
+        waiting, done_at_atlas = {id(row) for row in still_waiting}, {id(row) for row in seen_ended}
+        in_window = 0
+        for row in asked:
+            seen = self._seen(row)
+            if seen.times < FRESH_ASKS:
+                in_window += 1
+            seen.times += 1
+            if id(row) in done_at_atlas:
+                seen.times = max(seen.times, FRESH_ASKS)
+            if seen.times >= FRESH_ASKS:
+                seen.next_at = now + min(2 ** (seen.times - FRESH_ASKS), MAX_BACKOFF) * self.poll
+            if id(row) not in waiting:
+                del self._asked[row.site_id]
+        ended = len(asked) - len(waiting) + len(done_at_atlas)
+        self._pace(ended, now)
+        if in_window and ended >= in_window:
+            self.width = 2 * in_window
+        elif in_window:
+            self.width = ended + max(1, ended // 4)
+
+    def _pace(self, ended: int, now: float) -> None:
+        sample, self._last = ended / max(now - self._last, 1e-3), now
+        self.rate = sample if self.rate is None else (self.rate + sample) / 2
+        longest = MAX_BACKOFF * self.poll
+        if ended == 0:
+            self._interval = min(2 * self._interval, longest)
+        else:
+            self._interval = min(max(self.poll, PER_ROUND / self.rate), longest)
+
+    def _seen(self, row) -> _Asked:
+        return self._asked.setdefault(row.site_id, _Asked())
