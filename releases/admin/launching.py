@@ -102,6 +102,7 @@ class LaunchMixin:
             "plan_url": self.plan_url(plan),
             "radius": radius,
             "token": confirmations.sign_launch(step, stage, request.user, radius["confirmed"], salt=SALT),
+            "confirm_label": _launch_label(step, stage),
         }
         request.current_app = self.admin_site.name
         return TemplateResponse(request, "admin/releases/releaseplan/launch_confirmation.html", context)
@@ -186,6 +187,7 @@ class LaunchMixin:
             "launch_request": launch_request,
             "own": launch_request is not None and launch_request.requested_by_id == request.user.pk,
             "plan_url": self.plan_url(plan),
+            "confirm_label": f"Yes, approve the {what} of step {step.number}",
         }
         request.current_app = self.admin_site.name
         return TemplateResponse(request, "admin/releases/releaseplan/approve_confirmation.html", context)
@@ -200,6 +202,13 @@ class LaunchMixin:
                 "Withdrew the request for",
             )
         return self.plan_redirect(plan)
+
+
+def _launch_label(step, stage: bool) -> str:
+    """The confirmation's Yes button: "Yes, launch step 2 and its stage"."""
+    two_person = bool(step.environment and step.environment.two_person)
+    verb = "request the launch of" if two_person else "launch"
+    return f"Yes, {verb} step {step.number}{' and its stage' if stage else ''}"
 
 
 def _request_id(request) -> int | None:
