@@ -15,6 +15,7 @@ from django.core.exceptions import ValidationError
 from django.core.management.base import CommandError
 from portal_cli.text import describe_preview, progress_line
 from portal_cli.waiting import Polling
+from portal_cli.waiting import Result as WaitResult
 
 from atlas.errors import AtlasError
 
@@ -109,14 +110,6 @@ def ask(stdin, stderr, prompt: str) -> str:
 
 
 # -- waiting -------------------------------------------------------------------------------------
-
-
-@dataclass
-class WaitResult:
-    steps: list[StepRun]
-    succeeded: bool
-    message: str = ""
-    timed_out: bool = False
 
 
 @dataclass(kw_only=True)

@@ -2,7 +2,7 @@
 token says who), plus `environment show|set`. Options are never abbreviated.
 
 `manage.py release` and `manage.py environment` build their subcommands with the public functions
-here (`subcommand`, `create`, `preview`, `json_option`, `on_off`), so both say the same."""
+here (`subcommand`, `create`, `preview`, `launch`, …, `json_option`, `on_off`), so both say the same."""
 
 from __future__ import annotations
 
@@ -34,11 +34,11 @@ def parser() -> argparse.ArgumentParser:
     for add in (
         _create,
         preview,
-        _launch,
-        _finalize,
-        _controls,
-        _retry_failed,
-        _skip,
+        launch,
+        finalize,
+        controls,
+        retry_failed,
+        skip,
         _requests,
         _rollback,
         _reports,
@@ -69,43 +69,53 @@ def preview(sub) -> None:
     json_option(s)
 
 
-def _launch(sub) -> None:
-    s = subcommand(sub, "launch", "Launch a step or a stage. Asks for confirmation unless --yes.")
+# The subcommands below take `finish(parser, yes=…, wait=…)`, which adds a subcommand's last
+# options: here --yes, --wait and --json; in `manage.py release`, --user first.
+
+
+def launch(
+    sub,
+    finish=None,
+    *,
+    text: str = "Launch a step or a stage. Asks for confirmation unless --yes.",
+    stage_help: str = "The environment's stage.",
+    stages=ENVIRONMENTS,
+) -> None:
+    s = subcommand(sub, "launch", text)
     which = s.add_mutually_exclusive_group(required=True)
     which.add_argument("--step", type=int, help="This step (1–14).")
     which.add_argument("--next", dest="next_step", action="store_true", help="The first step not yet done.")
-    which.add_argument("--stage", type=str.upper, choices=ENVIRONMENTS, help="The environment's stage.")
-    _finish(s, yes=True, wait=True)
+    which.add_argument("--stage", type=str.upper, choices=stages, help=stage_help)
+    (finish or _finish)(s, yes=True, wait=True)
 
 
-def _finalize(sub) -> None:
+def finalize(sub, finish=None) -> None:
     s = subcommand(sub, "finalize", "Record the finalized release (step 7): tag and commit.")
     s.add_argument("--tag", required=True)
     s.add_argument("--commit", required=True, help="Full 40-character SHA of the merge commit.")
-    json_option(s)
+    (finish or _finish)(s)
 
 
-def _controls(sub) -> None:
+def controls(sub, finish=None) -> None:
     for action, text in (
         ("pause", "Pause the running step after the sites in flight."),
         ("abort", "Abort the running or paused step."),
         ("resume", "Resume the paused step."),
     ):
-        s = subcommand(sub, action, text)
-        _finish(s, wait=action == "resume")
+        (finish or _finish)(subcommand(sub, action, text), wait=action == "resume")
 
 
-def _retry_failed(sub) -> None:
+def retry_failed(sub, finish=None) -> None:
     s = subcommand(sub, "retry-failed", "Retry a paused or failed step's failed sites.")
     s.add_argument("--step", type=int, required=True)
-    _finish(s, wait=True)
+    (finish or _finish)(s, wait=True)
 
 
-def _skip(sub) -> None:
+def skip(sub, finish=None) -> None:
     s = subcommand(sub, "skip", "Skip a step, with a recorded reason.")
     s.add_argument("--step", type=int, required=True)
     s.add_argument("--reason", required=True, help="Why the step is skipped (recorded in the audit).")
-    json_option(s)
+    (finish or _finish)(s)
 
 
 def _requests(sub) -> None:
@@ -122,13 +132,18 @@ def _requests(sub) -> None:
 
 def _rollback(sub) -> None:
     s = subcommand(sub, "rollback", "Put sites of an update step back on their earlier code item.")
+    rollback_targets(s)
+    _finish(s, yes=True, wait=True)
+
+
+def rollback_targets(s) -> None:
+    """`rollback`'s step and sites: --failed, or --sites PATH,PATH."""
     s.add_argument("--step", type=int, required=True, help="The update step (4, 6, 11, 14).")
     which = s.add_mutually_exclusive_group(required=True)
     which.add_argument("--failed", action="store_true", help="Every site that failed in the step.")
     which.add_argument(
         "--sites", type=lambda text: text.split(","), metavar="PATH[,PATH...]", help="These sites."
     )
-    _finish(s, yes=True, wait=True)
 
 
 def _reports(sub) -> None:

@@ -15,7 +15,9 @@ DONE = ("succeeded", "skipped")
 
 @dataclass
 class Result:
-    steps: list[dict]
+    """How a wait ended: the steps followed (documents here, StepRun rows in `manage.py release`)."""
+
+    steps: list
     succeeded: bool
     message: str = ""
     timed_out: bool = False

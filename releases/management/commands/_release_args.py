@@ -3,7 +3,18 @@ taking this module for a command): the `portal` command's (portal_cli.args), wit
 
 from __future__ import annotations
 
-from portal_cli.args import create, json_option, preview, subcommand
+from portal_cli.args import (
+    controls,
+    create,
+    finalize,
+    json_option,
+    launch,
+    preview,
+    retry_failed,
+    rollback_targets,
+    skip,
+    subcommand,
+)
 
 from portal import commands
 from releases.runbook import ENVIRONMENTS
@@ -13,58 +24,25 @@ HELP_USER = "Staff account the action is recorded under (required; its permissio
 
 def add_arguments(parser) -> None:
     sub = commands.subcommands(parser, dest="action", required=True, metavar="SUBCOMMAND")
-    for add in (_create, preview, _launch, _finalize, _controls, _retry_failed, _skip, _approve, _rollback):
-        add(sub)
+    _acting(create(sub))
+    preview(sub)
+    _launch(sub)
+    for add in (finalize, controls, retry_failed, skip):
+        add(sub, _acting)
+    _approve(sub)
+    _rollback(sub)
     json_option(subcommand(sub, "status", "The plan's steps, their states and counts."))
     json_option(sub.add_parser("list", help="Every release plan and its state."))
 
 
-def _create(sub) -> None:
-    _acting(create(sub))
-
-
 def _launch(sub) -> None:
-    text = "Launch a step or a stage. Asks for confirmation unless --yes (PROD: type its name)."
-    p = subcommand(sub, "launch", text)
-    which = p.add_mutually_exclusive_group(required=True)
-    which.add_argument("--step", type=int, help="This step (1–14).")
-    which.add_argument("--next", dest="next_step", action="store_true", help="The first step not yet done.")
-    which.add_argument(
-        "--stage",
-        type=str.upper,
-        choices=[name for name, _, _ in ENVIRONMENTS],
-        help="The environment's next step, then its following steps up to the next gate.",
+    launch(
+        sub,
+        _acting,
+        text="Launch a step or a stage. Asks for confirmation unless --yes (PROD: type its name).",
+        stage_help="The environment's next step, then its following steps up to the next gate.",
+        stages=[name for name, _, _ in ENVIRONMENTS],
     )
-    _acting(p, yes=True, wait=True)
-
-
-def _finalize(sub) -> None:
-    p = subcommand(sub, "finalize", "Record the finalized release (step 7): tag and commit.")
-    p.add_argument("--tag", required=True)
-    p.add_argument("--commit", required=True, help="Full 40-character SHA of the merge commit.")
-    _acting(p)
-
-
-def _controls(sub) -> None:
-    for action, text in (
-        ("pause", "Pause the running step after the sites in flight."),
-        ("abort", "Abort the running or paused step."),
-        ("resume", "Resume the paused step."),
-    ):
-        _acting(subcommand(sub, action, text), wait=action == "resume")
-
-
-def _retry_failed(sub) -> None:
-    p = subcommand(sub, "retry-failed", "Retry a paused or failed step's failed sites.")
-    p.add_argument("--step", type=int, required=True)
-    _acting(p, wait=True)
-
-
-def _skip(sub) -> None:
-    p = subcommand(sub, "skip", "Skip a step, with a recorded reason.")
-    p.add_argument("--step", type=int, required=True)
-    p.add_argument("--reason", required=True, help="Why the step is skipped (recorded in the audit).")
-    _acting(p)
 
 
 def _approve(sub) -> None:
@@ -84,12 +62,7 @@ def _rollback(sub) -> None:
         "and verify them. Asks for confirmation unless --yes."
     )
     p = subcommand(sub, "rollback", text)
-    p.add_argument("--step", type=int, required=True, help="The update step (4, 6, 11, 14).")
-    which = p.add_mutually_exclusive_group(required=True)
-    which.add_argument("--failed", action="store_true", help="Every site that failed in the step.")
-    which.add_argument(
-        "--sites", type=lambda text: text.split(","), metavar="PATH[,PATH...]", help="These sites."
-    )
+    rollback_targets(p)
     _acting(p, yes=True, wait=True)
 
 
