@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 
 .PHONY: run test lint
 
-$(BIN)/.installed: requirements.txt
+$(BIN)/.installed: requirements.txt cli/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -r requirements.txt

@@ -5,12 +5,17 @@ shown, pauses the step before its first write."""
 
 from __future__ import annotations
 
-from django.core import signing
-
 from releases.models import AuditEvent
+from releases.services import confirmations
 
-SALT = "api.launch.confirmed"
-MAX_AGE = 3600
+SALT = "api.launch.confirmed"  # not the admin's: a token from one is not taken by the other
+MESSAGES = {
+    "expired": "the confirmation is older than an hour: preview again",
+    "invalid": "the confirmation is not one the portal gave: preview again",
+    "other_launch": (
+        "the confirmation was given for another launch (another plan, step, stage or user): preview this one"
+    ),
+}
 
 
 class ConfirmationRefused(Exception):
@@ -18,27 +23,15 @@ class ConfirmationRefused(Exception):
 
 
 def sign(step, stage: bool, user, counts: dict) -> str:
-    return signing.dumps(_bound(step, stage, user, {str(n): c for n, c in counts.items()}), salt=SALT)
+    return confirmations.sign_launch(step, stage, user, counts, salt=SALT)
 
 
 def confirmed_counts(token: str, step, stage: bool, user) -> dict[int, dict[str, int]]:
     """The counts `token` confirms for this very launch; ConfirmationRefused otherwise."""
     try:
-        raw = signing.loads(token, salt=SALT, max_age=MAX_AGE)
-        counts = raw.pop("counts")
-        expected = _bound(step, stage, user, counts)
-        expected.pop("counts")
-        confirmed = {int(n): dict(batches) for n, batches in counts.items()}
-    except signing.SignatureExpired:
-        raise ConfirmationRefused("the confirmation is older than an hour: preview again") from None
-    except (signing.BadSignature, ValueError, AttributeError, KeyError, TypeError):
-        raise ConfirmationRefused("the confirmation is not one the portal gave: preview again") from None
-    if raw != expected:
-        raise ConfirmationRefused(
-            "the confirmation was given for another launch (another plan, step, stage or user): preview "
-            "this one"
-        )
-    return confirmed
+        return confirmations.confirmed_counts(token, step, stage, user, salt=SALT)
+    except confirmations.ConfirmationInvalid as exc:
+        raise ConfirmationRefused(MESSAGES[exc.code]) from None
 
 
 def typed_environment(step, typed: str) -> str:
@@ -53,13 +46,3 @@ def refuse(message: str, action: str, user, step, params: dict) -> None:
     AuditEvent.record(action, user=user, step=step, outcome=AuditEvent.Outcome.REFUSED, parameters=params,
                       message=f"confirmation refused: {message}")  # fmt: skip
     raise ConfirmationRefused(message)
-
-
-def _bound(step, stage: bool, user, counts: dict) -> dict:
-    return {
-        "plan": step.plan_id,
-        "step": step.number,
-        "stage": bool(stage),
-        "user": user.pk,
-        "counts": counts,
-    }

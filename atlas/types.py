@@ -15,9 +15,25 @@ NEVER = datetime.min.replace(tzinfo=UTC)
 
 
 @dataclass(frozen=True, slots=True)
-class Site:
+class Item:
+    """What every Atlas item has: its `_id`, and the `_etag` a write must send as If-Match."""
+
     id: str
     etag: str
+
+
+def _envelope(doc: dict) -> dict:
+    """An Eve document's own fields, as Item's subclasses name them."""
+    return {
+        "id": str(doc["_id"]),
+        "etag": str(doc.get("_etag", "")),
+        "updated": str(doc.get("_updated", "")),
+        "deleted": bool(doc.get("_deleted", False)),
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class Site(Item):
     sid: str = ""
     path: str = ""
     status: str = ""
@@ -32,8 +48,7 @@ class Site:
     def from_document(cls, doc: dict) -> Site:
         code = doc.get("code") or {}
         return cls(
-            id=str(doc["_id"]),
-            etag=str(doc.get("_etag", "")),
+            **_envelope(doc),
             sid=doc.get("sid", ""),
             path=doc.get("path", ""),
             status=doc.get("status", ""),
@@ -41,15 +56,11 @@ class Site:
             profile=_str_or_none(code.get("profile")),
             core=_str_or_none(code.get("core")),
             version=doc.get("_version"),
-            updated=str(doc.get("_updated", "")),
-            deleted=bool(doc.get("_deleted", False)),
         )
 
 
 @dataclass(frozen=True, slots=True)
-class CodeItem:
-    id: str
-    etag: str
+class CodeItem(Item):
     name: str = ""
     version: str = ""
     code_type: str = ""
@@ -65,8 +76,7 @@ class CodeItem:
     def from_document(cls, doc: dict) -> CodeItem:
         meta = doc.get("meta") or {}
         return cls(
-            id=str(doc["_id"]),
-            etag=str(doc.get("_etag", "")),
+            **_envelope(doc),
             name=meta.get("name", ""),
             version=str(meta.get("version", "")),
             code_type=meta.get("code_type", ""),
@@ -75,8 +85,6 @@ class CodeItem:
             git_url=doc.get("git_url", ""),
             label=meta.get("label", ""),
             deploy=dict(doc.get("deploy") or {}),
-            deleted=bool(doc.get("_deleted", False)),
-            updated=str(doc.get("_updated", "")),
         )
 
 

@@ -1,17 +1,21 @@
 """Helpers shared by `manage.py release` and `manage.py environment`: refusals, JSON output,
 launch confirmation and waiting for a step (or a stage) to end. Whether a launch may start is
-`services.check_launch` (`releases.launchability`), the admin's check too."""
+`services.check_launch` (`releases.launchability`), the admin's check too. Previews and progress
+lines are worded by portal_cli.text, so `manage.py release` and the `portal` command say the same."""
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from django.core.exceptions import ValidationError
 from django.core.management.base import CommandError
+from portal_cli.text import describe_preview, progress_line
+from portal_cli.waiting import Polling
+from portal_cli.waiting import Result as WaitResult
 
 from atlas.errors import AtlasError
 
@@ -65,63 +69,6 @@ def get_plan(version: str) -> ReleasePlan:
     return plan
 
 
-# -- previews ------------------------------------------------------------------------------------
-
-
-def describe_preview(preview: dict) -> list[str]:
-    """A step preview (reports.preview_step) as lines of text for the operator."""
-    env = preview["environment"] or "-"
-    lines = [f"Step {preview['number']} [{env}] {preview['title']} ({preview['kind']}, {preview['state']})"]
-    if preview.get("manual"):
-        return [*lines, f"  manual: {preview['detail']}"]
-    if "code" in preview:
-        lines += _describe_code(preview)
-    elif "batches" in preview:
-        lines += _describe_batches(preview)
-    if preview.get("error"):
-        lines.append(f"  could not preview: {preview['error']}")
-    return lines
-
-
-def _describe_code(preview: dict) -> list[str]:
-    code, action = preview["code"], preview["action"]
-    item = f"{code['name']} {code['version']} ({code['code_type']})"
-    if action == "update":
-        lines = [
-            f"  update code item {code['id']} {item}: commit {code['current_commit']} -> {code['commit_hash']}",
-            f"  make current: {'yes' if preview['make_current'] else 'no'}; "
-            f"sites on this item (Atlas updates them too): {preview['cascade_sites']}",
-        ]
-    elif action == "missing":
-        lines = [f"  code item {item} does not exist yet"]
-    else:
-        lines = [
-            f"  {action} code item {item} at commit {code['commit_hash']}, "
-            f"current: {'yes' if code['is_current'] else 'no'}"
-        ]
-    for clash in preview.get("commit_clash", []):
-        lines.append(
-            f"  warning: item {clash['id']} ({clash['name']} {clash['version']}) already uses that commit"
-        )
-    return lines
-
-
-def _describe_batches(preview: dict) -> list[str]:
-    verb = "delete" if preview["action"] == "delete_sites" else "update to the release profile"
-    lines = [f"  {verb}: {preview['total']} site(s) in {len(preview['batches'])} batch(es)"]
-    for batch in preview["batches"]:
-        shown = ", ".join(batch["paths"])
-        more = batch["count"] - len(batch["paths"])
-        lines.append(f"    {batch['name']}: {batch['count']} site(s)" + (f": {shown}" if shown else ""))
-        if more > 0:
-            lines.append(f"      … and {more} more")
-    for group in preview.get("disabled", []):
-        lines.append(f"    {group['name']}: disabled (skipped)")
-    if preview.get("note"):
-        lines.append(f"  note: {preview['note']}")
-    return lines
-
-
 # -- confirmation --------------------------------------------------------------------------------
 
 
@@ -165,36 +112,16 @@ def ask(stdin, stderr, prompt: str) -> str:
 # -- waiting -------------------------------------------------------------------------------------
 
 
-@dataclass
-class WaitResult:
-    steps: list[StepRun]
-    succeeded: bool
-    message: str = ""
-    timed_out: bool = False
-
-
-@dataclass
-class StepWaiter:
+@dataclass(kw_only=True)
+class StepWaiter(Polling):
     """Poll the database until a launched step leaves `running`; for a stage, follow the steps the
-    engine launches next (`services.continue_stage`) in the same environment.
+    engine launches next (`services.continue_stage`) in the same environment."""
 
-    `sleep` and `clock` are injectable so the following logic can be tested without a worker.
-    """
-
-    report: Callable[[str], None]
-    timeout: float | None = None
     poll: float = 0.5
-    # The engine launches the next stage step right after the previous one finishes; a step still
-    # pending this long after that was not launched (refused, or the worker died in between).
-    grace: float = 15.0
-    quiet_every: float = 5.0  # seconds between progress lines while nothing but counts change
     unclaimed_warning: float = 20.0
-    sleep: Callable[[float], None] = time.sleep
-    clock: Callable[[], float] = time.monotonic
-    _deadline: float | None = field(default=None, init=False)
 
     def follow(self, step: StepRun, *, stage: bool) -> WaitResult:
-        self._deadline = None if self.timeout is None else self.clock() + self.timeout
+        self.start()
         followed = [step]
         while True:
             ended = self._until_not_running(step)
@@ -227,7 +154,7 @@ class StepWaiter:
             if not warned and not step.lease_owner and now - started >= self.unclaimed_warning:
                 self.report(f"no worker has picked up step {step.number} yet: is a Celery worker running?")
                 warned = True
-            if self._expired():
+            if self.expired():
                 return (
                     f"timed out after {self.timeout:g}s: step {step.number} is still running "
                     "(it carries on; follow it with `release status`)"
@@ -249,7 +176,7 @@ class StepWaiter:
             # services.continue_stage launches only the very next step, and not one already done.
             if following.state in DONE or self.clock() - since >= self.grace:
                 break
-            if self._expired():
+            if self.expired():
                 return (
                     None,
                     f"timed out after {self.timeout:g}s waiting for step {following.number} to start",
@@ -268,9 +195,6 @@ class StepWaiter:
             False,
         )
 
-    def _expired(self) -> bool:
-        return self._deadline is not None and self.clock() >= self._deadline
-
 
 def _started_after(step: StepRun, previous: StepRun) -> bool:
     if step.started_at is None:
@@ -284,24 +208,24 @@ def _refreshed_line(step: StepRun) -> str:
 
 
 def _progress_line(step: StepRun) -> str:
-    env = step.environment.name if step.environment else "-"
-    line = f"step {step.number} [{env}] {step.kind}: {step.state}"
+    """The line `portal --wait` prints for the step's document (portal_cli.text), read from the row."""
     counts = step.counts()
-    if step.state != StepState.RUNNING and step.message and (step.result or {}).get("counts") == counts:
+    running = step.state == StepState.RUNNING
+    if not running and step.message and (step.result or {}).get("counts") == counts:
         # The worker's closing message already gives these counts (and what else it found): once.
-        return f"{line} ({step.message})"
-    if counts["targeted"]:
-        line += (
-            f" - {counts['succeeded']}/{counts['targeted']} succeeded, {counts['failed']} failed, "
-            f"{counts['skipped']} skipped, {counts['pending']} pending"
-        )
-        if counts.get("unverified"):
-            line += f", {counts['unverified']} updating at Atlas (not yet verified)"
-    if step.state != StepState.RUNNING and step.message:
-        line += f" ({step.message})"
-    elif step.state == StepState.RUNNING and (step.liveness() or step.activity):
-        line += f" ({step.liveness() or step.activity})"
-    return line
+        env = step.environment.name if step.environment else "-"
+        return f"step {step.number} [{env}] {step.kind}: {step.state} ({step.message})"
+    document = {
+        "number": step.number,
+        "environment": step.environment.name if step.environment else None,
+        "kind": step.kind,
+        "state": step.state,
+        "counts": counts,
+        "message": step.message,
+        "liveness": step.liveness() if running else "",
+        "activity": step.activity,
+    }
+    return progress_line(document)
 
 
 def wait_for_approval(step: StepRun, request, report, *, timeout: float | None, poll: float = 0.5) -> str:

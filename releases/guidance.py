@@ -183,21 +183,29 @@ def _waiting(plan: ReleasePlan, segs, head: StepRun) -> NextAction:
 
 def next_sentence(plan: ReleasePlan) -> str:
     """The end of an admin success message: "Next: launch stage TEST — steps 5–6."."""
-    action = next_action(plan)
-    if action.kind == "done":
-        return action.why
-    if action.kind == "wait":
-        then = f"; then {action.after[0].lower()}{action.after[1:]}" if action.after else ""
-        return f"Next: wait for step {action.step.number} to finish (the plan page updates itself){then}."
-    return f"Next: {action.text[0].lower()}{action.text[1:]}."
+    return _next_in_words(
+        plan,
+        lambda action: ("the plan page updates itself", _lowered(action.after), _lowered(action.text), "."),
+    )
 
 
 def next_command(plan: ReleasePlan) -> str:
     """The end of a command's output: "Next: release launch 2.8.5 --stage TEST --user NAME"."""
+    return _next_in_words(plan, lambda action: (action.command, action.after_command, action.command, ""))
+
+
+def _next_in_words(plan: ReleasePlan, words) -> str:
+    """The next action as one medium says it: `words(action)` gives how to follow a running step,
+    what comes after it, what to do otherwise, and how the sentence ends."""
     action = next_action(plan)
     if action.kind == "done":
         return action.why
+    follow, after, what, end = words(action)
     if action.kind == "wait":
-        then = f"; then {action.after_command}" if action.after_command else ""
-        return f"Next: wait for step {action.step.number} to finish ({action.command}){then}"
-    return f"Next: {action.command}"
+        then = f"; then {after}" if after else ""
+        return f"Next: wait for step {action.step.number} to finish ({follow}){then}{end}"
+    return f"Next: {what}{end}"
+
+
+def _lowered(text: str) -> str:
+    return text[:1].lower() + text[1:]

@@ -10,7 +10,7 @@ from rest_framework.views import APIView
 
 from releases import channel as channels
 from releases import reports, services
-from releases.models import LaunchRequest, ReleasePlan
+from releases.models import LaunchRequest, ReleasePlan, StepRun
 from releases.services import approvals
 
 from ..errors import NotFound, refusal
@@ -50,6 +50,13 @@ class ApiView(APIView):
             return services.get_step(plan, number)
         except services.ActionRefused as exc:
             raise NotFound(str(exc), "no_step") from None
+
+    def named_step(self, version: str, serializer_class, data) -> tuple[StepRun, dict]:
+        """The step a request's body names (`step`) and the body, validated: the plan is looked
+        up first (404 before 400), as everywhere."""
+        plan = self.get_plan(version)
+        data = self.valid(serializer_class, data)
+        return self.get_step(plan, data["step"]), data
 
     def carry_out(self, operation: str, environment, fn, *, action: str | None = None):
         """Call a service; its refusal becomes the API's (403 or 409 with a code)."""

@@ -9,7 +9,7 @@ from rest_framework import status
 from rest_framework.response import Response
 
 from releases import services
-from releases.models import AuditEvent
+from releases.models import AuditEvent, StepRun
 from releases.services import approvals, rollback
 from releases.states import ACTIVE, DONE, StepState
 
@@ -38,10 +38,7 @@ class Launch(LaunchPreviewMixin, ApiView):
         summary="What this launch would reach, with its confirmation (the admin's confirmation page).",
     )
     def get(self, request, version):
-        plan = self.get_plan(version)
-        target = self.valid(s.LaunchTarget, request.query_params)
-        step = self.target(plan, target)
-        stage = bool(target.get("stage"))
+        step, stage, _ = self.target(version, s.LaunchTarget, request.query_params)
         prepared = self.carry_out("launch", step.environment, lambda: services.prepare_launch(
             step, request.user, stage=stage, via="api", read_atlas=True))  # fmt: skip
         return Response(self.launch_preview(step, stage, prepared))
@@ -53,9 +50,8 @@ class Launch(LaunchPreviewMixin, ApiView):
         summary="Launch a step, the next step, or an environment's stage (`release launch`).",
     )
     def post(self, request, version):
-        plan = self.get_plan(version)
-        data = self.valid(s.Launch, request.data)
-        step, stage, user = self.target(plan, data), bool(data.get("stage")), request.user
+        step, stage, data = self.target(version, s.Launch, request.data)
+        user = request.user
         params = {"step": step.number, "stage": stage, "via": "api"}
         self.carry_out("launch", step.environment, lambda: services.prepare_launch(
             step, user, stage=stage, via="api", read_atlas=False))  # fmt: skip
@@ -65,11 +61,17 @@ class Launch(LaunchPreviewMixin, ApiView):
         chain = [x.number for x in step.stage_chain() if x.state not in DONE] if stage else [step.number]
         return accepted(self.step_document(step, "launch", chain=chain))
 
-    def target(self, plan, data: dict):
-        if data.get("step") is not None:
-            return self.get_step(plan, data["step"])
+    def target(self, version: str, serializer_class, data) -> tuple[StepRun, bool, dict]:
+        """The step the request names (`step`, `stage` or `next`), whether it launches a stage,
+        and the request, validated."""
+        plan = self.get_plan(version)
+        data = self.valid(serializer_class, data)
         stage = data.get("stage") or None
-        return self.carry_out("launch", None, lambda: services.next_step(plan, stage))
+        if data.get("step") is not None:
+            step = self.get_step(plan, data["step"])
+        else:
+            step = self.carry_out("launch", None, lambda: services.next_step(plan, stage))
+        return step, bool(stage), data
 
     def confirmed(self, step, stage: bool, data: dict, params: dict) -> dict | None:
         """The counts the launch confirms (None with `yes`); refused (audited) unless the typed
@@ -157,9 +159,7 @@ class Approve(ApiView):
     @extend_schema(request=s.Approve, responses={202: s.StepDocument, **REFUSALS},
                    summary="Approve the request named (two-person rule); never the requester's own.")  # fmt: skip
     def post(self, request, version):
-        plan = self.get_plan(version)
-        data = self.valid(s.Approve, request.data)
-        step = self.get_step(plan, data["step"])
+        step, data = self.named_step(version, s.Approve, request.data)
         try:
             step = approvals.approve(step, request.user, request_id=data["request"])
         except services.ActionRefused as exc:
@@ -174,9 +174,7 @@ class Withdraw(ApiView):
     @extend_schema(request=s.Withdraw, responses={200: s.StepDocument, **REFUSALS},
                    summary="Withdraw a request waiting for approval (the requester, or an approver).")  # fmt: skip
     def post(self, request, version):
-        plan = self.get_plan(version)
-        data = self.valid(s.Withdraw, request.data)
-        step = self.get_step(plan, data["step"])
+        step, data = self.named_step(version, s.Withdraw, request.data)
         named = approvals.pending_request(step)
         if data.get("request"):
             named = step.launch_requests.filter(pk=data["request"]).first()

@@ -171,35 +171,20 @@ DRUSH_SCHEMA: dict[str, Any] = {
     "modified_by": {"type": "string"},
 }
 
-CODE_RESOURCE: dict[str, Any] = {
-    "item_title": "code",
-    "versioning": True,
-    "soft_delete": True,
-    "schema": CODE_SCHEMA,
-}
 
-SITES_RESOURCE: dict[str, Any] = {
-    "item_title": "site",
-    # Eve registers additional lookups for GET/OPTIONS only: /sites/<sid> is read-only.
-    "additional_lookup": {"url": r'regex("[\w]+")', "field": "sid"},
-    "versioning": True,
-    "soft_delete": True,
-    "schema": SITES_SCHEMA,
-}
+def _resource(
+    title: str, schema: dict[str, Any], *, soft_delete: bool = True, **extra: Any
+) -> dict[str, Any]:
+    """An Eve resource as Atlas declares one: versioned, and soft-deleted unless said otherwise."""
+    deletion = {"soft_delete": True} if soft_delete else {}
+    return {"item_title": title, **extra, "versioning": True, **deletion, "schema": schema}
 
 
-STATISTICS_RESOURCE: dict[str, Any] = {
-    "item_title": "statistics",
-    "versioning": True,
-    "soft_delete": True,
-    "schema": STATISTICS_SCHEMA,
-}
-
-DRUSH_RESOURCE: dict[str, Any] = {
-    "item_title": "drush",
-    "versioning": True,
-    "schema": DRUSH_SCHEMA,
-}
+CODE_RESOURCE = _resource("code", CODE_SCHEMA)
+# Eve registers additional lookups for GET/OPTIONS only: /sites/<sid> is read-only.
+SITES_RESOURCE = _resource("site", SITES_SCHEMA, additional_lookup={"url": r'regex("[\w]+")', "field": "sid"})
+STATISTICS_RESOURCE = _resource("statistics", STATISTICS_SCHEMA)
+DRUSH_RESOURCE = _resource("drush", DRUSH_SCHEMA, soft_delete=False)
 
 
 def eve_settings(dbname: str) -> dict[str, Any]:

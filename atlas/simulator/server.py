@@ -19,7 +19,6 @@ from waitress.server import TcpWSGIServer
 from waitress.task import ThreadedTaskDispatcher
 
 from .app import build_app
-from .events import EventLog
 from .faults import FaultInjector, Faults
 from .pages import PAGES_PATH, SitePages
 from .wsgi import StartResponse, WSGIApp, normalize_prefix
@@ -152,6 +151,19 @@ class _AccessLog:
         return self.app(environ, logged_start_response)
 
 
+class _FromState:
+    """A read-only attribute of the server that is its SimulatorState's."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, server: Any, owner: type | None = None) -> Any:
+        return self if server is None else getattr(server.state, self.name)
+
+    def __set__(self, server: Any, value: Any) -> None:
+        raise AttributeError(f"{self.name} is the simulator state's: set it there")
+
+
 class SimulatorServer:
     """Start a keep-alive, thread-pooled WSGI server for one simulated Atlas in a daemon thread.
 
@@ -226,26 +238,13 @@ class SimulatorServer:
             server.logger = quiet_log
         return server
 
-    @property
-    def environment(self) -> str:
-        return self.state.environment
-
-    @property
-    def db(self) -> Any:
-        """The mongomock database; take `lock` around reads while requests may be running."""
-        return self.state.db
-
-    @property
-    def lock(self) -> Any:
-        return self.state.lock
-
-    @property
-    def events(self) -> EventLog:
-        return self.state.events
-
-    @property
-    def seed_seconds(self) -> float:
-        return self.state.seed_seconds
+    # Read from the state the hooks and tasks share (one truth): take `lock` around reads of the
+    # mongomock `db` while requests may be running.
+    environment = _FromState()
+    db = _FromState()
+    lock = _FromState()
+    events = _FromState()
+    seed_seconds = _FromState()
 
     def set_faults(self, **faults: Any) -> None:
         """Replace every fault setting (see `Faults` for the names); no argument clears them."""

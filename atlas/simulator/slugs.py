@@ -24,6 +24,15 @@ TOPICS = (
 )  # fmt: skip
 
 
+def new_sid(rng: random.Random, taken: set[str]) -> str:
+    """`p1` + 10 hex digits, as Atlas makes them, not in `taken` (which then holds it)."""
+    while True:
+        sid = f"p1{rng.getrandbits(40):010x}"
+        if sid not in taken:
+            taken.add(sid)
+            return sid
+
+
 class SlugMaker:
     """Deterministic, unique sids and paths drawn from one RNG."""
 
@@ -35,11 +44,7 @@ class SlugMaker:
         self._next = 0
 
     def sid(self) -> str:
-        while True:
-            sid = f"p1{self.rng.getrandbits(40):010x}"
-            if sid not in self._sids:
-                self._sids.add(sid)
-                return sid
+        return new_sid(self.rng, self._sids)
 
     def path_for(self, cohort: "Cohort", index: int, sid: str) -> str:
         if cohort.path:

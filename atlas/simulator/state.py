@@ -11,6 +11,7 @@ from eve.methods.patch import patch_internal
 from flask import Flask
 
 from . import events as ev
+from . import slugs
 from .drupal import Drupal, DrupalSettings
 from .tasks import AtlasTasks
 
@@ -60,11 +61,7 @@ class SimulatorState:
 
     def new_sid(self) -> str:
         """`p1` + 10 hex digits, unique in this Atlas."""
-        while True:
-            sid = f"p1{self.rng.getrandbits(40):010x}"
-            if sid not in self._sids:
-                self._sids.add(sid)
-                return sid
+        return slugs.new_sid(self.rng, self._sids)
 
     def current_code(self, name: str, code_type: str) -> dict | None:
         query = {

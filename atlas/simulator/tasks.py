@@ -12,6 +12,7 @@ its response is sent.
 
 import random
 import threading
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Any
 
 from bson import ObjectId
@@ -31,27 +32,20 @@ TASK_OUTCOME = {
 POOL_STATUSES = ["pending", "available"]
 
 
+@dataclass(eq=False)
 class AtlasTasks:
-    def __init__(
-        self,
-        app: Flask,
-        lock: threading.RLock,
-        log: ev.EventLog,
-        rng: random.Random,
-        *,
-        delay: float,
-    ) -> None:
-        self.app = app
-        self.lock = lock
-        self.log = log
-        self.rng = rng
-        self.delay = delay
-        self.pool_size = 0
-        self._refill_wanted = False
-        self._provision_wanted = False
-        self._transitions: list[tuple[ObjectId, str]] = []
-        self._timer: threading.Timer | None = None
-        self._stopped = False
+    app: Flask
+    lock: threading.RLock
+    log: ev.EventLog
+    rng: random.Random
+    _: KW_ONLY
+    delay: float
+    pool_size: int = field(default=0, init=False)
+    _refill_wanted: bool = field(default=False, init=False)
+    _provision_wanted: bool = field(default=False, init=False)
+    _transitions: list[tuple[ObjectId, str]] = field(default_factory=list, init=False)
+    _timer: threading.Timer | None = field(default=None, init=False)
+    _stopped: bool = field(default=False, init=False)
 
     # -- requests for work (called from Eve hooks, under the lock) --------------------------
 

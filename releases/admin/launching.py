@@ -9,18 +9,25 @@ does: a batch that grew since then, or was not shown, pauses the step before its
 from __future__ import annotations
 
 from django.contrib import messages
-from django.core import signing
 from django.template.response import TemplateResponse
 from django.urls import path
 
 from .. import guidance, services
 from ..models import AuditEvent
-from ..services import approvals
+from ..services import approvals, confirmations
 from .refusal import refusal_page
 
-SALT = "releases.launch.confirmed"
-MAX_AGE = 3600  # a confirmation older than an hour is shown again rather than trusted
+SALT = "releases.launch.confirmed"  # not the API's: a token from one is not taken by the other
 PATHS_SHOWN = 5  # site paths shown per batch before the rest fold away
+STALE = "This confirmation is stale or incomplete: review the targets below again."
+CONFIRMATION_ERRORS = {
+    "expired": STALE,  # shown again rather than trusted
+    "invalid": STALE,
+    "other_launch": (
+        "This confirmation was shown for another launch (another plan, step, stage or user): review the "
+        "targets of this one below."
+    ),
+}
 
 
 class LaunchMixin:
@@ -94,7 +101,8 @@ class LaunchMixin:
             "next": guidance.next_action(plan) if refusal else None,
             "plan_url": self.plan_url(plan),
             "radius": radius,
-            "token": signing.dumps(_bound(plan, step, stage, request.user, radius["confirmed"]), salt=SALT),
+            "token": confirmations.sign_launch(step, stage, request.user, radius["confirmed"], salt=SALT),
+            "confirm_label": _launch_label(step, stage),
         }
         request.current_app = self.admin_site.name
         return TemplateResponse(request, "admin/releases/releaseplan/launch_confirmation.html", context)
@@ -110,19 +118,11 @@ class LaunchMixin:
         confirmed = None
         if not error:
             try:
-                raw = signing.loads(request.POST.get("confirmed", ""), salt=SALT, max_age=MAX_AGE)
-                counts = raw.pop("counts")
-                confirmed = {int(n): batches for n, batches in counts.items()}
-            except (signing.BadSignature, ValueError, AttributeError, KeyError, TypeError):
-                error = "This confirmation is stale or incomplete: review the targets below again."
-            else:
-                expected = _bound(step.plan, step, params["stage"], request.user, counts)
-                expected.pop("counts")
-                if raw != expected:
-                    error = (
-                        "This confirmation was shown for another launch (another plan, step, stage or "
-                        "user): review the targets of this one below."
-                    )
+                confirmed = confirmations.confirmed_counts(
+                    request.POST.get("confirmed", ""), step, params["stage"], request.user, salt=SALT
+                )
+            except confirmations.ConfirmationInvalid as exc:
+                error = CONFIRMATION_ERRORS[exc.code]
         if error:
             AuditEvent.record(
                 "launch",
@@ -187,6 +187,7 @@ class LaunchMixin:
             "launch_request": launch_request,
             "own": launch_request is not None and launch_request.requested_by_id == request.user.pk,
             "plan_url": self.plan_url(plan),
+            "confirm_label": f"Yes, approve the {what} of step {step.number}",
         }
         request.current_app = self.admin_site.name
         return TemplateResponse(request, "admin/releases/releaseplan/approve_confirmation.html", context)
@@ -203,9 +204,11 @@ class LaunchMixin:
         return self.plan_redirect(plan)
 
 
-def _bound(plan, step, stage: bool, user, counts: dict) -> dict:
-    """What a confirmation token carries: the counts and the one launch they were shown for."""
-    return {"plan": plan.pk, "step": step.number, "stage": bool(stage), "user": user.pk, "counts": counts}
+def _launch_label(step, stage: bool) -> str:
+    """The confirmation's Yes button: "Yes, launch step 2 and its stage"."""
+    two_person = bool(step.environment and step.environment.two_person)
+    verb = "request the launch of" if two_person else "launch"
+    return f"Yes, {verb} step {step.number}{' and its stage' if stage else ''}"
 
 
 def _request_id(request) -> int | None:

@@ -149,6 +149,7 @@ class ReleaseOperationsMixin(PlanPages):
             "step": step,
             "counts": progress.step_progress(step)["counts"] if step else None,
             "plan_url": self.plan_url(plan),
+            "confirm_label": f"Yes, abort step {step.number}" if step else "",
         }
         return self.render(request, "admin/releases/releaseplan/abort_confirmation.html", context, plan=plan)
 

@@ -72,6 +72,7 @@ class RollbackMixin(PlanPages):
         return HttpResponseRedirect(back)
 
     def _rollback_confirmation(self, request, plan, prepared, back, error: str = ""):
+        count = len(prepared.rows)
         context = {
             "title": f"Roll back {len(prepared.rows)} sites of step {prepared.step.number}?",
             "prepared": prepared,
@@ -79,6 +80,7 @@ class RollbackMixin(PlanPages):
             "back_url": back,
             "plan_url": self.plan_url(plan),
             "error": error,
+            "confirm_label": f"Yes, roll back {count} site{'' if count == 1 else 's'}",
         }
         return self.render(
             request, "admin/releases/releaseplan/rollback_confirmation.html", context, plan=plan

@@ -5,7 +5,7 @@ transitions, enqueues work only after the transaction commits, and leaves an aud
 refusals too. One module per concern; this package exports what callers use.
 """
 
-from . import approvals, rollback, update_groups
+from . import approvals, confirmations, rollback, update_groups
 from .approvals import (
     approve,
     describe_request,
@@ -92,6 +92,7 @@ __all__ = [
     "check_environment_change",
     "check_launch",
     "check_update_group_change",
+    "confirmations",
     "complete_step",
     "continue_stage",
     "copied_fields",

@@ -19,7 +19,6 @@ import re
 from datetime import timedelta
 
 import pytest
-from django.core import signing
 from django.utils import timezone
 
 from releases import roles, services
@@ -33,6 +32,7 @@ from releases.models import (
     StepRun,
     UpdateGroup,
 )
+from releases.services import confirmations
 from tests.admin_helpers import mark_done, url
 from tests.support import R, T, member
 
@@ -150,8 +150,7 @@ def confirmation(plan, step: StepRun, user) -> str:
     batch shown), made here so that no Atlas is read: the page itself is refused to some rows."""
     groups = UpdateGroup.objects.filter(environment=step.environment, step_number=step.number, enabled=True)
     counts = {step.number: {g.name: 3 for g in groups}}
-    bound = getattr(launching, "_bound", None)  # a token bound to its plan, step, stage and user
-    return signing.dumps(bound(plan, step, False, user, counts) if bound else counts, salt=launching.SALT)
+    return confirmations.sign_launch(step, False, user, counts, salt=launching.SALT)
 
 
 def post(client, user, plan, step: StepRun, control: str, env: str | None):

@@ -1,5 +1,8 @@
 """The command line: the subcommands and options of `manage.py release` (without `--user`: the
-token says who), plus `environment show|set`. Options are never abbreviated."""
+token says who), plus `environment show|set`. Options are never abbreviated.
+
+`manage.py release` and `manage.py environment` build their subcommands with the public functions
+here (`subcommand`, `create`, `preview`, `launch`, …, `json_option`, `on_off`), so both say the same."""
 
 from __future__ import annotations
 
@@ -30,12 +33,12 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="action", required=True, metavar="SUBCOMMAND", parser_class=Parser)
     for add in (
         _create,
-        _preview,
-        _launch,
-        _finalize,
-        _controls,
-        _retry_failed,
-        _skip,
+        preview,
+        launch,
+        finalize,
+        controls,
+        retry_failed,
+        skip,
         _requests,
         _rollback,
         _reports,
@@ -45,58 +48,74 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def _create(sub) -> None:
-    s = _subcommand(sub, "create", "Create a release plan; step 1 (the branch) is recorded done.")
+def create(sub) -> argparse.ArgumentParser:
+    """`create VERSION` and what the plan is made of; the caller adds who acts and --json."""
+    s = subcommand(sub, "create", "Create a release plan; step 1 (the branch) is recorded done.")
     s.add_argument("--commit", required=True, help="Full 40-character SHA of the release-branch HEAD.")
     s.add_argument("--branch", default="", help="Default: release/VERSION.")
     s.add_argument("--git-url", default="", help="Default: https://github.com/CuBoulder/express.git.")
     s.add_argument("--profile", default="express", help="Install profile name (default: express).")
-    _json(s)
+    return s
 
 
-def _preview(sub) -> None:
-    s = _subcommand(sub, "preview", "Show what a step (or every step) would do, read from Atlas.")
+def _create(sub) -> None:
+    json_option(create(sub))
+
+
+def preview(sub) -> None:
+    """`preview VERSION [--step N] [--json]`: it only reads, so it is the same for everyone."""
+    s = subcommand(sub, "preview", "Show what a step (or every step) would do, read from Atlas.")
     s.add_argument("--step", type=int, help="Only this step (1–14).")
-    _json(s)
+    json_option(s)
 
 
-def _launch(sub) -> None:
-    s = _subcommand(sub, "launch", "Launch a step or a stage. Asks for confirmation unless --yes.")
+# The subcommands below take `finish(parser, yes=…, wait=…)`, which adds a subcommand's last
+# options: here --yes, --wait and --json; in `manage.py release`, --user first.
+
+
+def launch(
+    sub,
+    finish=None,
+    *,
+    text: str = "Launch a step or a stage. Asks for confirmation unless --yes.",
+    stage_help: str = "The environment's stage.",
+    stages=ENVIRONMENTS,
+) -> None:
+    s = subcommand(sub, "launch", text)
     which = s.add_mutually_exclusive_group(required=True)
     which.add_argument("--step", type=int, help="This step (1–14).")
     which.add_argument("--next", dest="next_step", action="store_true", help="The first step not yet done.")
-    which.add_argument("--stage", type=str.upper, choices=ENVIRONMENTS, help="The environment's stage.")
-    _finish(s, yes=True, wait=True)
+    which.add_argument("--stage", type=str.upper, choices=stages, help=stage_help)
+    (finish or _finish)(s, yes=True, wait=True)
 
 
-def _finalize(sub) -> None:
-    s = _subcommand(sub, "finalize", "Record the finalized release (step 7): tag and commit.")
+def finalize(sub, finish=None) -> None:
+    s = subcommand(sub, "finalize", "Record the finalized release (step 7): tag and commit.")
     s.add_argument("--tag", required=True)
     s.add_argument("--commit", required=True, help="Full 40-character SHA of the merge commit.")
-    _json(s)
+    (finish or _finish)(s)
 
 
-def _controls(sub) -> None:
+def controls(sub, finish=None) -> None:
     for action, text in (
         ("pause", "Pause the running step after the sites in flight."),
         ("abort", "Abort the running or paused step."),
         ("resume", "Resume the paused step."),
     ):
-        s = _subcommand(sub, action, text)
-        _finish(s, wait=action == "resume")
+        (finish or _finish)(subcommand(sub, action, text), wait=action == "resume")
 
 
-def _retry_failed(sub) -> None:
-    s = _subcommand(sub, "retry-failed", "Retry a paused or failed step's failed sites.")
+def retry_failed(sub, finish=None) -> None:
+    s = subcommand(sub, "retry-failed", "Retry a paused or failed step's failed sites.")
     s.add_argument("--step", type=int, required=True)
-    _finish(s, wait=True)
+    (finish or _finish)(s, wait=True)
 
 
-def _skip(sub) -> None:
-    s = _subcommand(sub, "skip", "Skip a step, with a recorded reason.")
+def skip(sub, finish=None) -> None:
+    s = subcommand(sub, "skip", "Skip a step, with a recorded reason.")
     s.add_argument("--step", type=int, required=True)
     s.add_argument("--reason", required=True, help="Why the step is skipped (recorded in the audit).")
-    _json(s)
+    (finish or _finish)(s)
 
 
 def _requests(sub) -> None:
@@ -105,28 +124,33 @@ def _requests(sub) -> None:
                     "--request names it."),
         ("withdraw", "Withdraw the request waiting for approval (yours, or as an approver)."),
     ):  # fmt: skip
-        s = _subcommand(sub, action, text)
+        s = subcommand(sub, action, text)
         s.add_argument("--step", type=int, required=True)
         s.add_argument("--request", type=int, metavar="ID", help="The request (as `portal status` shows it).")
-        _json(s)
+        json_option(s)
 
 
 def _rollback(sub) -> None:
-    s = _subcommand(sub, "rollback", "Put sites of an update step back on their earlier code item.")
+    s = subcommand(sub, "rollback", "Put sites of an update step back on their earlier code item.")
+    rollback_targets(s)
+    _finish(s, yes=True, wait=True)
+
+
+def rollback_targets(s) -> None:
+    """`rollback`'s step and sites: --failed, or --sites PATH,PATH."""
     s.add_argument("--step", type=int, required=True, help="The update step (4, 6, 11, 14).")
     which = s.add_mutually_exclusive_group(required=True)
     which.add_argument("--failed", action="store_true", help="Every site that failed in the step.")
     which.add_argument(
         "--sites", type=lambda text: text.split(","), metavar="PATH[,PATH...]", help="These sites."
     )
-    _finish(s, yes=True, wait=True)
 
 
 def _reports(sub) -> None:
-    s = _subcommand(sub, "status", "The plan's steps, their states and counts.")
-    _json(s)
+    s = subcommand(sub, "status", "The plan's steps, their states and counts.")
+    json_option(s)
     s = sub.add_parser("list", help="Every release plan and its state.")
-    _json(s)
+    json_option(s)
 
 
 def _environment(sub) -> None:
@@ -136,17 +160,17 @@ def _environment(sub) -> None:
     )
     s = esub.add_parser("show", help="Show one environment, or all of them.")
     s.add_argument("name", nargs="?", metavar="NAME")
-    _json(s)
+    json_option(s)
     s = esub.add_parser("set", help="Change an environment's settings (audited).")
     s.add_argument("name", metavar="NAME")
     for option, kind in SETTINGS.items():
         if kind is bool:
             s.add_argument(f"--{option}", action=argparse.BooleanOptionalAction)
         elif kind == "on|off":
-            s.add_argument(f"--{option}", type=_on_off, metavar="on|off")
+            s.add_argument(f"--{option}", type=on_off, metavar="on|off")
         else:
             s.add_argument(f"--{option}", type=kind)
-    _json(s)
+    json_option(s)
 
 
 # `environment set`'s options (the API takes them with underscores).
@@ -174,14 +198,15 @@ SETTINGS = {
 }
 
 
-def _on_off(text: str) -> bool:
+def on_off(text: str) -> bool:
+    """`on` or `off` (as PRODUCT.md writes them), for the settings that take one."""
     value = text.strip().lower()
     if value not in ("on", "off"):
         raise argparse.ArgumentTypeError(f"expected on or off, not {text!r}")
     return value == "on"
 
 
-def _subcommand(sub, name: str, text: str) -> argparse.ArgumentParser:
+def subcommand(sub, name: str, text: str) -> argparse.ArgumentParser:
     """A subcommand of one release: its parser, with the VERSION it acts on."""
     p = sub.add_parser(name, help=text)
     p.add_argument("version", metavar="VERSION", help="The release version, e.g. 2.8.5.")
@@ -194,10 +219,10 @@ def _finish(p, *, yes: bool = False, wait: bool = False) -> None:
         _yes(p)
     if wait:
         _wait(p)
-    _json(p)
+    json_option(p)
 
 
-def _json(p) -> None:
+def json_option(p) -> None:
     p.add_argument("--json", action="store_true", help="Print one JSON document on stdout.")
 
 

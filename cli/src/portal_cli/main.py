@@ -211,20 +211,22 @@ class Command:
         )
 
     def do_resume(self):
-        document = self.portal.post(self.plan("resume/"))
-        if self.approval_awaited(document, "resume"):
-            return None
-        if self.o.wait:
-            return self.follow(document, "resume")
-        self.done(document, "resumed")
+        return self.send_again("resume/", "resume", "resumed")
 
     def do_retry_failed(self):
-        document = self.portal.post(self.plan(f"steps/{self.o.step}/retry-failed/"))
-        if self.approval_awaited(document, "retry-failed"):
+        return self.send_again(
+            f"steps/{self.o.step}/retry-failed/", "retry-failed", "retrying its failed sites"
+        )
+
+    def send_again(self, url: str, action: str, text: str):
+        """resume and retry-failed, which send writes again: a request on a two-person environment,
+        else followed with --wait or said done."""
+        document = self.portal.post(self.plan(url))
+        if self.approval_awaited(document, action):
             return None
         if self.o.wait:
-            return self.follow(document, "retry-failed")
-        self.done(document, "retrying its failed sites")
+            return self.follow(document, action)
+        self.done(document, text)
 
     def do_skip(self):
         document = self.portal.post(self.plan(f"steps/{self.o.step}/skip/"), {"reason": self.o.reason})

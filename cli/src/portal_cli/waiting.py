@@ -15,22 +15,27 @@ DONE = ("succeeded", "skipped")
 
 @dataclass
 class Result:
-    steps: list[dict]
+    """How a wait ended: the steps followed (documents here, StepRun rows in `manage.py release`)."""
+
+    steps: list
     succeeded: bool
     message: str = ""
     timed_out: bool = False
 
 
-@dataclass
-class Waiter:
-    get_step: Callable[[int], dict]  # the step document (`GET …/steps/N/`)
+@dataclass(kw_only=True)
+class Polling:
+    """What a wait for a step shares, here and in `manage.py release --wait`: whom to tell, the
+    deadline, and the pace. `sleep` and `clock` are injectable so that waiting can be tested
+    without a worker."""
+
     report: Callable[[str], None]
     timeout: float | None = None
     poll: float = 1.0
     # The portal launches a stage's next step as the previous one ends; one still not started
     # this long after was not launched (refused, or its worker died in between).
     grace: float = 15.0
-    quiet_every: float = 5.0
+    quiet_every: float = 5.0  # seconds between progress lines while nothing but counts change
     sleep: Callable[[float], None] = time.sleep
     clock: Callable[[], float] = time.monotonic
     _deadline: float | None = field(default=None, init=False)
@@ -40,6 +45,11 @@ class Waiter:
 
     def expired(self) -> bool:
         return self._deadline is not None and self.clock() >= self._deadline
+
+
+@dataclass(kw_only=True)
+class Waiter(Polling):
+    get_step: Callable[[int], dict]  # the step document (`GET …/steps/N/`)
 
     def follow(self, number: int, *, chain: list[int] | None = None) -> Result:
         """Follow step `number`, then (a stage) each later step of `chain` the portal launches."""

@@ -1,7 +1,20 @@
 """The subcommands and options of `manage.py release` (the leading underscore keeps Django from
-taking this module for a command)."""
+taking this module for a command): the `portal` command's (portal_cli.args), with --user."""
 
 from __future__ import annotations
+
+from portal_cli.args import (
+    controls,
+    create,
+    finalize,
+    json_option,
+    launch,
+    preview,
+    retry_failed,
+    rollback_targets,
+    skip,
+    subcommand,
+)
 
 from portal import commands
 from releases.runbook import ENVIRONMENTS
@@ -11,76 +24,32 @@ HELP_USER = "Staff account the action is recorded under (required; its permissio
 
 def add_arguments(parser) -> None:
     sub = commands.subcommands(parser, dest="action", required=True, metavar="SUBCOMMAND")
-    for add in (_create, _preview, _launch, _finalize, _controls, _retry_failed, _skip, _approve, _rollback):
-        add(sub)
-    _json(_subcommand(sub, "status", "The plan's steps, their states and counts."))
-    _json(sub.add_parser("list", help="Every release plan and its state."))
-
-
-def _create(sub) -> None:
-    p = _subcommand(sub, "create", "Create a release plan; step 1 (the branch) is recorded done.")
-    p.add_argument("--commit", required=True, help="Full 40-character SHA of the release-branch HEAD.")
-    p.add_argument("--branch", default="", help="Default: release/VERSION.")
-    p.add_argument("--git-url", default="", help="Default: https://github.com/CuBoulder/express.git.")
-    p.add_argument("--profile", default="express", help="Install profile name (default: express).")
-    _acting(p)
-
-
-def _preview(sub) -> None:
-    p = _subcommand(sub, "preview", "Show what a step (or every step) would do, read from Atlas.")
-    p.add_argument("--step", type=int, help="Only this step (1–14).")
-    _json(p)
+    _acting(create(sub))
+    preview(sub)
+    _launch(sub)
+    for add in (finalize, controls, retry_failed, skip):
+        add(sub, _acting)
+    _approve(sub)
+    _rollback(sub)
+    json_option(subcommand(sub, "status", "The plan's steps, their states and counts."))
+    json_option(sub.add_parser("list", help="Every release plan and its state."))
 
 
 def _launch(sub) -> None:
-    text = "Launch a step or a stage. Asks for confirmation unless --yes (PROD: type its name)."
-    p = _subcommand(sub, "launch", text)
-    which = p.add_mutually_exclusive_group(required=True)
-    which.add_argument("--step", type=int, help="This step (1–14).")
-    which.add_argument("--next", dest="next_step", action="store_true", help="The first step not yet done.")
-    which.add_argument(
-        "--stage",
-        type=str.upper,
-        choices=[name for name, _, _ in ENVIRONMENTS],
-        help="The environment's next step, then its following steps up to the next gate.",
+    launch(
+        sub,
+        _acting,
+        text="Launch a step or a stage. Asks for confirmation unless --yes (PROD: type its name).",
+        stage_help="The environment's next step, then its following steps up to the next gate.",
+        stages=[name for name, _, _ in ENVIRONMENTS],
     )
-    _acting(p, yes=True, wait=True)
-
-
-def _finalize(sub) -> None:
-    p = _subcommand(sub, "finalize", "Record the finalized release (step 7): tag and commit.")
-    p.add_argument("--tag", required=True)
-    p.add_argument("--commit", required=True, help="Full 40-character SHA of the merge commit.")
-    _acting(p)
-
-
-def _controls(sub) -> None:
-    for action, text in (
-        ("pause", "Pause the running step after the sites in flight."),
-        ("abort", "Abort the running or paused step."),
-        ("resume", "Resume the paused step."),
-    ):
-        _acting(_subcommand(sub, action, text), wait=action == "resume")
-
-
-def _retry_failed(sub) -> None:
-    p = _subcommand(sub, "retry-failed", "Retry a paused or failed step's failed sites.")
-    p.add_argument("--step", type=int, required=True)
-    _acting(p, wait=True)
-
-
-def _skip(sub) -> None:
-    p = _subcommand(sub, "skip", "Skip a step, with a recorded reason.")
-    p.add_argument("--step", type=int, required=True)
-    p.add_argument("--reason", required=True, help="Why the step is skipped (recorded in the audit).")
-    _acting(p)
 
 
 def _approve(sub) -> None:
     text = (
         "Approve the request waiting under the two-person rule: shows it and asks, unless --request names it."
     )
-    p = _subcommand(sub, "approve", text)
+    p = subcommand(sub, "approve", text)
     p.add_argument("--step", type=int, required=True)
     text = "The request to approve (as `release status` shows it)."
     p.add_argument("--request", type=int, metavar="ID", help=text)
@@ -92,21 +61,9 @@ def _rollback(sub) -> None:
         "Put sites of an update step back on the code item each was on before the step, "
         "and verify them. Asks for confirmation unless --yes."
     )
-    p = _subcommand(sub, "rollback", text)
-    p.add_argument("--step", type=int, required=True, help="The update step (4, 6, 11, 14).")
-    which = p.add_mutually_exclusive_group(required=True)
-    which.add_argument("--failed", action="store_true", help="Every site that failed in the step.")
-    which.add_argument(
-        "--sites", type=lambda text: text.split(","), metavar="PATH[,PATH...]", help="These sites."
-    )
+    p = subcommand(sub, "rollback", text)
+    rollback_targets(p)
     _acting(p, yes=True, wait=True)
-
-
-def _subcommand(sub, name: str, text: str):
-    """A subcommand of one release: its parser, with the VERSION it acts on."""
-    p = sub.add_parser(name, help=text)
-    p.add_argument("version", metavar="VERSION", help="The release version, e.g. 2.8.5.")
-    return p
 
 
 def _acting(parser, *, yes: bool = False, wait: bool = False) -> None:
@@ -123,8 +80,4 @@ def _acting(parser, *, yes: bool = False, wait: bool = False) -> None:
         parser.add_argument(
             "--timeout", type=float, metavar="SECONDS", help="With --wait: give up after this long."
         )
-    _json(parser)
-
-
-def _json(parser) -> None:
-    parser.add_argument("--json", action="store_true", help="Print one JSON document on stdout.")
+    json_option(parser)

@@ -10,6 +10,7 @@ import argparse
 import os
 
 from django.core.management.base import CommandError
+from portal_cli.args import on_off
 
 from portal import commands
 from releases import channel as channels
@@ -39,14 +40,6 @@ SETTABLE = {
     "max_unverified": "max_unverified",
     "canary": "canary",
 }
-
-
-def on_off(text: str) -> bool:
-    """`on` or `off` (as PRODUCT.md writes them), for the settings that take one."""
-    value = text.strip().lower()
-    if value not in ("on", "off"):
-        raise argparse.ArgumentTypeError(f"expected on or off, not {text!r}")
-    return value == "on"
 
 
 class Command(commands.Command):

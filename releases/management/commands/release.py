@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 
 from django.core.management.base import CommandError
+from portal_cli.text import status_lines
 
 from portal import commands
 from releases import channel as channels
@@ -220,7 +221,7 @@ class Command(RollbackSubcommand, commands.Command):
         status = reports.status(plan)
         if self.json:
             return cli.emit_json(self.stdout, status)
-        for line in _status_lines(status):
+        for line in status_lines(status):
             self.stdout.write(line)
         self.stdout.write(guidance.next_command(plan))
 
@@ -283,38 +284,3 @@ class Command(RollbackSubcommand, commands.Command):
     @staticmethod
     def _step_document(step, action: str) -> dict:
         return {"version": step.plan.version, "action": action, "step": reports.step_status(step)}
-
-
-def _status_lines(status: dict) -> list[str]:
-    lines = [
-        f"Release {status['version']} ({status['profile']}): {status['state']}",
-        f"  branch {status['release_branch']} at {status['release_commit']}"
-        + (f"; final tag {status['final_tag']} at {status['final_commit']}" if status["final_tag"] else ""),
-    ]
-    for step in status["steps"]:
-        counts = step["counts"]
-        line = f"{step['number']:>3} {step['environment'] or '-':<5}{step['state']:<10} {step['title']}"
-        if counts["targeted"]:
-            updating = f", {counts['unverified']} updating at Atlas" if counts.get("unverified") else ""
-            line += (
-                f" [{counts['succeeded']}/{counts['targeted']} ok, {counts['failed']} failed, "
-                f"{counts['skipped']} skipped, {counts['pending']} pending{updating}]"
-            )
-        if step["launched_by"]:
-            line += f" (by {step['launched_by']})"
-        lines.append(line)
-        if step["message"]:
-            lines.append(f"      {step['message']}")
-        if step["to_check"]:
-            lines.append(
-                f"      CHECK IN ATLAS: {len(step['to_check'])} site(s) possibly lost their instance"
-            )
-            lines += [
-                f"        {site['path'] or site['site_id']} ({site['site_id']})" for site in step["to_check"]
-            ]
-    for env, sites in status["sweeps"].items():
-        lines.append(f"  {env}: {len(sites)} site(s) not on the release profile after the last update")
-        lines += [
-            f"      {site.get('path') or site.get('_id')} ({site.get('status')})" for site in sites[:20]
-        ]
-    return lines
