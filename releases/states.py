@@ -4,13 +4,14 @@ from django.db import models
 
 
 class StepState(models.TextChoices):
-    PENDING = "pending", "Pending"
-    RUNNING = "running", "Running"
-    PAUSED = "paused", "Paused"
-    SUCCEEDED = "succeeded", "Succeeded"
-    FAILED = "failed", "Failed"
-    ABORTED = "aborted", "Aborted"
-    SKIPPED = "skipped", "Skipped"
+    # Labels from the names: "Pending", "Running", ...
+    PENDING = "pending"
+    RUNNING = "running"
+    PAUSED = "paused"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    ABORTED = "aborted"
+    SKIPPED = "skipped"
 
 
 # A step in one of these holds its environment: no other step may run there meanwhile.
