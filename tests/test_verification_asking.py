@@ -70,3 +70,23 @@ def test_a_site_that_does_not_end_stops_taking_a_place_and_is_asked_again_after_
     assert window.pick([stuck, *others], lambda row: row is stuck)[0] is stuck, "not asked near its deadline"
     time.sleep(0.06)  # its backoff (one poll after the third ask) has passed
     assert stuck in window.pick([stuck, *others], lambda row: False)
+
+
+def test_rounds_come_less_often_while_atlas_ends_fewer_sites_than_a_round_could_ask_about():
+    """One site ending every 40 ms with a poll of 10 ms: rounds every 8 polls at most (three ends
+    would take 120 ms); a round in which nothing ended (a batch's start) changes nothing."""
+    window = AskWindow(poll=0.01)
+    assert window.interval() == 0.01
+    for site_id in "abc":
+        time.sleep(0.04)
+        row = _rows(site_id)
+        window.ended(row, [])
+    assert window.interval() == pytest.approx(0.08)
+    waiting = _rows("d")
+    window.ended(waiting, waiting)
+    assert window.interval() == pytest.approx(0.08)
+
+    fast = AskWindow(poll=0.01)
+    time.sleep(0.01)
+    fast.ended(_rows(*"abcdefghij"), [])  # ten ended in one poll: a round every poll
+    assert fast.interval() == 0.01

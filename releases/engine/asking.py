@@ -17,8 +17,8 @@ they ended:
 - the first round asks about every site waiting (nothing is known yet);
 - rounds come every poll, or less often while fewer than `PER_ROUND` sites end in a poll (Atlas
   ending one site every few polls, as at real update times): a round then waits until about
-  `PER_ROUND` sites can have ended; a round in which none ended doubles the wait; never more
-  than `MAX_BACKOFF` polls.
+  `PER_ROUND` sites can have ended at the rate they have been ending, never more than
+  `MAX_BACKOFF` polls.
 """
 
 from __future__ import annotations
@@ -42,10 +42,11 @@ class AskWindow:
     def __init__(self, poll: float) -> None:
         self.poll = poll
         self.width: int | None = None  # None: ask about every site waiting
-        self.rate: float | None = None  # sites ended a second, smoothed over the last rounds
+        self.rate: float | None = None  # sites ended a second
         self._asked: dict[str, _Asked] = {}
         self._last = time.monotonic()
         self._interval = poll
+        self._ended, self._active = 0, 0.0  # sites ended, seconds of rounds, over the step
 
     def interval(self) -> float:
         """Seconds until the next round asks."""
@@ -92,13 +93,15 @@ class AskWindow:
             self.width = ended + max(1, ended // 4)
 
     def _pace(self, ended: int, now: float) -> None:
-        sample, self._last = ended / max(now - self._last, 1e-3), now
-        self.rate = sample if self.rate is None else (self.rate + sample) / 2
-        longest = MAX_BACKOFF * self.poll
-        if ended == 0:
-            self._interval = min(2 * self._interval, longest)
-        else:
-            self._interval = min(max(self.poll, PER_ROUND / self.rate), longest)
+        """Rounds every poll, or every `PER_ROUND` ends at the rate sites have ended over the
+        step's rounds (a long run: one batch's last few ends, or its start, say little of Atlas's
+        pace); the time between batches, when no round ran, is not counted."""
+        elapsed, self._last = min(now - self._last, MAX_BACKOFF * self.poll), now
+        self._active += elapsed
+        self._ended += ended
+        if self._ended:
+            self.rate = self._ended / max(self._active, 1e-3)
+            self._interval = min(max(self.poll, PER_ROUND / self.rate), MAX_BACKOFF * self.poll)
 
     def _seen(self, row) -> _Asked:
         return self._asked.setdefault(row.site_id, _Asked())
