@@ -18,6 +18,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from atlas.errors import AtlasError, AuthenticationError, Cancelled, NotFound, Unavailable
+from atlas.types import NEVER, parse_date
 
 from ..db import with_database
 from ..models import AuditEvent, SiteResult, StepRun
@@ -26,7 +27,7 @@ from .code import find_release_item
 from .context import LeaseLost, Outcome, StepContext, credentials_refused, unreachable
 from .verify import VerificationImpossible, Verifier, answered_at
 
-ROW_FIELDS = ["rollback", "rollback_at", "rollback_message"]
+ROW_FIELDS = ["rollback", "rollback_at", "rollback_answered_at", "rollback_message"]
 
 
 class Rollback:
@@ -47,10 +48,13 @@ class Rollback:
         return self.versions.get(row.previous_profile, "")
 
     def patched(self, row: SiteResult) -> datetime | None:
+        """When Atlas stored the rollback PATCH, on Atlas's clock: only a later report is fresh."""
         return row.rollback_at
 
     def answered(self, row: SiteResult) -> datetime:
-        return row.rollback_at or timezone.now()
+        """When the portal recorded Atlas's answer, on the portal's clock (the deadline runs from
+        there, as the forward update's does: Atlas's clock may be off the portal's)."""
+        return row.rollback_answered_at or timezone.now()
 
     def verified(self, row: SiteResult, now: datetime) -> None:
         row.rollback = RollbackState.DONE
@@ -170,6 +174,7 @@ def _send(ctx, pool, rows, release: str, track: Rollback, *, verified: bool) -> 
                 RollbackState.DONE, f"back on {track.expected(row)} (not verified: verification is off)"
             )
         row.rollback, row.rollback_message, row.rollback_at = sent.state, sent.message, sent.at
+        row.rollback_answered_at = timezone.now() if sent.at is not None else None
         done.append((row, sent))
     if done:
         with_database(lambda: _save(ctx, [row for row, _ in done]), "recording the rollback")
@@ -193,9 +198,10 @@ def _write(ctx: StepContext, row: SiteResult, release: str) -> Sent | None:
         if site is None or site.deleted:
             return Sent(RollbackState.FAILED, "not rolled back: the site no longer exists")
         if site.profile == row.previous_profile:
-            return Sent(
-                RollbackState.UPDATING, "already on its earlier item: verified, not PATCHed", timezone.now()
-            )
+            # A report counts once written after the site's last change (Atlas's clock, as a PATCH's).
+            changed = parse_date(site.updated)
+            changed = timezone.now() if changed == NEVER else changed
+            return Sent(RollbackState.UPDATING, "already on its earlier item: verified, not PATCHed", changed)
         if site.profile != release:
             return Sent(
                 RollbackState.FAILED,

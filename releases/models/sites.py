@@ -41,6 +41,11 @@ class SiteResult(models.Model):
     rollback_at = models.DateTimeField(
         null=True, blank=True, help_text="When Atlas answered its rollback PATCH."
     )
+    rollback_answered_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="When the portal recorded that answer, on its own clock: the rollback's deadline runs from here.",
+    )
     rollback_message = models.TextField(blank=True)
     needs_check = models.BooleanField(
         default=False,
