@@ -45,16 +45,19 @@ def _rows(*ids):
 
 def test_the_first_round_asks_about_every_site_then_about_as_many_as_ended_and_a_few_more():
     window = AskWindow(poll=0.01)
-    waiting = _rows(*"abcdefghij")
+    waiting = _rows(*"abcdefghijklmnopqrst")
     assert window.pick(waiting, lambda row: False) == waiting
 
-    window.ended(waiting, waiting[3:])  # a, b, c ended
-    assert [row.site_id for row in window.pick(waiting[3:], lambda row: False)] == list("defg")
+    window.ended(waiting, waiting[6:])  # six of twenty ended: at most halved, to ten
+    assert [row.site_id for row in window.pick(waiting[6:], lambda row: False)] == list("ghijklmnop")
 
-    asked = waiting[3:7]
-    window.ended(asked, [])  # all four asked ended: asking may hold them back
-    assert [row.site_id for row in window.pick(waiting[7:], lambda row: False)] == ["h", "i", "j"]
+    asked = waiting[6:16]
+    window.ended(asked, asked[2:])  # two of ten ended: three (two and one more), not fewer than five
+    assert window.width == 5
+    window.ended(asked[2:6], asked[5:6])  # three of four ended: asking may hold them back
     assert window.width == 8
+    # l, asked three times, waits out a backoff: the window is the next eight
+    assert [row.site_id for row in window.pick(waiting[11:], lambda row: False)] == list("mnopqrst")
 
 
 def test_a_site_that_does_not_end_stops_taking_a_place_and_is_asked_again_after_a_backoff():

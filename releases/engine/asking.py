@@ -8,8 +8,8 @@ end next. A round therefore asks about the oldest `width` sites, `width` being a
 ended in the round before and a few more, so that most sites are asked about once, soon after
 they ended:
 
-- a round in which every site asked had ended doubles the width (the asking may be what holds
-  the sites back);
+- a round in which most sites asked (three in four) had ended doubles the width (the asking may
+  be what holds the sites back); one in which fewer had ended at most halves it;
 - a site asked about `FRESH_ASKS` times without ending (running long, or broken: its update failed
   or its page answers 500) stops taking a place in the window: it is asked about again after a
   backoff of up to `MAX_BACKOFF` polls, and every round once its deadline is near, so it still
@@ -87,10 +87,10 @@ class AskWindow:
                 del self._asked[row.site_id]
         ended = len(asked) - len(waiting) + len(done_at_atlas)
         self._pace(ended, now)
-        if in_window and ended >= in_window:
+        if in_window and 4 * ended >= 3 * in_window:  # most of those asked had ended: widen
             self.width = 2 * in_window
-        elif in_window:
-            self.width = ended + max(1, ended // 4)
+        elif in_window:  # as many as ended and a few more; at most halved in a round
+            self.width = max(ended + max(1, ended // 4), in_window // 2)
 
     def _pace(self, ended: int, now: float) -> None:
         """Rounds every poll, or every `PER_ROUND` ends at the rate sites have ended over the
