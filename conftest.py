@@ -12,10 +12,18 @@ three pool processes), each in its own process group. Two fixtures:
   need several. Do not combine it with `celery_worker` in one test (tasks would go to the
   shared worker's queue).
 A lease owner names the pool process that ran the step: `worker.owns(owner)` matches it.
+
+The suite runs under pytest-xdist (`-n`, see pyproject.toml). Each xdist worker is a separate
+pytest process with its own everything: its own temporary folder (so its own filesystem broker
+and SQLite test database; pytest-django suffixes a PostgreSQL test database per xdist worker),
+its own Celery queues (so on a shared Redis its worker processes never take another xdist
+worker's tasks), and simulators on ports the kernel picks. The xdist controller runs no tests and
+configures none of this: its environment is inherited by the xdist workers it starts.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
@@ -31,7 +39,9 @@ import psutil
 import pytest
 
 ROOT = Path(__file__).resolve().parent
-_TMP = Path(tempfile.mkdtemp(prefix="portal-tests-"))
+# "gw0", "gw1", ... under pytest-xdist (set before this file is imported); "main" without it.
+XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "main")
+_TMP = Path(tempfile.mkdtemp(prefix=f"portal-tests-{XDIST_WORKER}-"))
 TEST_ENV = {
     # Short leases so a killed worker's step is picked up in seconds, not half a minute.
     "STEP_LEASE_SECONDS": "4",
@@ -42,7 +52,18 @@ TEST_ENV = {
 }
 
 
+def _xdist_controller(config) -> bool:
+    """Whether this process hands the tests out to xdist workers (and runs none itself)."""
+    return getattr(config.option, "dist", "no") != "no" and not hasattr(config, "workerinput")
+
+
 def pytest_configure(config):
+    if _xdist_controller(config):
+        url = os.environ.get("CELERY_BROKER_URL")
+        config._portal_broker = "per xdist worker: " + (
+            "an embedded filesystem broker each" if url is None else "its own queues on CELERY_BROKER_URL"
+        )
+        return
     from django.conf import settings
 
     from portal import celery_app
@@ -54,13 +75,15 @@ def pytest_configure(config):
     settings.STEP_LEASE_SECONDS = float(TEST_ENV["STEP_LEASE_SECONDS"])
     url, options, description = _broker_settings(os.environ["CELERY_BROKER_URL"])
     settings.CELERY_BROKER_URL, settings.CELERY_BROKER_TRANSPORT_OPTIONS = url, options
-    celery_app.conf.update(broker_url=url, broker_transport_options=options)
+    # This process's queues: the worker processes it starts inherit CELERY_QUEUE.
+    os.environ["CELERY_QUEUE"] = settings.CELERY_TASK_DEFAULT_QUEUE = DEFAULT_QUEUE
+    celery_app.conf.update(broker_url=url, broker_transport_options=options, task_default_queue=DEFAULT_QUEUE)
     config._portal_broker = description
     if url.startswith(("redis://", "rediss://")):
         # A Redis database outlives the run: tasks a previous run left queued would name step
         # ids that this run's fresh test database hands out again.
         with celery_app.connection_for_write() as connection:
-            for queue in (celery_app.conf.task_default_queue, SHARED_QUEUE):
+            for queue in (DEFAULT_QUEUE, SHARED_QUEUE):
                 connection.default_channel.queue_purge(queue)
 
 
@@ -98,7 +121,11 @@ def _database_url() -> str:
     return f"postgres://{auth}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
 
 
-SHARED_QUEUE = "portal-tests-shared"
+# The queues of this pytest process: of this checkout and this xdist worker, so that neither other
+# xdist workers of the run nor a run in another checkout on the same Redis take its tasks.
+_QUEUE_PREFIX = f"portal-tests-{hashlib.sha1(str(ROOT).encode()).hexdigest()[:8]}-{XDIST_WORKER}"
+DEFAULT_QUEUE = _QUEUE_PREFIX
+SHARED_QUEUE = f"{DEFAULT_QUEUE}-shared"
 _STARTED: list[WorkerProcess] = []
 _TASK_RECEIVED = re.compile(r"Task \S+\[([0-9a-f-]+)\] received")
 _TASK_ENDED = re.compile(r"Task \S+\[([0-9a-f-]+)\] (?:succeeded|raised|failed|retry)")
