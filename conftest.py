@@ -278,6 +278,42 @@ class SharedWorker:
             worker.freeze()
 
 
+def _end_other_sessions(wait: float = 5) -> None:
+    """PostgreSQL: before the test database is dropped, wait for the sessions of killed worker
+    processes to end, then end any left (a connection some thread of this process never closed),
+    so that the drop does not fail with "database ... is being accessed by other users" and leave
+    the database behind."""
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        return
+    others = "FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+
+    def gone(cursor) -> bool:
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            cursor.execute(f"SELECT count(*) {others}")
+            if cursor.fetchone()[0] == 0:
+                return True
+            time.sleep(0.1)
+        return False
+
+    with connection.cursor() as cursor:
+        if not gone(cursor):
+            cursor.execute(f"SELECT pg_terminate_backend(pid) {others}")
+            gone(cursor)
+    connection.close()
+
+
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_setup, django_db_blocker):
+    """pytest-django's; at its teardown, before the test database is dropped, no other session
+    is left on it."""
+    yield
+    with django_db_blocker.unblock():
+        _end_other_sessions()
+
+
 @pytest.fixture(scope="session")
 def _shared_worker(django_db_setup, django_db_blocker):
     shared = SharedWorker()
