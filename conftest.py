@@ -41,6 +41,9 @@ import pytest
 ROOT = Path(__file__).resolve().parent
 # "gw0", "gw1", ... under pytest-xdist (set before this file is imported); "main" without it.
 XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "main")
+# This checkout, in the names of what the suite shares with other checkouts' runs on this machine
+# (Redis queues, PostgreSQL test databases), so that concurrent runs keep out of each other's way.
+CHECKOUT = hashlib.sha1(str(ROOT).encode()).hexdigest()[:8]
 _TMP = Path(tempfile.mkdtemp(prefix=f"portal-tests-{XDIST_WORKER}-"))
 TEST_ENV = {
     # Short leases so a killed worker's step is picked up in seconds, not half a minute.
@@ -111,12 +114,17 @@ def pytest_unconfigure(config):
 
 @pytest.fixture(scope="session")
 def django_db_modify_db_settings(django_db_modify_db_settings):
-    """SQLite: a file test database (not in memory), so worker processes share it."""
+    """SQLite: a file test database (not in memory), so worker processes share it. PostgreSQL:
+    a test database of this checkout and xdist worker (`test_test_1a2b3c4d_gw0`), not the
+    `test_test_gw0` that a run in another checkout on the same server would create, drop and
+    terminate sessions on too."""
     from django.conf import settings
 
     db = settings.DATABASES["default"]
     if db["ENGINE"].endswith("sqlite3"):
         db.setdefault("TEST", {})["NAME"] = str(_TMP / "test.sqlite3")
+    elif db["ENGINE"].endswith("postgresql"):
+        db.setdefault("TEST", {})["NAME"] = f"test_{db['NAME']}_{CHECKOUT}_{XDIST_WORKER}"
 
 
 def _database_url() -> str:
@@ -131,8 +139,7 @@ def _database_url() -> str:
 
 # The queues of this pytest process: of this checkout and this xdist worker, so that neither other
 # xdist workers of the run nor a run in another checkout on the same Redis take its tasks.
-_QUEUE_PREFIX = f"portal-tests-{hashlib.sha1(str(ROOT).encode()).hexdigest()[:8]}-{XDIST_WORKER}"
-DEFAULT_QUEUE = _QUEUE_PREFIX
+DEFAULT_QUEUE = f"portal-tests-{CHECKOUT}-{XDIST_WORKER}"
 SHARED_QUEUE = f"{DEFAULT_QUEUE}-shared"
 _STARTED: list[WorkerProcess] = []
 _TASK_RECEIVED = re.compile(r"Task \S+\[([0-9a-f-]+)\] received")
