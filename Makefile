@@ -17,9 +17,12 @@ run: $(BIN)/.installed
 	DEBUG=$${DEBUG:-true} $(BIN)/python manage.py runportal
 
 # The test suite. Without CELERY_BROKER_URL / DATABASE_URL it uses SQLite and an embedded broker.
+# It runs in PYTEST_WORKERS pytest-xdist processes (the tests mostly wait on workers, simulators
+# and a browser); `make test PYTEST_WORKERS=0` runs it in one. PYTEST_ARGS go to pytest last.
+PYTEST_WORKERS ?= 4
 test: $(BIN)/.installed
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

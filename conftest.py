@@ -12,10 +12,18 @@ three pool processes), each in its own process group. Two fixtures:
   need several. Do not combine it with `celery_worker` in one test (tasks would go to the
   shared worker's queue).
 A lease owner names the pool process that ran the step: `worker.owns(owner)` matches it.
+
+The suite runs under pytest-xdist (`-n`, see pyproject.toml). Each xdist worker is a separate
+pytest process with its own everything: its own temporary folder (so its own filesystem broker
+and SQLite test database; pytest-django suffixes a PostgreSQL test database per xdist worker),
+its own Celery queues (so on a shared Redis its worker processes never take another xdist
+worker's tasks), and simulators on ports the kernel picks. The xdist controller runs no tests and
+configures none of this: its environment is inherited by the xdist workers it starts.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
@@ -31,7 +39,12 @@ import psutil
 import pytest
 
 ROOT = Path(__file__).resolve().parent
-_TMP = Path(tempfile.mkdtemp(prefix="portal-tests-"))
+# "gw0", "gw1", ... under pytest-xdist (set before this file is imported); "main" without it.
+XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "main")
+# This checkout, in the names of what the suite shares with other checkouts' runs on this machine
+# (Redis queues, PostgreSQL test databases), so that concurrent runs keep out of each other's way.
+CHECKOUT = hashlib.sha1(str(ROOT).encode()).hexdigest()[:8]
+_TMP = Path(tempfile.mkdtemp(prefix=f"portal-tests-{XDIST_WORKER}-"))
 TEST_ENV = {
     # Short leases so a killed worker's step is picked up in seconds, not half a minute.
     "STEP_LEASE_SECONDS": "4",
@@ -42,7 +55,18 @@ TEST_ENV = {
 }
 
 
+def _xdist_controller(config) -> bool:
+    """Whether this process hands the tests out to xdist workers (and runs none itself)."""
+    return getattr(config.option, "dist", "no") != "no" and not hasattr(config, "workerinput")
+
+
 def pytest_configure(config):
+    if _xdist_controller(config):
+        url = os.environ.get("CELERY_BROKER_URL")
+        config._portal_broker = "per xdist worker: " + (
+            "an embedded filesystem broker each" if url is None else "its own queues on CELERY_BROKER_URL"
+        )
+        return
     from django.conf import settings
 
     from portal import celery_app
@@ -54,14 +78,24 @@ def pytest_configure(config):
     settings.STEP_LEASE_SECONDS = float(TEST_ENV["STEP_LEASE_SECONDS"])
     url, options, description = _broker_settings(os.environ["CELERY_BROKER_URL"])
     settings.CELERY_BROKER_URL, settings.CELERY_BROKER_TRANSPORT_OPTIONS = url, options
-    celery_app.conf.update(broker_url=url, broker_transport_options=options)
+    # This process's queues: the worker processes it starts inherit CELERY_QUEUE.
+    os.environ["CELERY_QUEUE"] = settings.CELERY_TASK_DEFAULT_QUEUE = DEFAULT_QUEUE
+    celery_app.conf.update(broker_url=url, broker_transport_options=options, task_default_queue=DEFAULT_QUEUE)
     config._portal_broker = description
     if url.startswith(("redis://", "rediss://")):
         # A Redis database outlives the run: tasks a previous run left queued would name step
         # ids that this run's fresh test database hands out again.
         with celery_app.connection_for_write() as connection:
-            for queue in (celery_app.conf.task_default_queue, SHARED_QUEUE):
+            for queue in (DEFAULT_QUEUE, SHARED_QUEUE):
                 connection.default_channel.queue_purge(queue)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under xdist: the long scenarios (`slow`) first, so that they start at once on the xdist
+    workers and the short tests fill in around them, instead of one of them starting last and
+    running alone at the end. Without xdist the order is the files' order."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable
 
 
 def pytest_report_header(config):
@@ -80,12 +114,17 @@ def pytest_unconfigure(config):
 
 @pytest.fixture(scope="session")
 def django_db_modify_db_settings(django_db_modify_db_settings):
-    """SQLite: a file test database (not in memory), so worker processes share it."""
+    """SQLite: a file test database (not in memory), so worker processes share it. PostgreSQL:
+    a test database of this checkout and xdist worker (`test_test_1a2b3c4d_gw0`), not the
+    `test_test_gw0` that a run in another checkout on the same server would create, drop and
+    terminate sessions on too."""
     from django.conf import settings
 
     db = settings.DATABASES["default"]
     if db["ENGINE"].endswith("sqlite3"):
         db.setdefault("TEST", {})["NAME"] = str(_TMP / "test.sqlite3")
+    elif db["ENGINE"].endswith("postgresql"):
+        db.setdefault("TEST", {})["NAME"] = f"test_{db['NAME']}_{CHECKOUT}_{XDIST_WORKER}"
 
 
 def _database_url() -> str:
@@ -98,7 +137,10 @@ def _database_url() -> str:
     return f"postgres://{auth}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
 
 
-SHARED_QUEUE = "portal-tests-shared"
+# The queues of this pytest process: of this checkout and this xdist worker, so that neither other
+# xdist workers of the run nor a run in another checkout on the same Redis take its tasks.
+DEFAULT_QUEUE = f"portal-tests-{CHECKOUT}-{XDIST_WORKER}"
+SHARED_QUEUE = f"{DEFAULT_QUEUE}-shared"
 _STARTED: list[WorkerProcess] = []
 _TASK_RECEIVED = re.compile(r"Task \S+\[([0-9a-f-]+)\] received")
 _TASK_ENDED = re.compile(r"Task \S+\[([0-9a-f-]+)\] (?:succeeded|raised|failed|retry)")
@@ -249,6 +291,42 @@ class SharedWorker:
             self.worker = None
         else:
             worker.freeze()
+
+
+def _end_other_sessions(wait: float = 5) -> None:
+    """PostgreSQL: before the test database is dropped, wait for the sessions of killed worker
+    processes to end, then end any left (a connection some thread of this process never closed),
+    so that the drop does not fail with "database ... is being accessed by other users" and leave
+    the database behind."""
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        return
+    others = "FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+
+    def gone(cursor) -> bool:
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            cursor.execute(f"SELECT count(*) {others}")
+            if cursor.fetchone()[0] == 0:
+                return True
+            time.sleep(0.1)
+        return False
+
+    with connection.cursor() as cursor:
+        if not gone(cursor):
+            cursor.execute(f"SELECT pg_terminate_backend(pid) {others}")
+            gone(cursor)
+    connection.close()
+
+
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_setup, django_db_blocker):
+    """pytest-django's; at its teardown, before the test database is dropped, no other session
+    is left on it."""
+    yield
+    with django_db_blocker.unblock():
+        _end_other_sessions()
 
 
 @pytest.fixture(scope="session")

@@ -33,6 +33,7 @@ REQUIRED = os.environ.get("PORTAL_REQUIRE_BROWSER") == "1"
 if not CHROMIUM.exists() and REQUIRED:
     raise RuntimeError("PORTAL_REQUIRE_BROWSER=1 but /usr/bin/chromium is missing")
 pytestmark = [
+    pytest.mark.slow,
     pytest.mark.skipif(not CHROMIUM.exists(), reason="no /usr/bin/chromium (apt-get install chromium)"),
     pytest.mark.django_db(transaction=True),
 ]

@@ -311,12 +311,13 @@ def test_no_site_of_batch_2_is_patched_before_every_site_of_batch_1_is_updated_a
 
 def test_broken_sites_fail_verification_and_the_threshold_pauses_the_step_before_batch_2(simulator):
     """Two sites of batch 1 break on their update (their report looks clean, their page answers
-    500); verification deadline 4 s (the healthy sites verify in about 2), failure threshold 1
-    site. The step pauses on the failure threshold; both sites failed at the deadline with a
+    500); verification deadline 4 s (the healthy sites verify in about 2), failure threshold 2
+    sites (so the pause waits for both, however far apart their PATCHes and so their deadlines
+    were). The step pauses on the failure threshold; both sites failed at the deadline with a
     message naming verification and the 500; their pages were fetched (500) after their update
     finished; the batch's other sites succeeded; no site of batch 2 was PATCHed or queued."""
     prod = prod_simulator(simulator, update_ms=50)
-    step, user = step_14_in_batches(prod, 2, verify_timeout_seconds=4, failure_threshold_count=1)
+    step, user = step_14_in_batches(prod, 2, verify_timeout_seconds=4, failure_threshold_count=2)
     broken = first_group_paths(prod)[:2]
     prod.break_on_update(*broken, report="clean")
 
@@ -345,9 +346,11 @@ def test_broken_sites_fail_verification_and_the_threshold_pauses_the_step_before
 def test_retrying_sites_that_failed_verification_verifies_them_again_and_updates_nothing_again(simulator):
     """After two broken sites failed verification, `release retry-failed`: each is read again (on
     the release profile already) and verified again, never PATCHed onto the profile a second time:
-    Atlas queued exactly one update for each (its forward update may still be queued, §3.6)."""
+    Atlas queued exactly one update for each (its forward update may still be queued, §3.6).
+    Failure threshold 2: the step pauses once both have failed, however far apart their deadlines
+    (with 1, a round between the two deadlines paused it with only the first one failed)."""
     prod = prod_simulator(simulator, update_ms=50)
-    step, user = step_14_in_batches(prod, 1, verify_timeout_seconds=3, failure_threshold_count=1)
+    step, user = step_14_in_batches(prod, 1, verify_timeout_seconds=3, failure_threshold_count=2)
     broken = first_group_paths(prod)[:2]
     prod.break_on_update(*broken, report="clean")
     assert run_inline(step, user) == StepState.PAUSED, step.message

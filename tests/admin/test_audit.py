@@ -51,6 +51,7 @@ def _bulk_events(total: int, chunk: int = 10_000) -> None:
         )
 
 
+@pytest.mark.slow
 def test_csv_export_streams_100000_rows_with_flat_memory(client, auditor):
     _bulk_events(100_000)
     client.force_login(auditor)
