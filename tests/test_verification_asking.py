@@ -7,13 +7,13 @@ sites that ran long or broke stop taking places, and are still asked about near 
 
 from __future__ import annotations
 
-import time
+import math
 from collections import Counter
 from types import SimpleNamespace
 
 import pytest
 
-from releases.engine.asking import FRESH_ASKS, AskWindow
+from releases.engine.asking import FRESH_ASKS, QUEUED_ASKS, AskWindow
 from releases.states import StepState
 from tests.test_engine_faults import run_inline
 from tests.test_verification import batch_ids, prod_simulator, rows, site_patches, step_14_in_batches
@@ -43,53 +43,116 @@ def _rows(*ids):
     return [SimpleNamespace(site_id=site_id) for site_id in ids]
 
 
+class Clock:
+    """Seconds that pass only when a test says so."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def test_the_first_round_asks_about_every_site_then_about_as_many_as_ended_and_a_few_more():
-    window = AskWindow(poll=0.01)
+    clock = Clock()
+    window = AskWindow(poll=1.0, clock=clock)
     waiting = _rows(*"abcdefghijklmnopqrst")
     assert window.pick(waiting, lambda row: False) == waiting
 
+    clock.now += 1
     window.ended(waiting, waiting[6:])  # six of twenty ended: at most halved, to ten
     assert [row.site_id for row in window.pick(waiting[6:], lambda row: False)] == list("ghijklmnop")
 
     asked = waiting[6:16]
-    window.ended(asked, asked[2:])  # two of ten ended: three (two and one more), not fewer than five
+    clock.now += 1
+    window.ended(asked, asked[2:])  # two of ten ended: at most halved, to five
     assert window.width == 5
+    clock.now += 1
     window.ended(asked[2:6], asked[5:6])  # three of four ended: asking may hold them back
     assert window.width == 8
-    # l, asked three times, waits out a backoff: the window is the next eight
-    assert [row.site_id for row in window.pick(waiting[11:], lambda row: False)] == list("mnopqrst")
+    assert [row.site_id for row in window.pick(waiting[11:], lambda row: False)] == list("lmnopqrs")
+
+    clock.now += 1
+    asked = waiting[11:19]
+    window.ended(asked, asked, started=asked)  # nothing ended, all running: no news, no change
+    assert window.width == 8
+    clock.now += 1
+    window.ended(asked, asked, started=asked[:2])  # six still queued: the two running and one more,
+    pace = math.ceil(1.25 * window.rate * window.interval())  # unless more end a round at the pace
+    assert 3 < pace < 8 and window.width == pace
+
+
+def test_a_batch_s_last_few_sites_do_not_narrow_the_window_and_the_pace_sets_its_least_width():
+    clock = Clock()
+    window = AskWindow(poll=1.0, clock=clock)
+    waiting = _rows(*"abcdefghijklmnopqrst")
+    window.pick(waiting, lambda row: False)
+    clock.now += 1
+    window.ended(waiting, waiting[16:])  # sixteen of twenty ended: the window may have held them
+    assert window.width == 40
+
+    tail = _rows("x", "y")
+    window.pick(tail, lambda row: False)  # a batch's last two, both asked: the window held none back
+    clock.now += 1
+    window.ended(tail, tail[1:])
+    assert window.width == 40, "a batch's tail narrowed the window for the next batch"
+
+    slow = AskWindow(poll=1.0, clock=clock)
+    many = _rows(*"abcdefghijklmnopqrst")
+    slow.pick(many, lambda row: False)
+    clock.now += 1
+    slow.ended(many, many[1:])  # one ended: narrowed, but not below half
+    assert slow.width == 10
 
 
 def test_a_site_that_does_not_end_stops_taking_a_place_and_is_asked_again_after_a_backoff():
-    window = AskWindow(poll=0.05)
+    clock = Clock()
+    window = AskWindow(poll=1.0, clock=clock)
     stuck, *others = _rows("s", "a", "b", "c")
     window.width = 1
-    for _ in range(FRESH_ASKS):  # the oldest site, asked about round after round, never ends
+    for _ in range(FRESH_ASKS):  # the oldest site, asked about round after round, runs on
         assert window.pick([stuck, *others], lambda row: False)[0] is stuck
-        window.ended([stuck], [stuck])
+        clock.now += 1
+        window.ended([stuck], [stuck], started=[stuck])
 
     chosen = window.pick([stuck, *others], lambda row: False)
     assert stuck not in chosen and chosen, "a stuck site kept the window's only place"
     assert window.pick([stuck, *others], lambda row: row is stuck)[0] is stuck, "not asked near its deadline"
-    time.sleep(0.06)  # its backoff (one poll after the third ask) has passed
+    clock.now += 1  # its backoff (one poll after the third ask) has passed
     assert stuck in window.pick([stuck, *others], lambda row: False)
 
 
 def test_rounds_come_less_often_while_atlas_ends_fewer_sites_than_a_round_could_ask_about():
-    """One site ending every 40 ms with a poll of 10 ms: rounds every 8 polls at most (three ends
-    would take 120 ms); a round in which nothing ended (a batch's start) changes nothing."""
-    window = AskWindow(poll=0.01)
-    assert window.interval() == 0.01
+    """One site ending every 4 s with a poll of 1 s: a round every 8 polls at most (three ends
+    would take 12 s); a round in which nothing ended (a batch's start) changes nothing."""
+    clock = Clock()
+    window = AskWindow(poll=1.0, clock=clock)
+    assert window.interval() == 1.0
     for site_id in "abc":
-        time.sleep(0.04)
-        row = _rows(site_id)
-        window.ended(row, [])
-    assert window.interval() == pytest.approx(0.08)
+        clock.now += 4
+        window.ended(_rows(site_id), [])
+    # Three ends over the rounds' time, each counted at most 8 polls (4 s): 3 / 12 s.
+    assert window.interval() == pytest.approx(8.0)
+    clock.now += 1
     waiting = _rows("d")
     window.ended(waiting, waiting)
-    assert window.interval() == pytest.approx(0.08)
+    assert window.interval() == pytest.approx(8.0)
 
-    fast = AskWindow(poll=0.01)
-    time.sleep(0.01)
+    fast = AskWindow(poll=1.0, clock=clock)
+    clock.now += 1
     fast.ended(_rows(*"abcdefghij"), [])  # ten ended in one poll: a round every poll
-    assert fast.interval() == 0.01
+    assert fast.interval() == 1.0
+
+
+def test_a_site_still_queued_at_atlas_keeps_its_place_longer_than_one_that_started():
+    """Atlas runs updates about in PATCH order: the oldest site, its report still showing it
+    queued, is next to start; it keeps its place for `QUEUED_ASKS` rounds, not `FRESH_ASKS`."""
+    clock = Clock()
+    window = AskWindow(poll=1.0, clock=clock)
+    queued, *others = _rows("q", "a", "b")
+    window.width = 1
+    for round_ in range(QUEUED_ASKS):
+        assert window.pick([queued, *others], lambda row: False)[0] is queued, f"round {round_ + 1}"
+        clock.now += 1
+        window.ended([queued], [queued])
+    assert queued not in window.pick([queued, *others], lambda row: False)

@@ -10,8 +10,9 @@ they ended:
 
 - a round in which most sites asked (three in four) had ended doubles the width (the asking may
   be what holds the sites back); one in which fewer had ended at most halves it;
-- a site asked about `FRESH_ASKS` times without ending (running long, or broken: its update failed
-  or its page answers 500) stops taking a place in the window: it is asked about again after a
+- a site asked about `FRESH_ASKS` times since its update started without ending (running long,
+  or broken: its update failed or its page answers 500), or `QUEUED_ASKS` times while its report
+  still showed it queued, stops taking a place in the window: it is asked about again after a
   backoff of up to `MAX_BACKOFF` polls, and every round once its deadline is near, so it still
   fails at its deadline with what was last seen;
 - the first round asks about every site waiting (nothing is known yet);
@@ -23,28 +24,39 @@ they ended:
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-FRESH_ASKS = 3
+FRESH_ASKS = 3  # asks of a site whose report shows its update started, before its backoff
+QUEUED_ASKS = 9  # ... whose report shows it still queued (or did not come): FIFO puts it first
 MAX_BACKOFF = 8
 PER_ROUND = 3
 
 
+_FRESH = FRESH_ASKS * QUEUED_ASKS  # an ask costs a site QUEUED_ASKS or FRESH_ASKS of these
+
+
 @dataclass
 class _Asked:
-    times: int = 0
+    spent: int = 0  # in units of 1/_FRESH of its asks before a backoff
     next_at: float = 0.0
+
+    @property
+    def fresh(self) -> bool:
+        return self.spent < _FRESH
 
 
 class AskWindow:
-    def __init__(self, poll: float) -> None:
+    def __init__(self, poll: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.poll = poll
+        self.clock = clock
         self.width: int | None = None  # None: ask about every site waiting
         self.rate: float | None = None  # sites ended a second
         self._asked: dict[str, _Asked] = {}
-        self._last = time.monotonic()
+        self._binding = True
+        self._last = self.clock()
         self._interval = poll
         self._ended, self._active = 0, 0.0  # sites ended, seconds of rounds, over the step
 
@@ -54,43 +66,60 @@ class AskWindow:
 
     def pick(self, rows: Sequence, near_deadline: Callable[[object], bool]) -> list:
         """The rows to ask about now, from `rows` oldest first (by when Atlas answered the PATCH)."""
-        now = time.monotonic()
-        fresh = [row for row in rows if self._seen(row).times < FRESH_ASKS]
+        now = self.clock()
+        fresh = [row for row in rows if self._seen(row).fresh]
         head = fresh if self.width is None else fresh[: self.width]
+        # Whether the window held sites back (the first round's "all" is a guess too).
+        self._binding = self.width is None or len(fresh) > self.width
         chosen = {id(row) for row in head}
         return [
             row
             for row in rows
             if id(row) in chosen
-            or (
-                self._seen(row).times >= FRESH_ASKS and (now >= self._seen(row).next_at or near_deadline(row))
-            )
+            or (not self._seen(row).fresh and (now >= self._seen(row).next_at or near_deadline(row)))
         ]
 
-    def ended(self, asked: Sequence, still_waiting: Sequence, seen_ended: Sequence = ()) -> None:
+    def ended(self, asked: Sequence, still_waiting: Sequence, seen_ended=(), started=()) -> None:
         """After a round's read: `asked` the rows it asked about, `still_waiting` those of them
         not verified or failed, `seen_ended` those of these whose report shows their update ended
-        (their page did not answer 200 yet): they need no place in the window."""
-        now = time.monotonic()
+        (their page did not answer 200 yet): they need no place in the window; `started` those
+        whose report shows their update started (the release's version, pending updates)."""
+        now = self.clock()
         waiting, done_at_atlas = {id(row) for row in still_waiting}, {id(row) for row in seen_ended}
+        running = {id(row) for row in started}
         in_window = 0
         for row in asked:
             seen = self._seen(row)
-            if seen.times < FRESH_ASKS:
-                in_window += 1
-            seen.times += 1
+            in_window += seen.fresh
+            seen.spent += QUEUED_ASKS if id(row) in running else FRESH_ASKS
             if id(row) in done_at_atlas:
-                seen.times = max(seen.times, FRESH_ASKS)
-            if seen.times >= FRESH_ASKS:
-                seen.next_at = now + min(2 ** (seen.times - FRESH_ASKS), MAX_BACKOFF) * self.poll
+                seen.spent = max(seen.spent, _FRESH)
+            if not seen.fresh:
+                backoff = 2 ** ((seen.spent - _FRESH) // QUEUED_ASKS)
+                seen.next_at = now + min(backoff, MAX_BACKOFF) * self.poll
             if id(row) not in waiting:
                 del self._asked[row.site_id]
         ended = len(asked) - len(waiting) + len(done_at_atlas)
         self._pace(ended, now)
-        if in_window and 4 * ended >= 3 * in_window:  # most of those asked had ended: widen
-            self.width = 2 * in_window
-        elif in_window:  # as many as ended and a few more; at most halved in a round
+        self._resize(in_window, ended, started=len(running))
+
+    def _resize(self, in_window: int, ended: int, started: int) -> None:
+        """Widen when most of those asked had ended; narrow only when the window held sites back
+        (a batch's last few sites say nothing of how many end a round), or, before any ended,
+        to those whose update started (the others are queued behind them); never below what ends
+        in a round at the rate sites have been ending (more end in a round than `max_unverified`
+        when the poll is long against Atlas's updates: then every site waiting is asked about)."""
+        if not in_window:
+            return
+        if not ended:  # no news of Atlas's pace (a step's or a batch's start), but of its queue
+            if started < in_window:
+                self.width = min(self.width or in_window, started + 1)
+        elif 4 * ended >= 3 * in_window:
+            self.width = max(self.width or 0, 2 * in_window)
+        elif self._binding:  # as many as ended and a few more; at most halved in a round
             self.width = max(ended + max(1, ended // 4), in_window // 2)
+        if self.rate and self.width is not None:
+            self.width = max(self.width, math.ceil(1.25 * self.rate * self._interval))
 
     def _pace(self, ended: int, now: float) -> None:
         """Rounds every poll, or every `PER_ROUND` ends at the rate sites have ended over the

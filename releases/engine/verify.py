@@ -209,7 +209,14 @@ class Verifier:
             row.page_status = status
         ended = self._decide(rows, {id(row) for row in clean})
         waiting = [row for row in rows if id(row) not in ended]
-        self._window.ended(rows, waiting, [row for row in clean if id(row) not in ended])
+        seen_ended = [row for row in clean if id(row) not in ended]
+        self._window.ended(rows, waiting, seen_ended, [row for row in waiting if self._started(row)])
+
+    def _started(self, row: SiteResult) -> bool:
+        """Its report, written after the PATCH, shows the version it is going to: its update ran."""
+        patched = self.track.patched(row)
+        fresh = patched is not None and row.reported_at is not None and row.reported_at > patched
+        return fresh and row.reported_version == self.track.expected(row)
 
     def _near_deadline(self, row: SiteResult) -> bool:
         """Asked about every round from a few backoffs before its deadline: it fails on what is fresh."""
