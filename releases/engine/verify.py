@@ -29,7 +29,6 @@ from atlas.types import NEVER
 from ..db import with_database
 from ..models import SiteResult, StepRun
 from ..states import SiteState, StepState
-from .asking import MAX_BACKOFF, AskWindow
 from .context import LeaseLost, StepContext
 
 logger = logging.getLogger(__name__)
@@ -123,7 +122,6 @@ class Verifier:
             self._still_queued, "reading overdue sites"
         )
         self._asked: list[SiteResult] | None = None  # asked for reports, read at `_read_at`
-        self._window = AskWindow(settings.ATLAS_VERIFY_POLL_SECONDS)
         self._read_at = 0.0
         self._pages = ThreadPoolExecutor(
             max_workers=min(8, max(1, env.parallelism)), thread_name_prefix="page"
@@ -183,13 +181,11 @@ class Verifier:
             return True
         if (self.waiting <= 0 and not self._overdue) or now < self._due:
             return False
-        self._due = now + self._window.interval()
+        self._due = now + settings.ATLAS_VERIFY_POLL_SECONDS
         if flush is not None:
             flush()
         rows = with_database(lambda: list(self._updating().order_by("id")), "reading sites being updated")
         self.waiting = len(rows)
-        rows.sort(key=self.track.answered)  # Atlas runs them about in this order: oldest end first
-        rows = self._window.pick(rows, self._near_deadline)
         ids = [row.site_id for row in rows] + list(self._overdue)
         if not ids:
             return True
@@ -207,21 +203,7 @@ class Verifier:
         clean = [row for row in rows if self._see(row, reports.get(row.site_id))]
         for row, status in zip(clean, self._pages.map(self._page, clean), strict=True):
             row.page_status = status
-        ended = self._decide(rows, {id(row) for row in clean})
-        waiting = [row for row in rows if id(row) not in ended]
-        seen_ended = [row for row in clean if id(row) not in ended]
-        self._window.ended(rows, waiting, seen_ended, [row for row in waiting if self._started(row)])
-
-    def _started(self, row: SiteResult) -> bool:
-        """Its report, written after the PATCH, shows the version it is going to: its update ran."""
-        patched = self.track.patched(row)
-        fresh = patched is not None and row.reported_at is not None and row.reported_at > patched
-        return fresh and row.reported_version == self.track.expected(row)
-
-    def _near_deadline(self, row: SiteResult) -> bool:
-        """Asked about every round from a few backoffs before its deadline: it fails on what is fresh."""
-        margin = (MAX_BACKOFF + 2) * settings.ATLAS_VERIFY_POLL_SECONDS + settings.ATLAS_VERIFY_READ_SECONDS
-        return timezone.now() - self.track.answered(row) > self.timeout - timedelta(seconds=margin)
+        self._decide(rows, {id(row) for row in clean})
 
     # -- one round --------------------------------------------------------------------------
 
@@ -256,8 +238,7 @@ class Verifier:
     def _page(self, row: SiteResult) -> int | None:
         return self.ctx.client.page_status(site_page_url(self.site_url, row.path or row.sid))
 
-    def _decide(self, rows: list[SiteResult], clean: set[int]) -> set[int]:
-        """Verify or fail what the round saw; the ids (`id(row)`) of the rows that ended."""
+    def _decide(self, rows: list[SiteResult], clean: set[int]) -> None:
         now = timezone.now()
         settled = time.monotonic() - self._first_round >= self._grace
         verified, failed = [], []
@@ -278,7 +259,6 @@ class Verifier:
                 self._overdue[row.site_id] = (until, expected)
         if failed:
             self.failed(len(failed))
-        return {id(row) for row in verified + failed}
 
     def _forget_ran(self, reports: dict) -> None:
         """Overdue sites whose report now shows the release cleanly: their update ran to its end,
