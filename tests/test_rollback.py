@@ -64,6 +64,25 @@ def failed_step_14(simulator, broken: int = 2, **environment):
     return prod, step, user, paths[:broken], before
 
 
+def paused_at_the_threshold(simulator):
+    """Step 14 in two batches (5 sites each), a threshold of 2 failures: batch 1's two broken
+    sites pause the step before batch 2 is sent anything, so batch 2's sites are sites the step
+    targeted and never changed. Returns (prod, step, user, broken paths, batch 2's (path, id))."""
+    prod = prod_simulator(simulator, update_ms=30)
+    step, user = step_14_in_batches(prod, 2, verify_timeout_seconds=2, failure_threshold_count=2)
+    broken = first_group_paths(prod)[:2]
+    prod.break_on_update(*broken)
+    with tasks_not_sent():
+        services.launch(step, user)
+    assert run_engine(step) == StepState.PAUSED
+    step.refresh_from_db()
+    assert step.message.startswith("failure threshold"), step.message
+    second = list(SiteResult.objects.filter(step=step, batch_index=1).values_list("path", "site_id"))
+    assert second, "step 14 has no second batch: the case cannot be shown"
+    assert not {site_id for site_id, _ in site_patches(prod)} & {site_id for _, site_id in second}
+    return prod, step, user, broken, second
+
+
 def run_rollback(step: StepRun, user, **chosen) -> str | None:
     with tasks_not_sent():
         rollback.roll_back(step, user, confirm=step.plan.version, **chosen)
@@ -318,17 +337,8 @@ def test_after_a_rollback_a_resume_goes_on_with_the_next_batch_counting_failures
     """Two batches, threshold 2 failures: batch 1's two broken sites pause the step before batch 2
     sends anything. Rolled back, then resumed: the threshold counts from the resume, so batch 2 is
     PATCHed (Atlas's log) and verified; the step ends paused, its two failed sites still listed."""
-    prod = prod_simulator(simulator, update_ms=30)
-    step, user = step_14_in_batches(prod, 2, verify_timeout_seconds=2, failure_threshold_count=2)
-    broken = first_group_paths(prod)[:2]
-    prod.break_on_update(*broken)
-    with tasks_not_sent():
-        services.launch(step, user)
-    assert run_engine(step) == StepState.PAUSED
-    step.refresh_from_db()
-    assert step.message.startswith("failure threshold"), step.message
-    second = set(SiteResult.objects.filter(step=step, batch_index=1).values_list("site_id", flat=True))
-    assert second and not second & {site_id for site_id, _ in site_patches(prod)}
+    prod, step, user, _, batch_2 = paused_at_the_threshold(simulator)
+    second = {site_id for _, site_id in batch_2}
 
     assert run_rollback(step, user, failed=True) == StepState.PAUSED
     with tasks_not_sent():

@@ -15,16 +15,13 @@ from collections import Counter
 
 import pytest
 
-from releases import services
 from releases.models import AuditEvent, Environment, LaunchRequest, SiteResult, StepRun
 from releases.states import RollbackState, SiteState, StepState
 from tests.support import run_engine, sites, tasks_not_sent
 from tests.test_rollback import failed_step_14
+from tests.test_rollback import paused_at_the_threshold as paused_at_threshold
 from tests.test_verification import (
     SITE_PATCH,
-    first_group_paths,
-    prod_simulator,
-    step_14_in_batches,
 )
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -70,22 +67,9 @@ def profile_of(prod, path: str) -> str:
 
 
 def paused_at_the_threshold(simulator):
-    """Step 14 in two batches (5 sites each), a threshold of 2 failures: batch 1's two broken
-    sites pause the step before batch 2 is sent anything, so batch 2's sites are sites the step
-    targeted and never changed. Returns (prod, step, broken paths, batch 2's paths)."""
-    prod = prod_simulator(simulator, update_ms=30)
-    step, user = step_14_in_batches(prod, 2, verify_timeout_seconds=2, failure_threshold_count=2)
-    broken = first_group_paths(prod)[:2]
-    prod.break_on_update(*broken)
-    with tasks_not_sent():
-        services.launch(step, user)
-    assert run_engine(step) == StepState.PAUSED
-    step.refresh_from_db()
-    assert step.message.startswith("failure threshold"), step.message
-    second = list(SiteResult.objects.filter(step=step, batch_index=1).values_list("path", "site_id"))
-    assert second, "step 14 has no second batch: the case cannot be shown"
-    never = site_patches_since(prod, 0)
-    assert not never.keys() & {site_id for _, site_id in second}, "batch 2 was PATCHed"
+    """The rollback tests' step 14 paused at its threshold before batch 2 (`tests.test_rollback`).
+    Returns (prod, step, broken paths, batch 2's paths)."""
+    prod, step, _, broken, second = paused_at_threshold(simulator)
     return prod, step, broken, [path for path, _ in second]
 
 
