@@ -186,14 +186,20 @@ def _release_in_progress(simulator) -> ReleasePlan:
     return plan
 
 
-def test_every_admin_page_is_readable_at_1400_px(browser, live_server, simulator):  # noqa: F811
-    plan = _release_in_progress(simulator)
-    page = browser.new_context(viewport={"width": WIDTH, "height": 1000}).new_page()
+def _admin_page(chromium, live_server):
+    """A page at 1400 px, logged in as the admin."""
+    page = chromium.new_context(viewport={"width": WIDTH, "height": 1000}).new_page()
     page.goto(f"{live_server.url}/admin/login/")
     page.fill("input[name=username]", "admin")
     page.fill("input[name=password]", "pw")
     page.click("input[type=submit]")
     page.wait_for_selector("#site-name")
+    return page
+
+
+def test_every_admin_page_is_readable_at_1400_px(browser, live_server, simulator):  # noqa: F811
+    plan = _release_in_progress(simulator)
+    page = _admin_page(browser, live_server)
     base = f"{live_server.url}/admin/releases/releaseplan/{plan.pk}"
     prod = Environment.objects.get(name="PROD")
     visited = []
@@ -304,12 +310,7 @@ def test_roll_back_on_the_step_page_and_its_confirmation_are_readable_at_1400_px
         )  # fmt: skip
         for i in range(4)
     )
-    page = browser.new_context(viewport={"width": WIDTH, "height": 1000}).new_page()
-    page.goto(f"{live_server.url}/admin/login/")
-    page.fill("input[name=username]", "admin")
-    page.fill("input[name=password]", "pw")
-    page.click("input[type=submit]")
-    page.wait_for_selector("#site-name")
+    page = _admin_page(browser, live_server)
 
     page.goto(f"{live_server.url}/admin/releases/releaseplan/{plan.pk}/step/14/")
     page.wait_for_load_state("networkidle")

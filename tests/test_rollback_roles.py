@@ -128,6 +128,16 @@ def failed_step_11(simulator, broken: int = 2):
 # -- PROD ---------------------------------------------------------------------------------------
 
 
+def assert_rolled_back_once(sim, step, broken, before, mark) -> None:
+    """The permitted person's rollback ran: at Atlas each broken site PATCHed once since `mark`,
+    back on its earlier item; the rows say rolled back."""
+    assert run_engine(step) == StepState.PAUSED
+    rows = {row.path: row for row in SiteResult.objects.filter(step=step, path__in=broken)}
+    assert site_patches_since(sim, mark) == Counter({row.site_id: 1 for row in rows.values()})
+    for path, row in rows.items():
+        assert profile_of(sim, path) == before[path] and row.rollback == RollbackState.DONE
+
+
 def test_on_prod_a_viewer_a_dev_only_manager_and_a_non_staff_account_are_refused_by_the_shell(
     simulator, viewer, release_manager, prod_manager
 ):
@@ -166,11 +176,7 @@ def test_on_prod_a_viewer_a_dev_only_manager_and_a_non_staff_account_are_refused
 
     document = rollback_command(14, "prod-manager", "--failed")
     assert document["action"] == "rollback" and document["step"]["state"] == StepState.RUNNING
-    assert run_engine(step) == StepState.PAUSED
-    rows = {row.path: row for row in SiteResult.objects.filter(step=step, path__in=broken)}
-    assert site_patches_since(prod, mark) == Counter({row.site_id: 1 for row in rows.values()})
-    for path, row in rows.items():
-        assert profile_of(prod, path) == before[path] and row.rollback == RollbackState.DONE
+    assert_rolled_back_once(prod, step, broken, before, mark)
     ok = AuditEvent.objects.filter(action="rollback", outcome="ok", step=step)
     assert set(ok.values_list("username", "channel")) == {("prod-manager", "shell")} and ok.count() == 2
 
@@ -225,10 +231,6 @@ def test_on_test_a_viewer_is_refused_and_a_release_manager_is_refused_once_test_
     Environment.objects.filter(name="TEST").update(protected=False)
     document = rollback_command(11, "release-manager", "--failed")
     assert document["step"]["state"] == StepState.RUNNING
-    assert run_engine(step) == StepState.PAUSED
-    rows = {row.path: row for row in SiteResult.objects.filter(step=step, path__in=broken)}
-    assert site_patches_since(test, mark) == Counter({row.site_id: 1 for row in rows.values()})
-    for path, row in rows.items():
-        assert profile_of(test, path) == before[path] and row.rollback == RollbackState.DONE
+    assert_rolled_back_once(test, step, broken, before, mark)
     ok = AuditEvent.objects.filter(action="rollback", outcome="ok", step=step)
     assert set(ok.values_list("username", "channel")) == {("release-manager", "shell")}
