@@ -178,6 +178,11 @@ class DrushItem:
         )
 
 
+def format_date(moment: datetime) -> str:
+    """A time as Atlas writes it (and parses it in a `where`): whole seconds, GMT."""
+    return moment.astimezone(UTC).strftime(DATE_FORMAT)
+
+
 def parse_date(value: object) -> datetime:
     """An Atlas date (`2019-02-15 18:30:00 GMT`) as an aware datetime; `NEVER` if unreadable."""
     try:

@@ -16,6 +16,7 @@ import itertools
 import json
 import time
 from collections.abc import Iterable
+from datetime import datetime
 from typing import TYPE_CHECKING
 from urllib.parse import quote, urlsplit, urlunsplit
 
@@ -24,7 +25,7 @@ from requests.adapters import HTTPAdapter
 
 from .errors import AtlasError, AuthenticationError, DrushRoleMissing, NotFound, Unavailable, ValidationFailed
 from .selectors import validate_where
-from .types import DrushItem, Statistics
+from .types import DrushItem, Statistics, format_date
 
 if TYPE_CHECKING:
     from .client import AtlasClient
@@ -80,21 +81,38 @@ class SiteChecks:
 
     # -- statistics ----------------------------------------------------------------------------
 
-    def statistics(self: AtlasClient, site_ids: Iterable[str]) -> dict[str, Statistics]:
+    def statistics(
+        self: AtlasClient,
+        site_ids: Iterable[str],
+        *,
+        showing: str | None = None,
+        since: datetime | None = None,
+    ) -> dict[str, Statistics]:
         """The statistics item of each site that has one, by site id, read in bulk: ids in
-        chunks of up to 2,000 per request (`where={"site":{"$in":[...]}}`), pages followed."""
+        chunks of up to 2,000 per request (`where={"site":{"$in":[...]}}`), pages followed.
+
+        `showing`: only the reports that show this version with no error-level status (the ones a
+        verification acts on), so a site still updating costs no read; `since`: only reports
+        written after it (Atlas's `_updated`, whole seconds)."""
         ids = list(dict.fromkeys(str(site_id) for site_id in site_ids))
+        terms: dict = {}
+        if showing is not None:
+            terms.update({"express_code_version": showing, "drupal_system_status": False})
+        if since is not None:
+            terms["_updated"] = {"$gt": format_date(since)}
         found: dict[str, Statistics] = {}
         start = 0
         while start < len(ids):
             chunk = ids[start : start + self.statistics_chunk]
-            self._read_statistics(chunk, found)
+            self._read_statistics(chunk, terms, found)
             start += len(chunk)
         return found
 
-    def _read_statistics(self: AtlasClient, ids: list[str], found: dict[str, Statistics]) -> None:
+    def _read_statistics(
+        self: AtlasClient, ids: list[str], terms: dict, found: dict[str, Statistics]
+    ) -> None:
         try:
-            for page in self.iter_pages("statistics", {"site": {"$in": ids}}, STATISTICS_PROJECTION):
+            for page in self.iter_pages("statistics", {"site": {"$in": ids}, **terms}, STATISTICS_PROJECTION):
                 for doc in page:
                     report = Statistics.from_document(doc)
                     earlier = found.get(report.site_id)
@@ -106,8 +124,8 @@ class SiteChecks:
             # A proxy in front of Atlas limits the request line (Apache: 8,190 bytes by default).
             half = len(ids) // 2
             self.statistics_chunk = min(self.statistics_chunk, half)
-            self._read_statistics(ids[:half], found)
-            self._read_statistics(ids[half:], found)
+            self._read_statistics(ids[:half], terms, found)
+            self._read_statistics(ids[half:], terms, found)
 
     # -- drush ---------------------------------------------------------------------------------
 

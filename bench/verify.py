@@ -55,7 +55,6 @@ RESULTS = ROOT / "bench" / "RESULTS.md"
 SECTION = "## Verification benchmark"
 BEGIN, END = "<!-- bench/verify.py: begin -->", "<!-- bench/verify.py: end -->"
 BROKER = "redis://127.0.0.1:6379/10"  # not step14.py's database: the two may run at once
-STATISTICS_READ = "statistics_read"  # this script's own event: items one GET /statistics returned
 
 
 # -- the simulator's process (`--serve`) -------------------------------------------------------------
@@ -75,9 +74,6 @@ def serve(args: argparse.Namespace) -> None:
     server.set_faults(write_latency_ms=args.latency_ms)
     server.injector.record = True
     events = server.events
-    server.app.on_fetched_resource_statistics += lambda response: events.record(
-        STATISTICS_READ, "", items=len(response.get("_items", []))
-    )
 
     class Events(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
@@ -359,7 +355,7 @@ class Timeline:
             latency_median=statistics.median(verified), latency_p90=deciles[8],
             report_wait=statistics.median(reports) if reports else float("nan"),
             max_depth=self.max_depth(),
-            statistics_reads=sum(e["items"] for e in self.of(STATISTICS_READ)) / n,
+            statistics_reads=sum(len(e["sites"]) for e in self.of("statistics_read")) / n,
             statistics_gets=self.statistics_gets, pages=len(pages) / n,
             drush_executes=len(self.of("drush_execute")), drush_runs=len(self.of("drush_run")) / n,
         )  # fmt: skip

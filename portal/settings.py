@@ -340,6 +340,9 @@ ATLAS_BATCH_PAUSE_SECONDS = env.float("ATLAS_BATCH_PAUSE_SECONDS", default=5.0)
 ATLAS_VERIFY_POLL_SECONDS = env.float("ATLAS_VERIFY_POLL_SECONDS", default=3.0)
 # ...and how long after asking it reads them (the reports run on Atlas's command queue meanwhile).
 ATLAS_VERIFY_READ_SECONDS = env.float("ATLAS_VERIFY_READ_SECONDS", default=1.0)
+# A round reads only the reports that show the release cleanly; a site still updating is looked
+# at whole (what it reports, shown on the step page) once it has waited this long, and as often.
+ATLAS_VERIFY_LOOK_SECONDS = env.float("ATLAS_VERIFY_LOOK_SECONDS", default=60.0)
 # A running step is held by one worker's lease, renewed every quarter of it; a step whose lease
 # lapsed (its worker died) is enqueued again by every live worker's watchdog.
 STEP_LEASE_SECONDS = env.float("STEP_LEASE_SECONDS", default=30.0)

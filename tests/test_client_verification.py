@@ -102,6 +102,29 @@ def test_no_ids_sends_nothing_and_unknown_ids_are_absent(big_atlas):
     assert client.statistics(["0" * 24]) == {}
 
 
+def test_statistics_showing_a_version_read_only_the_clean_reports_of_it(simulator):
+    """`showing`: only reports of that version with no error-level status; `since`: only reports
+    written after that time (Atlas's clock): one GET, the filter applied by Atlas."""
+    sim = simulator("dev")
+    client = client_for(sim)
+    site_ids = [site.id for site in client.list_sites({"status": {"$in": ["installed", "launched"]}})]
+    with sim.lock:  # two sites with an error-level status, one reporting another version
+        sim.db["statistics"].update_many({"site": {"$in": site_ids[:2]}}, {"$set": {"drupal_system_status": True}})
+        sim.db["statistics"].update_one({"site": site_ids[2]}, {"$set": {"express_code_version": "2.8.3"}})
+    everything = client.statistics(site_ids)
+    version = everything[site_ids[3]].version
+    sent = record_requests(client)
+    clean = client.statistics(site_ids, showing=version)
+    assert len(sent) == 1
+    assert set(clean) == {id for id, r in everything.items() if r.version == version and r.error is False}
+    assert not set(clean) & set(site_ids[:3]) and site_ids[3] in clean
+    times = sorted({r.updated for r in clean.values()})
+    assert len(times) > 1  # the seed's reports were written at different times
+    assert client.statistics(site_ids, showing=version, since=times[-1]) == {}
+    later = {id for id, r in clean.items() if r.updated > times[0]}
+    assert set(client.statistics(site_ids, showing=version, since=times[0])) == later
+
+
 def test_statistics_follow_pages_within_a_chunk(simulator):
     sim = simulator("dev")
     client = client_for(sim, page_size=10, statistics_chunk=25)
@@ -221,11 +244,15 @@ def test_a_site_is_seen_updated_only_after_its_update_ran(simulator):
     early = client.statistics([site.id])[site.id]
     assert early.updated >= patched_at
     assert (early.version, early.error) == ("2.8.5", True)  # updating: database updates pending
+    assert client.statistics([site.id], showing="2.8.5") == {}  # not clean yet: nothing read
     assert sim.wait_for_updates(10)
     client.run_drush(item, {"_id": {"$in": [site.id]}})
     assert sim.wait_for_commands(10)
     late = client.statistics([site.id])[site.id]
     assert (late.version, late.error) == ("2.8.5", False)
+    assert client.statistics([site.id], showing="2.8.5", since=patched_at) == {site.id: late}
+    assert client.statistics([site.id], showing="2.8.4") == {}
+    assert client.statistics([site.id], showing="2.8.5", since=late.updated) == {}  # only later ones
     assert client.page_status(site_page_url(sim.site_url, site.path)) == 200
 
 

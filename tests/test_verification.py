@@ -179,6 +179,53 @@ def test_a_verified_step_14_succeeds_with_every_site_verified_after_atlas_update
     assert prod.events.of_kind("drush_execute"), "Atlas was never asked for reports"
 
 
+def test_each_site_s_report_is_read_once_however_long_it_waits(simulator, settings):
+    """One update worker at 300 ms a site, five sites in one batch, all five PATCHed at once: the
+    last waits about 1.5 s, several rounds of asking for reports (drush runs). From the
+    simulator's side, each site's report is returned by exactly one GET of `statistics` (the one
+    that shows it updated cleanly): a round reads only the reports that show the release without
+    an error-level status, not every waiting site's."""
+    settings.ATLAS_VERIFY_LOOK_SECONDS = 60.0  # no look at a waiting site's report in this run
+    prod = prod_simulator(simulator, update_workers=1, update_ms=300)
+    step, user = step_14_in_batches(prod, 1, max_unverified=5, parallelism=5)
+
+    assert run_inline(step, user) == StepState.SUCCEEDED, step.message
+
+    targeted = {row.site_id for row in rows(step)}
+    assert len(targeted) == 5
+    runs = Counter(event["id"] for event in prod.events.of_kind("drush_run"))
+    assert max(runs[site_id] for site_id in targeted) >= 3, f"no site waited several rounds: {runs}"
+    reads = Counter(site for event in prod.events.of_kind("statistics_read") for site in event["sites"])
+    assert {site_id: reads[site_id] for site_id in targeted} == dict.fromkeys(targeted, 1)
+
+
+def test_a_site_waiting_longer_than_the_look_interval_shows_what_it_reported_while_it_waits(
+    simulator, settings
+):
+    """`ATLAS_VERIFY_LOOK_SECONDS` 0.5, one update worker at 700 ms a site, five sites PATCHed at
+    once: a site still updating at Atlas, waiting longer than that, has its latest report read and
+    recorded (the step page shows it) before it is verified: an earlier version, or the release
+    with an error-level status."""
+    settings.ATLAS_VERIFY_LOOK_SECONDS = 0.5
+    prod = prod_simulator(simulator, update_workers=1, update_ms=700)
+    step, user = step_14_in_batches(prod, 1, max_unverified=5, parallelism=5)
+    launch(step, user)
+    runner, ended = run_in_thread(step)
+
+    seen = wait_for(
+        lambda: SiteResult.objects.filter(
+            step=step, state=SiteState.UPDATING, reported_at__isnull=False
+        ).first(),
+        what="a waiting site's report recorded",
+    )
+    assert seen.reported_version != RELEASE or seen.reported_error is True, (
+        seen.reported_version,
+        seen.reported_error,
+    )
+    runner.join(60)
+    assert ended == [StepState.SUCCEEDED], step.message
+
+
 # -- 2. no site succeeded while Atlas updates it ----------------------------------------------
 
 

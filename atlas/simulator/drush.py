@@ -36,6 +36,9 @@ DENIED_MESSAGE = "The account lacks the drush role."
 
 def register(app: Flask, state: "SimulatorState") -> None:
     app.on_insert_drush += _fill_query_default
+    app.on_fetched_resource_statistics += lambda response: state.events.record(
+        ev.STATISTICS_READ, "", sites=[str(item.get("site")) for item in response.get("_items", [])]
+    )
 
     @app.route("/drush/<drush_id>/execute", methods=["POST"])
     @requires_auth("drush")

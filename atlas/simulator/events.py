@@ -33,6 +33,7 @@ DRUSH_PREPARE = "drush_prepare"  # drush_prepare read the item's query: `matched
 DRUSH_RUN = "drush_run"  # the commands ran on one site (`ok`: the site could bootstrap)
 STATISTICS_REPORT = "statistics_report"  # a site wrote its statistics item (version, error, source)
 PAGE_GET = "page_get"  # a GET of a site's page (path, status; id: the site, or "" for none)
+STATISTICS_READ = "statistics_read"  # a GET of `statistics` answered (`sites`: whose items it returned)
 
 
 class EventLog:

@@ -121,6 +121,7 @@ class Verifier:
         self._overdue: dict[str, tuple[float, str]] = with_database(
             self._still_queued, "reading overdue sites"
         )
+        self._looked: dict[str, float] = {}  # site id -> when all its report was last read (monotonic)
         self._asked: list[SiteResult] | None = None  # asked for reports, read at `_read_at`
         self._read_at = 0.0
         self._pages = ThreadPoolExecutor(
@@ -196,14 +197,66 @@ class Verifier:
         return True
 
     def _read(self, rows: list[SiteResult]) -> None:
-        reports = self.ctx.client.statistics([row.site_id for row in rows] + list(self._overdue))
+        """Read the reports that show a site's expected version cleanly (all a verification acts
+        on: a site still updating costs no read), and every report of the sites due a look."""
+        reports = self._clean_reports(rows)
+        ending = self._past_deadline(rows)
+        looked = ending + self._due_a_look(rows, ending)
+        if looked:
+            reports.update(self.ctx.client.statistics([row.site_id for row in looked]))
+            now = time.monotonic()
+            self._looked.update((row.site_id, now) for row in looked)
         self._forget_ran(reports)
         if not rows:
             return
         clean = [row for row in rows if self._see(row, reports.get(row.site_id))]
         for row, status in zip(clean, self._pages.map(self._page, clean), strict=True):
             row.page_status = status
-        self._decide(rows, {id(row) for row in clean})
+        self._decide(rows, {id(row) for row in clean}, {id(row) for row in ending})
+
+    def _clean_reports(self, rows: list[SiteResult]) -> dict:
+        """The waiting and overdue sites' reports that show their expected version with no
+        error-level status, written after the earliest of their PATCHes: a bulk read a version."""
+        wanted: dict[str, tuple[list[str], list]] = {}
+        for row in rows:
+            ids, patched = wanted.setdefault(self.track.expected(row), ([], []))
+            ids.append(row.site_id)
+            patched.append(self.track.patched(row))
+        for site_id, (_, expected) in self._overdue.items():
+            ids, patched = wanted.setdefault(expected, ([], []))
+            ids.append(site_id)
+            patched.append(None)  # its PATCH's time is not kept: any clean report counts
+        reports = {}
+        for version, (ids, patched) in wanted.items():
+            since = None if None in patched else min(patched)
+            reports.update(self.ctx.client.statistics(ids, showing=version, since=since))
+        return reports
+
+    def _past_deadline(self, rows: list[SiteResult]) -> list[SiteResult]:
+        """The sites that fail this round unless verified: past their deadline, once this run has
+        asked for reports and given them time to come. All their reports are read first: the
+        failure says what each last reported, and whether its update may still be queued."""
+        if not self._settled():
+            return []
+        now = timezone.now()
+        return [row for row in rows if now - self.track.answered(row) > self.timeout]
+
+    def _due_a_look(self, rows: list[SiteResult], ending: list[SiteResult]) -> list[SiteResult]:
+        """The other sites whose every report is read this round, whatever it shows: every
+        `ATLAS_VERIFY_LOOK_SECONDS`, those waiting longer than that (the step page shows what each
+        reported while it waits)."""
+        now, clock, look = timezone.now(), time.monotonic(), settings.ATLAS_VERIFY_LOOK_SECONDS
+        skip = {id(row) for row in ending}
+        due = []
+        for row in rows:
+            waited = (now - self.track.answered(row)).total_seconds()
+            last = self._looked.get(row.site_id, clock - waited)
+            if id(row) not in skip and waited > look and clock - last > look:
+                due.append(row)
+        return due
+
+    def _settled(self) -> bool:
+        return self._first_round is not None and time.monotonic() - self._first_round >= self._grace
 
     # -- one round --------------------------------------------------------------------------
 
@@ -238,15 +291,14 @@ class Verifier:
     def _page(self, row: SiteResult) -> int | None:
         return self.ctx.client.page_status(site_page_url(self.site_url, row.path or row.sid))
 
-    def _decide(self, rows: list[SiteResult], clean: set[int]) -> None:
+    def _decide(self, rows: list[SiteResult], clean: set[int], ending: set[int]) -> None:
         now = timezone.now()
-        settled = time.monotonic() - self._first_round >= self._grace
         verified, failed = [], []
         for row in rows:
             if id(row) in clean and row.page_status == 200:
                 self.track.verified(row, now)
                 verified.append(row)
-            elif settled and now - self.track.answered(row) > self.timeout:
+            elif id(row) in ending:
                 self.track.failed(row, now, self._why(row, probed=id(row) in clean))
                 failed.append(row)
         with_database(lambda: self._save(rows, verified + failed), "recording verification")
