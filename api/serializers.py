@@ -3,6 +3,7 @@ the documents it answers with, for the OpenAPI schema."""
 
 from __future__ import annotations
 
+from portal_cli.args import SETTINGS
 from rest_framework import serializers
 
 from releases.models import AuditEvent
@@ -91,29 +92,30 @@ class Rollback(RollbackChoice):
     confirm_environment = serializers.CharField(required=False, allow_blank=True, default="")
 
 
+# The field each kind of `environment set` option takes (portal_cli.args.SETTINGS: the API takes
+# the options with underscores), and what the few fields take besides `required=False`.
+SETTING_FIELDS = {
+    int: serializers.IntegerField,
+    float: serializers.FloatField,
+    str: serializers.CharField,
+    bool: serializers.BooleanField,
+    "on|off": serializers.BooleanField,
+}
+SETTING_OPTIONS = {
+    "failure-threshold": {"help_text": "N, P% or none."},
+    "slack-webhook-env": {"allow_blank": True},
+}
+
+
 class EnvironmentChange(serializers.Serializer):
     """The settings of `environment set`, by their option names (`batch_pause` for --batch-pause)."""
 
-    parallelism = serializers.IntegerField(required=False)
-    batch_pause = serializers.FloatField(required=False)
-    failure_threshold = serializers.CharField(required=False, help_text="N, P% or none.")
-    failure_policy = serializers.CharField(required=False)
-    deploy_wait = serializers.FloatField(required=False)
-    pool_wait = serializers.FloatField(required=False)
-    url = serializers.CharField(required=False)
-    site_url = serializers.CharField(required=False)
-    username = serializers.CharField(required=False)
-    password_env = serializers.CharField(required=False)
-    slack_webhook_env = serializers.CharField(required=False, allow_blank=True)
-    read_timeout = serializers.FloatField(required=False)
-    max_attempts = serializers.IntegerField(required=False)
-    verify_tls = serializers.BooleanField(required=False)
-    protected = serializers.BooleanField(required=False)
-    two_person = serializers.BooleanField(required=False)
-    verify = serializers.BooleanField(required=False)
-    verify_timeout = serializers.FloatField(required=False)
-    max_unverified = serializers.IntegerField(required=False)
-    canary = serializers.BooleanField(required=False)
+    def get_fields(self):
+        # From the `portal` command's table of the options, in its order: the one list of them.
+        return {
+            option.replace("-", "_"): SETTING_FIELDS[kind](required=False, **SETTING_OPTIONS.get(option, {}))
+            for option, kind in SETTINGS.items()
+        }
 
 
 class AuditEventOut(serializers.ModelSerializer):
