@@ -34,7 +34,7 @@ class LaunchRequest(models.Model):
     requested_by_username = models.CharField(max_length=150)
     requested_at = models.DateTimeField(auto_now_add=True)
     # Where the request came from: a shell approval from the same OS account is refused.
-    requested_channel = models.CharField(max_length=8, choices=channels.CHOICES, default=channels.SYSTEM)
+    requested_channel = channels.field()
     requested_account = models.CharField(max_length=150, blank=True)
 
     class State(models.TextChoices):
