@@ -3,6 +3,10 @@ the documents it answers with, for the OpenAPI schema."""
 
 from __future__ import annotations
 
+import copy
+from functools import partial
+
+from portal_cli.args import SETTINGS
 from rest_framework import serializers
 
 from releases.models import AuditEvent
@@ -91,29 +95,30 @@ class Rollback(RollbackChoice):
     confirm_environment = serializers.CharField(required=False, allow_blank=True, default="")
 
 
+# The field each kind of `environment set` option takes (portal_cli.args.SETTINGS: the API takes
+# the options with underscores), and what the few fields take besides `required=False`.
+SETTING_FIELDS = {
+    int: serializers.IntegerField,
+    float: serializers.FloatField,
+    str: serializers.CharField,
+    bool: serializers.BooleanField,
+    "on|off": serializers.BooleanField,
+}
+SETTING_OPTIONS = {
+    "failure-threshold": {"help_text": "N, P% or none."},
+    "slack-webhook-env": {"allow_blank": True},
+}
+
+
 class EnvironmentChange(serializers.Serializer):
     """The settings of `environment set`, by their option names (`batch_pause` for --batch-pause)."""
 
-    parallelism = serializers.IntegerField(required=False)
-    batch_pause = serializers.FloatField(required=False)
-    failure_threshold = serializers.CharField(required=False, help_text="N, P% or none.")
-    failure_policy = serializers.CharField(required=False)
-    deploy_wait = serializers.FloatField(required=False)
-    pool_wait = serializers.FloatField(required=False)
-    url = serializers.CharField(required=False)
-    site_url = serializers.CharField(required=False)
-    username = serializers.CharField(required=False)
-    password_env = serializers.CharField(required=False)
-    slack_webhook_env = serializers.CharField(required=False, allow_blank=True)
-    read_timeout = serializers.FloatField(required=False)
-    max_attempts = serializers.IntegerField(required=False)
-    verify_tls = serializers.BooleanField(required=False)
-    protected = serializers.BooleanField(required=False)
-    two_person = serializers.BooleanField(required=False)
-    verify = serializers.BooleanField(required=False)
-    verify_timeout = serializers.FloatField(required=False)
-    max_unverified = serializers.IntegerField(required=False)
-    canary = serializers.BooleanField(required=False)
+    def get_fields(self):
+        # From the `portal` command's table of the options, in its order: the one list of them.
+        return {
+            option.replace("-", "_"): SETTING_FIELDS[kind](required=False, **SETTING_OPTIONS.get(option, {}))
+            for option, kind in SETTINGS.items()
+        }
 
 
 class AuditEventOut(serializers.ModelSerializer):
@@ -130,96 +135,109 @@ class AuditEventOut(serializers.ModelSerializer):
                   "message", "parameters", "channel", "account"]  # fmt: skip
 
 
-class Counts(serializers.Serializer):
-    targeted = serializers.IntegerField()
-    succeeded = serializers.IntegerField()
-    failed = serializers.IntegerField()
-    skipped = serializers.IntegerField()
-    pending = serializers.IntegerField()
-    unverified = serializers.IntegerField(help_text="PATCHed, not yet verified.")
-    rolled_back = serializers.IntegerField()
+# The shape of a document an operation answers with (the view builds the document itself): its
+# fields are `layout`'s groups of {name: field}, in the document's order. No docstring: a class's
+# docstring is its schema component's description, and the documents' own would inherit this one.
+class Document(serializers.Serializer):
+    layout: tuple[dict[str, serializers.Field], ...] = ()
+
+    def get_fields(self):
+        return {name: copy.deepcopy(field) for group in self.layout for name, field in group.items()}
 
 
-class StepOut(serializers.Serializer):
-    number = serializers.IntegerField()
-    environment = serializers.CharField(allow_null=True)
-    kind = serializers.CharField()
-    title = serializers.CharField()
-    state = serializers.CharField()
-    message = serializers.CharField()
-    launched_by = serializers.CharField(allow_null=True)
-    started_at = serializers.DateTimeField(allow_null=True)
-    finished_at = serializers.DateTimeField(allow_null=True)
-    counts = Counts()
-    task_ids = serializers.ListField(child=serializers.CharField())
-    activity = serializers.CharField(allow_null=True)
-    liveness = serializers.CharField(allow_null=True)
-    to_check = serializers.ListField(child=serializers.DictField())
+def _named(field: type[serializers.Field], names: str, **options) -> dict[str, serializers.Field]:
+    """One `field(**options)` for each of the space-separated `names`, in their order."""
+    return {name: field(**options) for name in names.split()}
 
 
-class RequestOut(serializers.Serializer):
-    id = serializers.IntegerField()
-    action = serializers.CharField()
-    stage = serializers.BooleanField()
-    state = serializers.CharField()
-    requested_by = serializers.CharField()
-    requested_at = serializers.DateTimeField()
-    decided_by = serializers.CharField()
-    description = serializers.CharField()
+# The fields of a document by kind: text("version state") is {"version": CharField(), "state": ...}.
+text = partial(_named, serializers.CharField)
+number = partial(_named, serializers.IntegerField)
+flag = partial(_named, serializers.BooleanField)
+moment = partial(_named, serializers.DateTimeField)
+mapping = partial(_named, serializers.DictField)
 
 
-class StepDocument(serializers.Serializer):
+class Counts(Document):
+    layout = (
+        number("targeted succeeded failed skipped pending"),
+        number("unverified", help_text="PATCHed, not yet verified."),
+        number("rolled_back"),
+    )
+
+
+class StepOut(Document):
+    layout = (
+        number("number"),
+        text("environment", allow_null=True),
+        text("kind title state message"),
+        text("launched_by", allow_null=True),
+        moment("started_at finished_at", allow_null=True),
+        {"counts": Counts()},
+        {"task_ids": serializers.ListField(child=serializers.CharField())},
+        text("activity liveness", allow_null=True),
+        {"to_check": serializers.ListField(child=serializers.DictField())},
+    )
+
+
+class RequestOut(Document):
+    layout = (
+        number("id"),
+        text("action"),
+        flag("stage"),
+        text("state requested_by"),
+        moment("requested_at"),
+        text("decided_by description"),
+    )
+
+
+class StepDocument(Document):
     """What an operation on one step answers (`release … --json`), with the step's URL to poll."""
 
-    version = serializers.CharField()
-    action = serializers.CharField()
-    step = StepOut()
-    url = serializers.CharField()
-    request = RequestOut(allow_null=True)
-    chain = serializers.ListField(child=serializers.IntegerField(), required=False)
+    layout = (
+        text("version action"),
+        {"step": StepOut()},
+        text("url"),
+        {"request": RequestOut(allow_null=True)},
+        {"chain": serializers.ListField(child=serializers.IntegerField(), required=False)},
+    )
 
 
-class StatusDocument(serializers.Serializer):
+class StatusDocument(Document):
     """`release status --json`."""
 
-    version = serializers.CharField()
-    state = serializers.CharField()
-    profile = serializers.CharField()
-    release_branch = serializers.CharField()
-    release_commit = serializers.CharField()
-    final_tag = serializers.CharField(allow_null=True)
-    final_commit = serializers.CharField(allow_null=True)
-    created_by = serializers.CharField()
-    steps = StepOut(many=True)
-    sweeps = serializers.DictField()
-    durations = serializers.DictField()
+    layout = (
+        text("version state profile release_branch release_commit"),
+        text("final_tag final_commit", allow_null=True),
+        text("created_by"),
+        {"steps": StepOut(many=True)},
+        mapping("sweeps durations"),
+    )
 
 
-class PlanRow(serializers.Serializer):
-    version = serializers.CharField()
-    state = serializers.CharField()
-    created_by = serializers.CharField()
-    created_at = serializers.DateTimeField()
-    final_tag = serializers.CharField(allow_null=True)
-    url = serializers.CharField()
+class PlanRow(Document):
+    layout = (
+        text("version state created_by"),
+        moment("created_at"),
+        text("final_tag", allow_null=True),
+        text("url"),
+    )
 
 
-class LaunchPreview(serializers.Serializer):
-    version = serializers.CharField()
-    step = serializers.IntegerField()
-    stage = serializers.BooleanField()
-    environment = serializers.CharField(allow_null=True)
-    protected = serializers.BooleanField()
-    two_person = serializers.BooleanField()
-    chain = serializers.ListField(child=serializers.IntegerField())
-    previews = serializers.ListField(child=serializers.DictField())
-    deletions = serializers.IntegerField()
-    updates = serializers.IntegerField()
-    total = serializers.IntegerField()
-    refusal = serializers.CharField()
-    confirmation = serializers.CharField(allow_null=True)
+class LaunchPreview(Document):
+    layout = (
+        text("version"),
+        number("step"),
+        flag("stage"),
+        text("environment", allow_null=True),
+        flag("protected two_person"),
+        {"chain": serializers.ListField(child=serializers.IntegerField())},
+        {"previews": serializers.ListField(child=serializers.DictField())},
+        number("deletions updates total"),
+        text("refusal"),
+        text("confirmation", allow_null=True),
+    )
 
 
-class Error(serializers.Serializer):
-    code = serializers.CharField()
-    detail = serializers.CharField()
+class Error(Document):
+    layout = (text("code detail"),)

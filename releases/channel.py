@@ -19,8 +19,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from django.db import models
+
 ADMIN, SHELL, API, SYSTEM = "admin", "shell", "api", "system"
 CHOICES = [(ADMIN, "admin"), (SHELL, "shell"), (API, "API"), (SYSTEM, "system")]
+
+
+def field(**options) -> models.CharField:
+    """The model field that records a channel (an audit row's, a launch request's)."""
+    return models.CharField(max_length=8, choices=CHOICES, default=SYSTEM, **options)
 
 
 @dataclass(frozen=True)

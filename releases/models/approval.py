@@ -10,18 +10,15 @@ class LaunchRequest(models.Model):
     or retry of failed sites (anything that sends writes again) — waiting for a second person's
     approval (`services.request_action`, `approvals.approve`)."""
 
+    step = models.ForeignKey("releases.StepRun", on_delete=models.CASCADE, related_name="launch_requests")
+
+    # Each choice class stands above the field that takes it.
     class Action(models.TextChoices):
         LAUNCH = "launch", "launch"
         RESUME = "resume", "resume"
         RETRY_FAILED = "retry_failed", "retry failed sites"
         ROLLBACK = "rollback", "roll back sites"
 
-    class State(models.TextChoices):
-        PENDING = "pending", "Waiting for approval"
-        APPROVED = "approved", "Approved"
-        WITHDRAWN = "withdrawn", "Withdrawn"
-
-    step = models.ForeignKey("releases.StepRun", on_delete=models.CASCADE, related_name="launch_requests")
     action = models.CharField(max_length=16, choices=Action.choices, default=Action.LAUNCH)
     stage = models.BooleanField(default=False, help_text="Launch the environment's stage from this step.")
     confirmed = models.JSONField(
@@ -37,8 +34,14 @@ class LaunchRequest(models.Model):
     requested_by_username = models.CharField(max_length=150)
     requested_at = models.DateTimeField(auto_now_add=True)
     # Where the request came from: a shell approval from the same OS account is refused.
-    requested_channel = models.CharField(max_length=8, choices=channels.CHOICES, default=channels.SYSTEM)
+    requested_channel = channels.field()
     requested_account = models.CharField(max_length=150, blank=True)
+
+    class State(models.TextChoices):
+        PENDING = "pending", "Waiting for approval"
+        APPROVED = "approved", "Approved"
+        WITHDRAWN = "withdrawn", "Withdrawn"
+
     state = models.CharField(max_length=10, choices=State.choices, default=State.PENDING)
     decided_by_username = models.CharField(max_length=150, blank=True)
     decided_at = models.DateTimeField(null=True, blank=True)

@@ -61,11 +61,8 @@ class AuditEvent(models.Model):
     plan_version = models.CharField("release", max_length=40, blank=True)
     step_number = models.PositiveSmallIntegerField("step", null=True, blank=True)
     environment_name = models.CharField("environment", max_length=16, blank=True)
-    channel = models.CharField(
-        max_length=8,
-        choices=channels.CHOICES,
-        default=channels.SYSTEM,
-        help_text="Where the action came from: the admin, the shell (manage.py), the API, or the system.",
+    channel = channels.field(
+        help_text="Where the action came from: the admin, the shell (manage.py), the API, or the system."
     )
     channel_account = models.CharField(
         "account",

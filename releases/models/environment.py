@@ -43,6 +43,13 @@ class InvalidGroupSelector(EnvironmentMisconfigured):
     """An update group's selector is not one the portal sends (saved behind the admin's validation)."""
 
 
+def _seconds(verbose_name=None, *, default: float, minimum: float = 0, **options) -> models.FloatField:
+    """A setting that is a duration in seconds, never below `minimum`."""
+    return models.FloatField(
+        verbose_name, default=default, validators=[MinValueValidator(minimum)], **options
+    )
+
+
 class Environment(models.Model):
     """One Atlas instance. The password is never stored: only the name of the variable holding it."""
 
@@ -65,9 +72,7 @@ class Environment(models.Model):
         validators=[MinValueValidator(1)],
         help_text="Atlas writes in flight at once.",
     )
-    batch_pause_seconds = models.FloatField(
-        "pause between batches (s)", default=5.0, validators=[MinValueValidator(0)]
-    )
+    batch_pause_seconds = _seconds("pause between batches (s)", default=5.0)
     failure_threshold_count = models.PositiveIntegerField(
         null=True, blank=True, help_text="Pause the step when this many sites have failed (empty: no limit)."
     )
@@ -83,19 +88,17 @@ class Environment(models.Model):
         default=FailurePolicy.PAUSE,
         help_text="What a step becomes when sites still fail after retries.",
     )
-    deploy_wait_seconds = models.FloatField(
+    deploy_wait_seconds = _seconds(
         "deploy wait (s)",
         default=60.0,
-        validators=[MinValueValidator(0)],
         help_text="Atlas answers before its code deploy finishes: wait this long before touching sites.",
     )
-    pool_wait_seconds = models.FloatField(
+    pool_wait_seconds = _seconds(
         "pool refill wait (s)",
         default=600.0,
-        validators=[MinValueValidator(0)],
         help_text="After deleting available sites, wait up to this long for the pool to refill.",
     )
-    read_timeout_seconds = models.FloatField(default=30.0, validators=[MinValueValidator(1)])
+    read_timeout_seconds = _seconds(default=30.0, minimum=1)
     max_attempts = models.PositiveSmallIntegerField(default=5, validators=[MinValueValidator(1)])
     slack_webhook_env = models.CharField(
         "Slack webhook variable",
@@ -113,10 +116,10 @@ class Environment(models.Model):
         "version with no error-level status and its page answers 200 (off: an answered PATCH "
         "is enough, for an Atlas account without the drush role).",
     )
-    verify_timeout_seconds = models.FloatField(
+    verify_timeout_seconds = _seconds(
         "verification deadline (s)",
         default=900.0,
-        validators=[MinValueValidator(1)],
+        minimum=1,
         help_text="A site not verified this long after its PATCH was answered has failed (Atlas's "
         "task limit is 900 s).",
     )
