@@ -25,7 +25,7 @@ from requests.adapters import HTTPAdapter
 
 from .errors import AtlasError, AuthenticationError, DrushRoleMissing, NotFound, Unavailable, ValidationFailed
 from .selectors import validate_where
-from .types import DrushItem, Statistics, format_date
+from .types import NEVER, DrushItem, Statistics, format_date
 
 if TYPE_CHECKING:
     from .client import AtlasClient
@@ -98,7 +98,7 @@ class SiteChecks:
         terms: dict = {}
         if showing is not None:
             terms.update({"express_code_version": showing, "drupal_system_status": False})
-        if since is not None:
+        if since is not None and since > NEVER:  # Atlas cannot parse year 1 in a where
             terms["_updated"] = {"$gt": format_date(since)}
         found: dict[str, Statistics] = {}
         start = 0

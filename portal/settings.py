@@ -341,8 +341,10 @@ ATLAS_VERIFY_POLL_SECONDS = env.float("ATLAS_VERIFY_POLL_SECONDS", default=3.0)
 # ...and how long after asking it reads them (the reports run on Atlas's command queue meanwhile).
 ATLAS_VERIFY_READ_SECONDS = env.float("ATLAS_VERIFY_READ_SECONDS", default=1.0)
 # A round reads only the reports that show the release cleanly; a site still updating is looked
-# at whole (what it reports, shown on the step page) once it has waited this long, and as often.
-ATLAS_VERIFY_LOOK_SECONDS = env.float("ATLAS_VERIFY_LOOK_SECONDS", default=60.0)
+# at whole (what it reports, shown on the step page) once it has waited this long, and as often:
+# at Atlas's update times (a minute or more a site, as long again in its queue) most sites are
+# verified before, so each site's report is read about once.
+ATLAS_VERIFY_LOOK_SECONDS = env.float("ATLAS_VERIFY_LOOK_SECONDS", default=300.0)
 # A running step is held by one worker's lease, renewed every quarter of it; a step whose lease
 # lapsed (its worker died) is enqueued again by every live worker's watchdog.
 STEP_LEASE_SECONDS = env.float("STEP_LEASE_SECONDS", default=30.0)

@@ -109,7 +109,9 @@ def test_statistics_showing_a_version_read_only_the_clean_reports_of_it(simulato
     client = client_for(sim)
     site_ids = [site.id for site in client.list_sites({"status": {"$in": ["installed", "launched"]}})]
     with sim.lock:  # two sites with an error-level status, one reporting another version
-        sim.db["statistics"].update_many({"site": {"$in": site_ids[:2]}}, {"$set": {"drupal_system_status": True}})
+        sim.db["statistics"].update_many(
+            {"site": {"$in": site_ids[:2]}}, {"$set": {"drupal_system_status": True}}
+        )
         sim.db["statistics"].update_one({"site": site_ids[2]}, {"$set": {"express_code_version": "2.8.3"}})
     everything = client.statistics(site_ids)
     version = everything[site_ids[3]].version
@@ -121,6 +123,7 @@ def test_statistics_showing_a_version_read_only_the_clean_reports_of_it(simulato
     times = sorted({r.updated for r in clean.values()})
     assert len(times) > 1  # the seed's reports were written at different times
     assert client.statistics(site_ids, showing=version, since=times[-1]) == {}
+    assert client.statistics(site_ids, showing=version, since=NEVER) == clean  # no time: no term
     later = {id for id, r in clean.items() if r.updated > times[0]}
     assert set(client.statistics(site_ids, showing=version, since=times[0])) == later
 

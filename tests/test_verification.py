@@ -185,7 +185,7 @@ def test_each_site_s_report_is_read_once_however_long_it_waits(simulator, settin
     simulator's side, each site's report is returned by exactly one GET of `statistics` (the one
     that shows it updated cleanly): a round reads only the reports that show the release without
     an error-level status, not every waiting site's."""
-    settings.ATLAS_VERIFY_LOOK_SECONDS = 60.0  # no look at a waiting site's report in this run
+    settings.ATLAS_VERIFY_LOOK_SECONDS = 300.0  # no look at a waiting site's report in this run
     prod = prod_simulator(simulator, update_workers=1, update_ms=300)
     step, user = step_14_in_batches(prod, 1, max_unverified=5, parallelism=5)
 

@@ -235,7 +235,8 @@ class Verifier:
     def _past_deadline(self, rows: list[SiteResult]) -> list[SiteResult]:
         """The sites that fail this round unless verified: past their deadline, once this run has
         asked for reports and given them time to come. All their reports are read first: the
-        failure says what each last reported, and whether its update may still be queued."""
+        failure says what each last reported, and whether its update may still be queued. Chosen
+        before the round's page probes: a deadline passing during them counts from the next round."""
         if not self._settled():
             return []
         now = timezone.now()
