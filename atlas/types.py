@@ -165,6 +165,7 @@ class DrushItem:
     label: str = ""
     commands: tuple[str, ...] = ()
     query: str | None = None
+    updated: datetime = NEVER  # its `_updated`: after `run_drush`, when Atlas stored the query
 
     @classmethod
     def from_document(cls, doc: dict) -> DrushItem:
@@ -175,6 +176,7 @@ class DrushItem:
             label=str(doc.get("label", "")),
             commands=tuple(str(command) for command in doc.get("commands") or ()),
             query=query if isinstance(query, str) else None,
+            updated=parse_date(doc.get("_updated")),
         )
 
 

@@ -16,6 +16,7 @@ import itertools
 import json
 import time
 from collections.abc import Iterable
+from dataclasses import replace
 from datetime import datetime
 from typing import TYPE_CHECKING
 from urllib.parse import quote, urlsplit, urlunsplit
@@ -39,6 +40,8 @@ STATISTICS_PROJECTION = {
     "express_core_schema_version": 1,
     "drupal_system_status": 1,
 }
+# A page number past any collection's last page: Eve answers it with no items and the total.
+PAST_THE_LAST = 1_000_000
 CACHE_BUSTER = "portal-check"
 _busters = itertools.count(1)
 
@@ -107,6 +110,20 @@ class SiteChecks:
             self._read_statistics(chunk, terms, found)
             start += len(chunk)
         return found
+
+    def reports_since(self: AtlasClient, site_ids: Iterable[str], since: datetime) -> int:
+        """How many of the sites have written their statistics report since `since` (Atlas's
+        clock, whole seconds, inclusive), counted by Atlas: `_meta.total` of a page past the last,
+        so no report is read."""
+        ids = list(dict.fromkeys(str(site_id) for site_id in site_ids))
+        total = 0
+        for start in range(0, len(ids), self.statistics_chunk):
+            where = {"site": {"$in": ids[start : start + self.statistics_chunk]}}
+            where["_updated"] = {"$gte": format_date(since)}
+            validate_where(where)
+            params = {"where": _compact(where), "max_results": 1, "page": PAST_THE_LAST}
+            total += int(self._get("statistics", params).get("_meta", {}).get("total", 0))
+        return total
 
     def _read_statistics(
         self: AtlasClient, ids: list[str], terms: dict, found: dict[str, Statistics]
@@ -216,7 +233,7 @@ class SiteChecks:
 
         result = self._write(send, reread, etag=item.etag)
         fields = {**_fields(item), **changes, "_id": item.id, "_etag": result.etag}
-        return DrushItem.from_document(fields)
+        return replace(DrushItem.from_document(fields), updated=result.updated)
 
     # -- pages ---------------------------------------------------------------------------------
 

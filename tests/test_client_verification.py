@@ -4,7 +4,7 @@ statistics in bulk, the drush item and its execute, and the sites' pages (atlas-
 import json
 import threading
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
@@ -126,6 +126,25 @@ def test_statistics_showing_a_version_read_only_the_clean_reports_of_it(simulato
     assert client.statistics(site_ids, showing=version, since=NEVER) == clean  # no time: no term
     later = {id for id, r in clean.items() if r.updated > times[0]}
     assert set(client.statistics(site_ids, showing=version, since=times[0])) == later
+
+
+def test_reports_since_counts_the_sites_that_reported_without_reading_a_report(simulator):
+    """`reports_since(ids, t)`: how many of the sites wrote their report at or after `t` (Atlas's
+    clock), counted by Atlas: one GET per chunk of ids that returns no item."""
+    sim = simulator("dev")
+    client = client_for(sim, statistics_chunk=25)
+    site_ids = [site.id for site in client.list_sites({"status": {"$in": ["installed", "launched"]}})][:40]
+    everything = client.statistics(site_ids)
+    times = sorted(r.updated for r in everything.values())
+    middle = times[len(times) // 2]
+    sent = record_requests(client)
+    assert client.reports_since(site_ids, middle) == sum(
+        1 for r in everything.values() if r.updated >= middle
+    )
+    assert [len(ids_in(query)) for _, _, query, _ in sent] == [25, 15]
+    assert all(response.json()["_items"] == [] for *_, response in sent)
+    assert client.reports_since(site_ids, times[-1] + timedelta(seconds=1)) == 0
+    assert client.reports_since([], middle) == 0
 
 
 def test_statistics_follow_pages_within_a_chunk(simulator):

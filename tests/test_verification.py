@@ -226,6 +226,46 @@ def test_a_site_waiting_longer_than_the_look_interval_shows_what_it_reported_whi
     assert ended == [StepState.SUCCEEDED], step.message
 
 
+def queued_runs_at_each_execute(prod: SimulatorServer) -> list[int]:
+    """At each `drush/<id>/execute` after the first: the drush runs earlier executes had queued on
+    Atlas's command queue that had not run yet (an execute not yet prepared counts its sites as
+    the last prepared one's)."""
+    queued, prepared, executes, last_matched, found = 0, 0, 0, 0, []
+    for event in prod.events:
+        if event["kind"] == "drush_execute":
+            if executes:
+                found.append(queued + (executes - prepared) * last_matched)
+            executes += 1
+        elif event["kind"] == "drush_prepare":
+            prepared += 1
+            last_matched = event.get("matched", 0)
+            queued += last_matched
+        elif event["kind"] == "drush_run":
+            queued -= 1
+    return found
+
+
+def test_reports_are_asked_for_no_faster_than_atlas_s_command_queue_runs_them(simulator):
+    """Atlas's command queue with one worker at 150 ms a site (750 ms for the five sites of an
+    ask), the rounds every 200 ms, five sites updating for 600 ms: the portal asks again only once
+    the last ask has run (its sites' reports counted since it), so Atlas's command queue never
+    holds more than one ask's runs of ours (Atlas's whole-second times can make an ask look run
+    up to a second early), and each site is asked about a few times. Every site is verified."""
+    prod = prod_simulator(simulator, update_workers=5, update_ms=600, command_workers=1, command_ms=150)
+    step, user = step_14_in_batches(prod, 1, max_unverified=5, parallelism=5)
+
+    assert run_inline(step, user) == StepState.SUCCEEDED, step.message
+
+    targeted = {row.site_id for row in rows(step)}
+    assert len(targeted) == 5 and step.counts()["succeeded"] == 5
+    queued = queued_runs_at_each_execute(prod)
+    assert queued, "the portal asked once only: the sites did not wait several rounds"
+    # Asked once a round, the queue grows by an ask each round (0, 4, 8, 12, 15, 19, 23 here).
+    assert max(queued) <= len(targeted), f"Atlas's command queue grew ask after ask: {queued}"
+    runs = Counter(event["id"] for event in prod.events.of_kind("drush_run"))
+    assert max(runs[site_id] for site_id in targeted) <= 4, runs
+
+
 # -- 2. no site succeeded while Atlas updates it ----------------------------------------------
 
 
