@@ -125,6 +125,18 @@ class SiteChecks:
             total += int(self._get("statistics", params).get("_meta", {}).get("total", 0))
         return total
 
+    def silent_since(self: AtlasClient, site_ids: Iterable[str], since: datetime) -> set[str]:
+        """The sites whose last statistics report was written before `since` (Atlas's clock):
+        only their items are read, the site id of each."""
+        ids = list(dict.fromkeys(str(site_id) for site_id in site_ids))
+        silent: set[str] = set()
+        for start in range(0, len(ids), self.statistics_chunk):
+            where = {"site": {"$in": ids[start : start + self.statistics_chunk]}}
+            where["_updated"] = {"$lt": format_date(since)}
+            for page in self.iter_pages("statistics", where, {"site": 1}):
+                silent.update(str(doc.get("site", "")) for doc in page)
+        return silent
+
     def _read_statistics(
         self: AtlasClient, ids: list[str], terms: dict, found: dict[str, Statistics]
     ) -> None:

@@ -29,6 +29,7 @@ from atlas.types import NEVER
 from ..db import with_database
 from ..models import SiteResult, StepRun
 from ..states import SiteState, StepState
+from .asking import Pacing
 from .context import LeaseLost, StepContext
 
 logger = logging.getLogger(__name__)
@@ -113,9 +114,8 @@ class Verifier:
         # round were written before it, while the sites were still updating.
         self._grace = 10 * settings.ATLAS_VERIFY_POLL_SECONDS
         self._drush = None
-        # The last ask, until Atlas's command queue has run it: its sites, when Atlas stored its
-        # query, and how many of them had reported since at the last look (-1: not looked yet).
-        self._cohort: tuple[list[str], datetime, int] | None = None
+        # The next ask waits until Atlas's command queue has run the last one (asking.py).
+        self._pacing = Pacing(ctx.client, poll=settings.ATLAS_VERIFY_POLL_SECONDS, grace=self._grace)
         # Sites failed at their deadline whose report never showed the release: their forward
         # update may still be queued at Atlas, so each keeps counting against `max_unverified`
         # until a report shows it ended, or Atlas's task limit passes (site id -> (until, on the
@@ -182,6 +182,7 @@ class Verifier:
                 return False
             rows, self._asked = self._asked, None
             self._read(rows)
+            self._pacing.look()
             return True
         if (self.waiting <= 0 and not self._overdue) or now < self._due:
             return False
@@ -193,7 +194,7 @@ class Verifier:
         ids = [row.site_id for row in rows] + list(self._overdue)
         if not ids:
             return True
-        if not self._still_running():
+        if not self._pacing.still_running():
             self._writes.submit(self._ask_reports, ids).result()
         if self._first_round is None:
             self._first_round = time.monotonic()
@@ -268,35 +269,13 @@ class Verifier:
     def _updating(self):
         return self.track.waiting(self.ctx.step.pk)
 
-    def _still_running(self) -> bool:
-        """Whether Atlas's command queue is still running the last ask: fewer of its sites than
-        the last time have written a report since (counted: no report is read). Each execute
-        queues a run on every site of its query (atlas-api.md §3.6), so asking faster than the
-        queue runs them would only grow it. The next ask waits while the count grows; once it
-        stops short (a broken site does not bootstrap to report), the next ask goes."""
-        if self._cohort is None:
-            return False
-        ids, stored, reported = self._cohort
-        if stored == NEVER:  # no answer body: when Atlas stored the query is not known
-            self._cohort = None
-            return False
-        try:
-            count = self.ctx.client.reports_since(ids, stored)
-        except AtlasError:  # then ask again: at worst one more run on each site
-            count = reported
-        if count >= len(ids) or count == reported:
-            self._cohort = None
-            return False
-        self._cohort = (ids, stored, count)
-        return True
-
     def _ask_reports(self, ids: list[str]) -> None:
         """Run `drush atlas-statistics` on the waiting sites (Atlas's command queue)."""
         try:
             if self._drush is None:
                 self._drush = self.ctx.client.drush_item(DRUSH_LABEL, DRUSH_COMMANDS)
             self._drush = self.ctx.client.run_drush(self._drush, {"_id": {"$in": ids}})
-            self._cohort = (ids, self._drush.updated, -1)
+            self._pacing.asked(ids, self._drush.updated)
         except AuthenticationError as exc:
             raise VerificationImpossible(str(exc)) from None
         except AtlasError as exc:  # the reports the sites' cron writes still count
