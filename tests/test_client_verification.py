@@ -147,6 +147,18 @@ def test_reports_since_counts_the_sites_that_reported_without_reading_a_report(s
     assert client.reports_since([], middle) == 0
 
 
+def test_silent_since_names_the_sites_whose_last_report_is_older(simulator):
+    """`silent_since(ids, t)`: the sites whose report was last written before `t` (Atlas's clock),
+    read by their site id only; a site that reported at or after `t` is not named."""
+    sim = simulator("dev")
+    client = client_for(sim, statistics_chunk=25)
+    site_ids = [site.id for site in client.list_sites({"status": {"$in": ["installed", "launched"]}})][:40]
+    everything = client.statistics(site_ids)
+    middle = sorted(r.updated for r in everything.values())[len(everything) // 2]
+    assert client.silent_since(site_ids, middle) == {id for id, r in everything.items() if r.updated < middle}
+    assert client.silent_since(site_ids, datetime(2000, 1, 1, tzinfo=UTC)) == set()
+
+
 def test_statistics_follow_pages_within_a_chunk(simulator):
     sim = simulator("dev")
     client = client_for(sim, page_size=10, statistics_chunk=25)
