@@ -28,22 +28,30 @@ CHECKOUT_META_KEYS = ("name", "version", "code_type", "is_current")
 STATUS_DATES = {"installing": "assigned", "launching": "launched", "take_down": "taken_down"}
 
 
+# Eve's events (`app.<event> += handler`) and the AtlasHooks method each runs.
+EVENT_HOOKS = (
+    ("on_insert", "stamp_created_by"),
+    ("on_update", "stamp_modified_by"),
+    ("on_replace", "stamp_modified_by"),
+    ("on_insert_code", "before_code_insert"),
+    ("on_inserted_code", "after_code_inserted"),
+    ("on_update_code", "before_code_update"),
+    ("on_updated_code", "after_code_updated"),
+    ("on_pre_DELETE_code", "guard_code_delete"),
+    ("on_insert_sites", "fill_site_defaults"),
+    ("on_inserted_sites", "after_sites_inserted"),
+    ("on_update_sites", "before_site_update"),
+    ("on_updated_sites", "after_site_updated"),
+    ("on_pre_DELETE_sites", "before_site_delete"),
+    ("on_deleted_item_sites", "after_site_deleted"),
+)
+
+
 def register(app: Flask, state: SimulatorState) -> None:
     hooks = AtlasHooks(state)
-    app.on_insert += hooks.stamp_created_by
-    app.on_update += hooks.stamp_modified_by
-    app.on_replace += hooks.stamp_modified_by
-    app.on_insert_code += hooks.before_code_insert
-    app.on_inserted_code += hooks.after_code_inserted
-    app.on_update_code += hooks.before_code_update
-    app.on_updated_code += hooks.after_code_updated
-    app.on_pre_DELETE_code += hooks.guard_code_delete
-    app.on_insert_sites += hooks.fill_site_defaults
-    app.on_inserted_sites += hooks.after_sites_inserted
-    app.on_update_sites += hooks.before_site_update
-    app.on_updated_sites += hooks.after_site_updated
-    app.on_pre_DELETE_sites += hooks.before_site_delete
-    app.on_deleted_item_sites += hooks.after_site_deleted
+    for event, method in EVENT_HOOKS:
+        handlers = getattr(app, event)  # an Eve `Events` list: `+=` adds in place
+        handlers += getattr(hooks, method)
 
 
 def _object_id(value: Any) -> ObjectId | None:
