@@ -292,6 +292,30 @@ def test_a_site_that_never_reports_does_not_slow_the_asks_about_the_others(simul
     assert statistics.median(gaps) < 0.3, f"asks every {statistics.median(gaps):.2f} s: {gaps}"
 
 
+def test_a_silent_site_left_alone_is_asked_about_at_the_grace_period_s_pace(simulator):
+    """One drush worker at 300 ms a run, five sites updating for 1 s, one broken so that it never
+    reports, a 6 s deadline: once the four others are verified, only the silent site waits. The
+    portal still asks about it, but paced (every grace period, 2 s here), not once a round
+    (200 ms): the command queue never holds more than an ask's runs."""
+    prod = prod_simulator(simulator, update_workers=5, update_ms=1000, command_workers=1, command_ms=300)
+    step, user = step_14_in_batches(prod, 1, max_unverified=5, parallelism=5, verify_timeout_seconds=6)
+    (broken,) = first_group_paths(prod)[:1]
+    prod.break_on_update(broken, report="none")
+
+    run_inline(step, user)
+
+    healthy = [row for row in rows(step) if row.path != broken]
+    assert [row.state for row in healthy] == [SiteState.SUCCEEDED] * 4
+    alone = max(stamp(row.verified_at) for row in healthy)
+    (failed,) = [row for row in rows(step) if row.path == broken]
+    asks = [event["at"] for event in prod.events.of_kind("drush_execute") if alone < event["at"]]
+    asks = [at for at in asks if at < stamp(failed.finished_at)]
+    waited = stamp(failed.finished_at) - alone
+    assert waited > 2, f"the silent site waited alone only {waited:.1f} s: the case is not shown"
+    assert len(asks) <= waited / 2 + 1, f"{len(asks)} asks in {waited:.1f} s about one silent site"
+    assert max(queued_runs_at_each_execute(prod)) <= 5
+
+
 # -- 2. no site succeeded while Atlas updates it ----------------------------------------------
 
 

@@ -7,7 +7,7 @@ its sites has written a report since Atlas stored the ask's query (counted by At
 read, no report read), or the count has stopped growing for longer than its runs have taken to
 come (at least two rounds; with none of them come yet, the grace period). The sites of a stalled
 ask that never reported since (a broken site does not bootstrap to report) are left out of what
-later asks wait for; they are still asked about.
+later asks wait for during the grace period; they are still asked about.
 
 Atlas's times are whole seconds: a report written in the second an ask's query was stored counts
 for it, though it may be the last ask's. So an ask that was not run by the time its reports were
@@ -43,12 +43,15 @@ class Pacing:
         self.poll = poll
         self.grace = grace
         self._ask: _Ask | None = None
-        self.silent: set[str] = set()
+        # Sites that did not report to a stalled ask, until when later asks do not wait for them.
+        self.silent: dict[str, float] = {}
 
     def asked(self, ids: list[str], stored: datetime) -> None:
-        target = [site_id for site_id in ids if site_id not in self.silent]
-        ok = target and stored != NEVER
-        self._ask = _Ask(target, stored, time.monotonic()) if ok else None
+        now = time.monotonic()
+        self.silent = {site_id: until for site_id, until in self.silent.items() if until > now}
+        # With every site silent the ask still waits for them all: paced by the stall rule.
+        target = [site_id for site_id in ids if site_id not in self.silent] or list(ids)
+        self._ask = _Ask(target, stored, now) if target and stored != NEVER else None
 
     def still_running(self) -> bool:
         """Whether the last ask is still being run by Atlas's command queue (then do not ask)."""
@@ -71,9 +74,8 @@ class Pacing:
         now = time.monotonic()
         try:
             count = self.client.reports_since(ask.target, ask.stored)
-        except AtlasError:  # ask again: at worst one more run on each site
-            self._ask = None
-            return
+        except AtlasError:  # not known: as if it had not grown
+            count = ask.count
         if count >= len(ask.target):
             ask.run = now
         elif count > ask.count:
@@ -88,9 +90,10 @@ class Pacing:
         patience = max(2 * self.poll, 3 * ask.gap) if ask.count else self.grace
         if now - ask.grew < patience:
             return False
-        if ask.count:  # some of its runs came: those that did not are silent
+        if ask.count:  # some of its runs came: those that did not are silent for a while
             try:
-                self.silent |= self.client.silent_since(ask.target, ask.stored)
+                quiet = self.client.silent_since(ask.target, ask.stored)
             except AtlasError:
-                pass
+                quiet = set()
+            self.silent.update(dict.fromkeys(quiet, now + self.grace))
         return True
