@@ -21,6 +21,9 @@ from .types import CodeItem, Site, WriteResult
 from .verification import SiteChecks, site_page_url
 from .writes import Writes
 
+# A page number past any collection's last page: Eve answers it with no items and the total.
+PAST_THE_LAST = 1_000_000
+
 __all__ = ["AtlasClient", "site_page_url"]
 
 PAGE_SIZE = 2000  # Atlas's PAGINATION_LIMIT; larger values are capped silently
@@ -85,7 +88,9 @@ class AtlasClient(Writes, SiteChecks, Transport):
         return [CodeItem.from_document(doc) for doc in self.iter_documents("code", where)]
 
     def count(self, resource: str, where: dict) -> int:
-        body = self._get(resource, {"where": _dumps(where), "max_results": 1})
+        """How many documents match, counted by Atlas: `_meta.total` of a page past the last,
+        so no document is read."""
+        body = self._get(resource, {"where": _dumps(where), "max_results": 1, "page": PAST_THE_LAST})
         return int(body.get("_meta", {}).get("total", 0))
 
     def iter_documents(self, resource: str, where: dict, projection: dict | None = None) -> Iterator[dict]:
